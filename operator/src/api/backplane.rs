@@ -1,0 +1,146 @@
+//! The shared Redis every sidecar relays pub/sub to: managed by the operator, or an external one.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Exactly one of `managed` or `external`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.managed) != has(self.external)")
+    .message("spec.backplane must set exactly one of managed or external"))]
+pub struct Backplane {
+    /// A Redis the operator runs next to the app (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedBackplane>,
+
+    /// A Redis you run; its URL is read from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalBackplane>,
+
+    /// Prepended to every channel on the backplane, so clusters sharing one Redis do not hear each
+    /// other. Applications never see it. No glob characters: the sidecar prefixes patterns with it.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(r"!['*', '?', '[', ']', '\\'].exists(c, self.contains(c))")
+        .message(r"spec.backplane.channelPrefix must not contain the glob characters * ? [ ] \ (patterns are prefixed with it)"))]
+    pub channel_prefix: String,
+}
+
+impl Default for Backplane {
+    fn default() -> Self {
+        Self {
+            managed: Some(ManagedBackplane::default()),
+            external: None,
+            channel_prefix: String::new(),
+        }
+    }
+}
+
+/// A Redis the operator deploys and owns.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedBackplane {
+    /// Redis servers per shard. 1: no failover. 3 or more: one primary, replicas and Sentinel,
+    /// which needs a majority to fail over, so 2 is refused.
+    #[serde(default = "one")]
+    #[schemars(range(max = 9))]
+    #[x_kube(validation = Rule::new("self == 1 || self >= 3")
+        .message("spec.backplane.managed.replicas must be 1 (no failover) or at least 3 (Sentinel needs a quorum)"))]
+    pub replicas: i32,
+
+    /// Independent Redis primaries; channels are spread over them by hash.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 32))]
+    pub shards: i32,
+
+    /// Redis image; 7.4 or newer (Open WebUI uses HEXPIRE).
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Resources of each Redis container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Pub/sub needs no storage; enable it only when the app keeps state in Redis too.
+    #[serde(default)]
+    pub persistence: Persistence,
+}
+
+impl Default for ManagedBackplane {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            shards: 1,
+            image: default_redis_image(),
+            resources: None,
+            persistence: Persistence::default(),
+        }
+    }
+}
+
+/// Storage for a managed Redis (append-only file on a PersistentVolumeClaim).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.enabled || !has(self.storageClassName)")
+    .field_path(".storageClassName")
+    .message("spec.backplane.managed.persistence.storageClassName needs persistence.enabled: true"))]
+pub struct Persistence {
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Size of each Redis server's volume.
+    #[serde(default = "default_volume_size")]
+    pub size: Quantity,
+
+    /// Storage class of the volumes. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            size: default_volume_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// A Redis run outside the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalBackplane {
+    /// The Secret key holding the URL: `redis://`, `rediss://` or `redis+sentinel://`.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the RealtimeCluster's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default = "default_url_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn default_redis_image() -> String {
+    "redis:7.4".into()
+}
+
+fn default_volume_size() -> Quantity {
+    Quantity("1Gi".into())
+}
+
+fn default_url_key() -> String {
+    "url".into()
+}

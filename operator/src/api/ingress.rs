@@ -1,0 +1,95 @@
+//! The Ingress in front of the socket server. Engine.IO long-polling needs every request of a session
+//! to reach the pod that opened it, hence cookie affinity by default.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.affinity == 'cookie' || !has(self.cookie)")
+    .field_path(".cookie")
+    .message("spec.ingress.cookie is only allowed with spec.ingress.affinity: cookie"))]
+pub struct Ingress {
+    /// IngressClass to use. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+
+    /// Host name clients connect to, e.g. `chat.example.com` (a leading `*.` is allowed).
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(r"self.matches('^(\\*\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("spec.ingress.host must be a lowercase DNS name such as chat.example.com"))]
+    pub host: String,
+
+    /// Path prefix routed to the app; socket.io serves under `/socket.io/` below it.
+    #[serde(default = "default_path")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("spec.ingress.path must start with /"))]
+    pub path: String,
+
+    /// Serve HTTPS with this certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IngressTls>,
+
+    /// How a client's requests are pinned to one pod.
+    #[serde(default)]
+    pub affinity: Affinity,
+
+    /// The affinity cookie (only with `affinity: cookie`). Default: `sb-route`, 48 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<Cookie>,
+
+    /// Proxy read/send timeout: how long an idle WebSocket stays open through the Ingress.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i32,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Affinity {
+    /// A cookie pins each client to one pod (needed for long-polling).
+    #[default]
+    Cookie,
+    /// No affinity: only for WebSocket-only clients.
+    None,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cookie {
+    #[serde(default = "default_cookie_name")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub name: String,
+    #[serde(default = "default_cookie_max_age")]
+    #[schemars(range(min = 1))]
+    pub max_age_seconds: i32,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTls {
+    /// The `kubernetes.io/tls` Secret holding the certificate for `host`.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+fn default_timeout() -> i32 {
+    3600
+}
+
+fn default_cookie_name() -> String {
+    "sb-route".into()
+}
+
+fn default_cookie_max_age() -> i32 {
+    172_800
+}

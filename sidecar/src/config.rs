@@ -1,0 +1,179 @@
+//! The sidecar's configuration: read once at start from flags or `SWITCHBOARD_*` variables.
+//!
+//! This parser is also the contract with the operator, which renders these flags and variables into
+//! the injected container; a test parses the operator's output with [`Config::parse_from_env_and_args`]
+//! so the two halves cannot drift.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Exit code for a configuration error (BSD `EX_USAGE`), as the house style asks.
+pub const EXIT_USAGE: i32 = 64;
+
+/// Bridges an application's Redis adapter to a shared pub/sub backplane.
+///
+/// With no upstream URL the sidecar runs embedded: it is itself a pub/sub broker for the processes
+/// that share its loopback (one pod), which is enough to run a single replica with no Redis at all.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard-sidecar", version, about, long_about = None)]
+pub struct Config {
+    /// Where the application connects (RESP2/RESP3). Keep it on loopback: the pod's own containers
+    /// are the only intended clients.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:6379")]
+    pub listen: SocketAddr,
+
+    /// Health (`/healthz`, `/readyz`) and Prometheus metrics (`/metrics`). In a pod the operator sets
+    /// this to `0.0.0.0:<port>` so the kubelet's probes and Prometheus can reach it.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HTTP_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub http_listen: SocketAddr,
+
+    /// The shared backplane, `redis://[user:password@]host:port[/db]`. Absent: embedded mode.
+    #[arg(long = "upstream", env = "SWITCHBOARD_UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+
+    /// Password local clients must send with AUTH or HELLO. Absent: no local authentication
+    /// (the listener is loopback-only).
+    #[arg(long, env = "SWITCHBOARD_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// Prepended to every channel and pattern on the backplane, so clusters can share one Redis
+    /// without hearing each other. Applications never see it.
+    #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
+    pub channel_prefix: String,
+
+    /// This sidecar's name in the fleet registry (defaults to the host name plus a random suffix).
+    #[arg(long, env = "SWITCHBOARD_SIDECAR_ID")]
+    pub sidecar_id: Option<String>,
+
+    /// Publishes held while the backplane is unreachable, in bytes; beyond it publishes are dropped,
+    /// counted and logged.
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_BUFFER_BYTES", default_value_t = 8 << 20)]
+    pub publish_buffer_bytes: usize,
+
+    /// Publishes held while the backplane is unreachable, in messages.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PUBLISH_BUFFER_MESSAGES",
+        default_value_t = 10_000
+    )]
+    pub publish_buffer_messages: usize,
+
+    /// Bytes queued for one local connection before pub/sub messages to it are dropped (counted and
+    /// logged); replies to its own commands are never dropped, its reads are paused instead.
+    #[arg(long, env = "SWITCHBOARD_CLIENT_BUFFER_BYTES", default_value_t = 32 << 20)]
+    pub client_buffer_bytes: usize,
+
+    /// Largest bulk string accepted in a command (a published payload, a key's value).
+    #[arg(long, env = "SWITCHBOARD_MAX_BULK_BYTES", default_value_t = 64 << 20)]
+    pub max_bulk_bytes: usize,
+
+    /// Most arguments accepted in one command.
+    #[arg(long, env = "SWITCHBOARD_MAX_ARGS", default_value_t = 1 << 20)]
+    pub max_args: usize,
+
+    /// Most local connections at once; further ones are told so and closed.
+    #[arg(long, env = "SWITCHBOARD_MAX_CLIENTS", default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// First reconnect delay after the backplane is lost, in milliseconds (doubles, with jitter).
+    #[arg(long, env = "SWITCHBOARD_RECONNECT_MIN_MS", default_value_t = 50)]
+    pub reconnect_min_ms: u64,
+
+    /// Longest reconnect delay, in milliseconds.
+    #[arg(long, env = "SWITCHBOARD_RECONNECT_MAX_MS", default_value_t = 2_000)]
+    pub reconnect_max_ms: u64,
+
+    /// How often this sidecar renews its entry in the fleet registry and pings the backplane.
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_MS", default_value_t = 2_000)]
+    pub heartbeat_ms: u64,
+
+    /// How long a registry entry outlives its last renewal; a sidecar that died stops being
+    /// counted after this.
+    #[arg(long, env = "SWITCHBOARD_PEER_TTL_MS", default_value_t = 10_000)]
+    pub peer_ttl_ms: u64,
+
+    /// After a reconnect, how long to wait for the other sidecars to resubscribe before flushing
+    /// the publishes buffered during the outage (so they hear them too).
+    #[arg(long, env = "SWITCHBOARD_FLUSH_GRACE_MS", default_value_t = 5_000)]
+    pub flush_grace_ms: u64,
+
+    /// Log format: `text` for people, `json` for log pipelines. Filter with `RUST_LOG`.
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Config {
+    /// Parses flags and the process environment; prints the problem and exits 64 on a bad value.
+    pub fn from_process() -> Self {
+        match Self::try_parse() {
+            Ok(config) => config.validated().unwrap_or_else(|msg| {
+                eprintln!("switchboard-sidecar: {msg}");
+                std::process::exit(EXIT_USAGE)
+            }),
+            Err(e) if e.use_stderr() => {
+                let _ = e.print();
+                std::process::exit(EXIT_USAGE)
+            }
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// Parses the given arguments (the first is the program name) and, for unset flags, the
+    /// process environment. Used by tests that check what the operator renders.
+    pub fn parse_from_env_and_args<I, T>(args: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .validated()
+    }
+
+    /// Cross-field checks clap cannot express; the message names the flag and variable.
+    fn validated(self) -> Result<Self, String> {
+        if let Some(bad) = self.channel_prefix.chars().find(|c| "*?[]\\".contains(*c)) {
+            return Err(format!(
+                "--channel-prefix (SWITCHBOARD_CHANNEL_PREFIX) must not contain glob characters; found {bad:?}"
+            ));
+        }
+        if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
+            return Err(format!(
+                "--reconnect-min-ms ({}) must be at least 1 and at most --reconnect-max-ms ({})",
+                self.reconnect_min_ms, self.reconnect_max_ms
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.peer_ttl_ms < 2 * self.heartbeat_ms {
+            return Err(format!(
+                "--peer-ttl-ms ({}) must be at least twice --heartbeat-ms ({}), or one late heartbeat drops a live sidecar from the counts",
+                self.peer_ttl_ms, self.heartbeat_ms
+            ));
+        }
+        if self.max_bulk_bytes < 1024 {
+            return Err(format!(
+                "--max-bulk-bytes ({}) is below 1024; clients could not even authenticate",
+                self.max_bulk_bytes
+            ));
+        }
+        if let Some(url) = &self.upstream_url {
+            crate::upstream::Endpoint::parse(url).map_err(|e| e.to_string())?;
+        }
+        Ok(self)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+    pub fn peer_ttl(&self) -> Duration {
+        Duration::from_millis(self.peer_ttl_ms)
+    }
+    pub fn flush_grace(&self) -> Duration {
+        Duration::from_millis(self.flush_grace_ms)
+    }
+}

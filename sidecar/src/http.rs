@@ -1,0 +1,43 @@
+//! Health and metrics over HTTP, for the kubelet's probes and Prometheus.
+//!
+//! `/healthz` answers while the process serves; `/readyz` only while the backplane is connected
+//! (always in embedded mode), so a pod cut off from Redis leaves the Service's endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+
+pub async fn serve(
+    addr: SocketAddr,
+    relay: Arc<Relay>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let healthz = warp::path!("healthz").map(|| "ok\n".to_string());
+    let readyz = warp::path!("readyz").map(move || {
+        if relay.is_ready() {
+            warp::reply::with_status("ready\n".to_string(), StatusCode::OK)
+        } else {
+            warp::reply::with_status(
+                "not ready: the backplane is not connected\n".to_string(),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+        }
+    });
+    let metrics = warp::path!("metrics").map(move || {
+        warp::reply::with_header(
+            metrics.render(),
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    });
+    let routes = warp::get().and(healthz.or(readyz).or(metrics));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "health and metrics listening");
+    warp::serve(routes).incoming(listener).run().await;
+    Ok(())
+}

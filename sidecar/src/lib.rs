@@ -1,0 +1,159 @@
+//! `switchboard-sidecar`: a Redis-protocol listener on the pod's loopback that bridges the
+//! application's unmodified Redis adapter to a shared pub/sub backplane.
+//!
+//! - [`resp`]: the protocol (decoding, encoding), pure and fuzzed;
+//! - [`session`]: one local connection: local commands, pass-through of the rest;
+//! - [`relay`]: pub/sub across the fleet: one upstream subscription per topic, fleet-wide
+//!   counts, surviving backplane outages;
+//! - [`upstream`]: connections to the backplane;
+//! - [`http`], [`metrics`]: health, readiness and Prometheus metrics;
+//! - [`config`]: flags and `SWITCHBOARD_*` variables, read once at start.
+
+pub mod config;
+pub mod glob;
+pub mod http;
+pub mod metrics;
+pub mod relay;
+pub mod resp;
+pub mod session;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::relay::backplane::Settings;
+use crate::relay::registry::Registry;
+use crate::resp::{Limits, Reply};
+use crate::session::Context;
+use crate::upstream::Endpoint;
+
+/// Runs the sidecar until `shutdown` resolves; then stops accepting, closes local connections,
+/// and leaves the fleet registry.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let upstream = match &config.upstream_url {
+        Some(url) => Some(Endpoint::parse(url).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let relay = Arc::new(match &upstream {
+        None => Relay::embedded(metrics.clone()),
+        Some(endpoint) => {
+            let id = config.sidecar_id.clone().unwrap_or_else(default_sidecar_id);
+            let settings = Settings {
+                channel_prefix: Bytes::from(config.channel_prefix.clone()),
+                heartbeat: config.heartbeat(),
+                flush_grace: config.flush_grace(),
+                reconnect_min: std::time::Duration::from_millis(config.reconnect_min_ms),
+                reconnect_max: std::time::Duration::from_millis(config.reconnect_max_ms),
+                buffer_bytes: config.publish_buffer_bytes,
+                buffer_messages: config.publish_buffer_messages,
+                max_bulk: config.max_bulk_bytes,
+            };
+            let registry = Registry::new(&config.channel_prefix, &id, config.peer_ttl_ms);
+            tracing::info!(sidecar_id = %id, backplane = %endpoint, prefix = %config.channel_prefix, "relaying pub/sub through the backplane");
+            Relay::bridged(endpoint.clone(), settings, registry, metrics.clone())
+        }
+    });
+    if relay.is_embedded() {
+        tracing::info!("no --upstream: running embedded, a pub/sub broker for this pod alone");
+    }
+    let ctx = Arc::new(Context {
+        relay: relay.clone(),
+        upstream,
+        password: config.password.clone(),
+        channel_prefix: Bytes::from(config.channel_prefix.clone()),
+        limits: Limits {
+            max_bulk: config.max_bulk_bytes,
+            max_elements: config.max_args,
+            max_depth: 1,
+        },
+        client_buffer_bytes: config.client_buffer_bytes,
+        metrics: metrics.clone(),
+    });
+
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {} (--listen): {e}", config.listen),
+        )
+    })?;
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(addr = %config.listen, "listening beyond loopback: anything that reaches this address can use the backplane");
+    }
+    tracing::info!(addr = %config.listen, "accepting Redis connections");
+    let http_listener = {
+        let relay = relay.clone();
+        let metrics = metrics.clone();
+        let addr = config.http_listen;
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(addr, relay, metrics).await {
+                tracing::error!(%addr, error = %e, "cannot serve health and metrics (--http-listen)");
+                std::process::exit(1);
+            }
+        })
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(config.max_clients));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics.local_connections_refused.inc();
+                    tracing::warn!(max = config.max_clients, "refusing a local connection: --max-clients reached");
+                    refuse(stream).await;
+                    continue;
+                };
+                let ctx = ctx.clone();
+                let stop = stop_rx.clone();
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    metrics.local_connections.inc();
+                    session::serve(stream, ctx, stop).await;
+                    metrics.local_connections.dec();
+                    drop(slot);
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: closing local connections and leaving the fleet registry");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), relay.leave()).await;
+    http_listener.abort();
+    Ok(())
+}
+
+/// Tells a client over the connection limit why, as Redis does, then closes.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let reply = Reply::error("ERR max number of clients reached").to_bytes(resp::Protocol::Resp2);
+    let _ = stream.write_all(&reply).await;
+}
+
+/// The pod's host name plus a random suffix, so two sidecars never share a registry entry.
+fn default_sidecar_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".into());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics, served on `/metrics`. Names follow Prometheus conventions
+//! (`_total` counters, base units); everything is about this one sidecar.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub local_connections: Gauge,
+    pub local_connections_refused: Counter,
+    pub local_subscriptions: Gauge,
+    pub upstream_subscriptions: Gauge,
+    pub upstream_connected: Gauge,
+    pub upstream_reconnects: Counter,
+    pub publishes: Counter,
+    pub publishes_sent: Counter,
+    pub publishes_buffered: Gauge,
+    pub publishes_dropped: Counter,
+    pub messages_received: Counter,
+    pub messages_delivered: Counter,
+    pub messages_dropped_slow_client: Counter,
+    pub commands_forwarded: Counter,
+    pub protocol_errors: Counter,
+}
+
+impl Metrics {
+    /// Encodes every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut r = Registry::with_prefix("switchboard_sidecar");
+        let m = self;
+        r.register(
+            "local_connections",
+            "Application connections open now",
+            m.local_connections.clone(),
+        );
+        r.register(
+            "local_connections_refused",
+            "Application connections refused at --max-clients",
+            m.local_connections_refused.clone(),
+        );
+        r.register(
+            "local_subscriptions",
+            "Channel, pattern and shard subscriptions held by application connections",
+            m.local_subscriptions.clone(),
+        );
+        r.register(
+            "upstream_subscriptions",
+            "Subscriptions this sidecar holds on the backplane (one per topic in use)",
+            m.upstream_subscriptions.clone(),
+        );
+        r.register(
+            "upstream_connected",
+            "1 while the backplane links are up",
+            m.upstream_connected.clone(),
+        );
+        r.register(
+            "upstream_reconnects",
+            "Times the backplane links were lost and rebuilt",
+            m.upstream_reconnects.clone(),
+        );
+        r.register(
+            "publishes",
+            "PUBLISH and SPUBLISH commands from application connections",
+            m.publishes.clone(),
+        );
+        r.register(
+            "publishes_sent",
+            "Publishes written to the backplane",
+            m.publishes_sent.clone(),
+        );
+        r.register(
+            "publishes_buffered",
+            "Publishes held while the backplane is unreachable",
+            m.publishes_buffered.clone(),
+        );
+        r.register(
+            "publishes_dropped",
+            "Publishes dropped because the outage buffer was full",
+            m.publishes_dropped.clone(),
+        );
+        r.register(
+            "messages_received",
+            "Messages received from the backplane",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "messages_delivered",
+            "Messages queued to application connections",
+            m.messages_delivered.clone(),
+        );
+        r.register(
+            "messages_dropped_slow_client",
+            "Messages dropped because an application connection was over --client-buffer-bytes",
+            m.messages_dropped_slow_client.clone(),
+        );
+        r.register(
+            "commands_forwarded",
+            "Commands passed through to the backplane",
+            m.commands_forwarded.clone(),
+        );
+        r.register(
+            "protocol_errors",
+            "Connections closed for malformed or oversized input",
+            m.protocol_errors.clone(),
+        );
+        let mut out = String::new();
+        encode(&mut out, &r).expect("writing to a String cannot fail");
+        out
+    }
+}

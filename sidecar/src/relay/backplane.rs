@@ -1,0 +1,832 @@
+//! The sidecar's two links to the backplane, owned by one task:
+//!
+//! - the **subscriber link** holds ONE upstream subscription per topic that any local
+//!   connection wants (subscribed when the first local subscriber arrives, unsubscribed when the
+//!   last leaves) and hands every message to the local [`Table`];
+//! - the **control link** carries publishes (pipelined, in order) and the fleet registry.
+//!
+//! When either link fails, both are dropped and rebuilt with jittered exponential backoff.
+//! Meanwhile local connections notice nothing: subscriptions are recorded and restored on
+//! reconnect, publishes are held in a bounded [`PublishBuffer`], and publishes that were in
+//! flight when the link died are put back in front of them. After reconnecting, the buffer is
+//! flushed only once every sidecar that was alive before the outage has re-registered (or
+//! `--flush-grace-ms` passed), so the other pods are subscribed again when the messages arrive.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+
+use super::buffer::PublishBuffer;
+use super::fleet::Fleet;
+use super::registry::Registry;
+use super::table::{Delivery, Table};
+use super::topic::{Kind, Topic};
+use crate::metrics::Metrics;
+use crate::resp::{Command, Protocol, Value};
+use crate::upstream::{Endpoint, FrameReader, UpstreamError};
+
+/// What the relay asks of the backplane task.
+pub enum Request {
+    /// Local connections now want these topics (one more subscriber each); answered once the
+    /// upstream subscription is confirmed and the registry counts it.
+    Acquire {
+        topics: Vec<Topic>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// One subscriber fewer for each topic; answered once the registry no longer counts it.
+    Release {
+        topics: Vec<Topic>,
+        done: oneshot::Sender<()>,
+    },
+    Publish {
+        kind: Kind,
+        channel: Bytes,
+        payload: Bytes,
+    },
+    /// A fresh read of the fleet registry (for `PUBSUB` counts).
+    ReadFleet {
+        done: oneshot::Sender<Result<Fleet, String>>,
+    },
+    /// Graceful shutdown: leave the registry.
+    Leave { done: oneshot::Sender<()> },
+}
+
+/// Timing and limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub channel_prefix: Bytes,
+    pub heartbeat: Duration,
+    pub flush_grace: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub buffer_bytes: usize,
+    pub buffer_messages: usize,
+    pub max_bulk: usize,
+}
+
+/// State shared with the relay and the health endpoint.
+pub struct Shared {
+    pub table: Arc<Table>,
+    /// The last registry read, without this sidecar (its own counts are always local).
+    pub peers: RwLock<Fleet>,
+    pub ready: std::sync::atomic::AtomicBool,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct Backplane {
+    endpoint: Endpoint,
+    settings: Settings,
+    registry: Registry,
+    requests: mpsc::Receiver<Request>,
+    shared: Arc<Shared>,
+    /// Local subscribers per topic: drives upstream (un)subscribes and is this sidecar's
+    /// registry entry.
+    refcounts: HashMap<Topic, i64>,
+    buffer: PublishBuffer,
+    /// Peers seen before the last outage; flushing waits for them to come back.
+    awaited_peers: HashSet<String>,
+}
+
+/// Replies the subscriber link owes, in order: one per channel for (un)subscribes, one per PING.
+struct SubPending {
+    replies: usize,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Topics to give back if upstream refuses the subscription.
+    acquired: Vec<Topic>,
+    heartbeat: bool,
+}
+
+/// Replies the control link owes, in order.
+enum CtlPending {
+    Publish(Bytes),
+    Adjust(Option<oneshot::Sender<()>>),
+    Snapshot,
+    Touch,
+    RefreshPeers,
+    PeerCheck,
+    ReadFleet(oneshot::Sender<Result<Fleet, String>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// A connected pair of links.
+struct Live {
+    sub_in: FrameReader<OwnedReadHalf>,
+    sub_out: OwnedWriteHalf,
+    sub_buf: BytesMut,
+    sub_pending: VecDeque<SubPending>,
+    ctl_in: FrameReader<OwnedReadHalf>,
+    ctl_out: OwnedWriteHalf,
+    ctl_buf: BytesMut,
+    ctl_pending: VecDeque<CtlPending>,
+    /// While set, publishes still go to the buffer: it is flushed once peers are back or at
+    /// this deadline.
+    flush_deadline: Option<Instant>,
+    next_peer_check: Option<Instant>,
+    heartbeats_unanswered: usize,
+    heartbeat_deadline: Option<Instant>,
+}
+
+/// Why the task stopped serving one connection.
+enum Stop {
+    Lost(UpstreamError),
+    Shutdown,
+}
+
+impl From<UpstreamError> for Stop {
+    fn from(e: UpstreamError) -> Self {
+        Stop::Lost(e)
+    }
+}
+
+impl Backplane {
+    pub fn new(
+        endpoint: Endpoint,
+        settings: Settings,
+        registry: Registry,
+        requests: mpsc::Receiver<Request>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let buffer = PublishBuffer::new(settings.buffer_bytes, settings.buffer_messages);
+        Backplane {
+            endpoint,
+            settings,
+            registry,
+            requests,
+            shared,
+            refcounts: HashMap::new(),
+            buffer,
+            awaited_peers: HashSet::new(),
+        }
+    }
+
+    /// Runs until the relay is dropped.
+    pub async fn run(mut self) {
+        let mut first = true;
+        loop {
+            let Some(mut live) = self.reconnect(first).await else {
+                return;
+            };
+            first = false;
+            self.restore(&mut live);
+            self.set_ready(true);
+            let stop = self.serve(&mut live).await;
+            self.set_ready(false);
+            self.salvage(live);
+            match stop {
+                Stop::Shutdown => return,
+                Stop::Lost(e) => {
+                    self.shared.metrics.upstream_reconnects.inc();
+                    tracing::warn!(
+                        endpoint = %self.endpoint,
+                        error = %e,
+                        buffered = self.buffer.len(),
+                        "lost the backplane; local connections stay open, publishes are buffered until it is back"
+                    );
+                }
+            }
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.shared
+            .ready
+            .store(ready, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.upstream_connected.set(i64::from(ready));
+    }
+
+    /// Connects both links, retrying with jittered exponential backoff while answering requests
+    /// offline. `None` when the relay is gone.
+    async fn reconnect(&mut self, first: bool) -> Option<Live> {
+        let mut delay = self.settings.reconnect_min;
+        let mut attempt: u64 = 0;
+        loop {
+            match self.connect().await {
+                Ok(live) => {
+                    tracing::info!(
+                        endpoint = %self.endpoint,
+                        attempts = attempt + 1,
+                        subscriptions = self.refcounts.len(),
+                        buffered = self.buffer.len(),
+                        "connected to the backplane"
+                    );
+                    return Some(live);
+                }
+                Err(e) => {
+                    attempt += 1;
+                    if attempt == 1 && first {
+                        tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot reach the backplane yet; retrying (the sidecar is not ready until it connects)");
+                    } else if attempt.is_multiple_of(10) {
+                        tracing::warn!(endpoint = %self.endpoint, error = %e, attempt, "still cannot reach the backplane");
+                    } else {
+                        tracing::debug!(endpoint = %self.endpoint, error = %e, attempt, "reconnect failed");
+                    }
+                }
+            }
+            let wait = rand::rng().random_range(delay / 2..=delay);
+            delay = (delay * 2).min(self.settings.reconnect_max);
+            let until = Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = sleep_until(until) => break,
+                    request = self.requests.recv() => match request {
+                        Some(r) => self.offline(r),
+                        None => return None,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Live, UpstreamError> {
+        let name = |role: &str| {
+            let id: String = self
+                .registry
+                .id()
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+                .collect();
+            format!("switchboard-{role}:{id}")
+        };
+        let sub = self
+            .endpoint
+            .connect(Protocol::Resp2, Some(&name("sub")))
+            .await?;
+        let ctl = self
+            .endpoint
+            .connect(Protocol::Resp2, Some(&name("ctl")))
+            .await?;
+        let (mut sub_in, sub_out) = sub.into_parts();
+        let (ctl_in, ctl_out) = ctl.into_parts();
+        // Messages are as large as anything a client may publish, and no larger.
+        sub_in.set_limits(crate::resp::Limits::for_upstream(
+            self.settings.max_bulk + 4096,
+        ));
+        Ok(Live {
+            sub_in,
+            sub_out,
+            sub_buf: BytesMut::new(),
+            sub_pending: VecDeque::new(),
+            ctl_in,
+            ctl_out,
+            ctl_buf: BytesMut::new(),
+            ctl_pending: VecDeque::new(),
+            flush_deadline: None,
+            next_peer_check: None,
+            heartbeats_unanswered: 0,
+            heartbeat_deadline: None,
+        })
+    }
+
+    /// Re-establishes every subscription and this sidecar's registry entry; arranges the flush.
+    fn restore(&mut self, live: &mut Live) {
+        for kind in Kind::ALL {
+            let names: Vec<Bytes> = self
+                .refcounts
+                .keys()
+                .filter(|t| t.kind == kind)
+                .map(|t| t.name.clone())
+                .collect();
+            for chunk in names.chunks(1024) {
+                self.write_sub(live, kind.subscribe_command(), chunk, None, Vec::new());
+            }
+        }
+        let snapshot = self
+            .registry
+            .snapshot(self.refcounts.iter().map(|(t, n)| (t, *n)));
+        push_ctl(live, &snapshot, CtlPending::Snapshot);
+        if self.buffer.is_empty() {
+            push_ctl(live, &self.registry.read(), CtlPending::RefreshPeers);
+        } else {
+            live.flush_deadline = Some(Instant::now() + self.settings.flush_grace);
+            push_ctl(live, &self.registry.read(), CtlPending::PeerCheck);
+        }
+        self.update_gauges();
+    }
+
+    async fn serve(&mut self, live: &mut Live) -> Stop {
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.tick().await;
+        loop {
+            if let Err(e) = self.write_out(live).await {
+                return Stop::Lost(e);
+            }
+            let peer_check = live.next_peer_check;
+            let step: Result<(), Stop> = tokio::select! {
+                frame = live.sub_in.next_value() => match frame {
+                    Ok(v) => self.on_sub_frame(live, v),
+                    Err(e) => Err(e.into()),
+                },
+                frame = live.ctl_in.next_value() => match frame {
+                    Ok(v) => { self.on_ctl_frame(live, v); Ok(()) }
+                    Err(e) => Err(e.into()),
+                },
+                request = self.requests.recv() => match request {
+                    Some(r) => {
+                        self.online(live, r);
+                        // Batch whatever else is queued into the same write.
+                        while let Ok(r) = self.requests.try_recv() {
+                            self.online(live, r);
+                        }
+                        Ok(())
+                    }
+                    None => Err(Stop::Shutdown),
+                },
+                _ = heartbeat.tick() => self.on_heartbeat(live),
+                _ = sleep_until(peer_check.unwrap_or_else(Instant::now)), if peer_check.is_some() => {
+                    live.next_peer_check = None;
+                    push_ctl(live, &self.registry.read(), CtlPending::PeerCheck);
+                    Ok(())
+                }
+            };
+            if let Err(stop) = step {
+                if matches!(stop, Stop::Shutdown) {
+                    let _ = self.write_out(live).await;
+                }
+                return stop;
+            }
+        }
+    }
+
+    /// Writes what the handlers queued. Bounded in time, so a backplane that stops reading is
+    /// detected like one that stops answering.
+    async fn write_out(&mut self, live: &mut Live) -> Result<(), UpstreamError> {
+        let limit = self.settings.heartbeat * 3;
+        let timed_out = || {
+            UpstreamError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the backplane stopped reading",
+            ))
+        };
+        if !live.sub_buf.is_empty() {
+            tokio::time::timeout(limit, live.sub_out.write_all(&live.sub_buf))
+                .await
+                .map_err(|_| timed_out())??;
+            live.sub_buf.clear();
+        }
+        if !live.ctl_buf.is_empty() {
+            tokio::time::timeout(limit, live.ctl_out.write_all(&live.ctl_buf))
+                .await
+                .map_err(|_| timed_out())??;
+            live.ctl_buf.clear();
+        }
+        Ok(())
+    }
+
+    fn on_heartbeat(&mut self, live: &mut Live) -> Result<(), Stop> {
+        if live.heartbeats_unanswered > 0 {
+            if live.heartbeat_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Stop::Lost(UpstreamError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no heartbeat reply within {:?}", self.heartbeat_limit()),
+                ))));
+            }
+            return Ok(());
+        }
+        live.heartbeats_unanswered = 2;
+        live.heartbeat_deadline = Some(Instant::now() + self.heartbeat_limit());
+        live.sub_buf
+            .extend_from_slice(&crate::upstream::command(&["PING"]).raw);
+        live.sub_pending.push_back(SubPending {
+            replies: 1,
+            done: None,
+            acquired: Vec::new(),
+            heartbeat: true,
+        });
+        push_ctl(live, &self.registry.touch(), CtlPending::Touch);
+        push_ctl(live, &self.registry.read(), CtlPending::RefreshPeers);
+        Ok(())
+    }
+
+    fn heartbeat_limit(&self) -> Duration {
+        (self.settings.heartbeat * 2).max(Duration::from_secs(3))
+    }
+
+    fn heartbeat_answered(live: &mut Live) {
+        live.heartbeats_unanswered = live.heartbeats_unanswered.saturating_sub(1);
+        if live.heartbeats_unanswered == 0 {
+            live.heartbeat_deadline = None;
+        }
+    }
+
+    /// A request while connected.
+    fn online(&mut self, live: &mut Live, request: Request) {
+        match request {
+            Request::Acquire { topics, done } => {
+                let fresh = self.count(&topics, 1);
+                let (sub_tx, sub_rx) = oneshot::channel();
+                if let Some(kind) = fresh.first().map(|t| t.kind) {
+                    let names: Vec<Bytes> = fresh.iter().map(|t| t.name.clone()).collect();
+                    self.write_sub(live, kind.subscribe_command(), &names, Some(sub_tx), fresh);
+                } else {
+                    let _ = sub_tx.send(Ok(()));
+                }
+                let (reg_tx, reg_rx) = oneshot::channel();
+                push_ctl(
+                    live,
+                    &self.registry.adjust(topics.iter().map(|t| (t, 1))),
+                    CtlPending::Adjust(Some(reg_tx)),
+                );
+                tokio::spawn(async move {
+                    let upstream = sub_rx.await.unwrap_or(Ok(()));
+                    let _ = reg_rx.await;
+                    let _ = done.send(upstream);
+                });
+            }
+            Request::Release { topics, done } => {
+                let gone = self.count(&topics, -1);
+                if let Some(kind) = gone.first().map(|t| t.kind) {
+                    let names: Vec<Bytes> = gone.iter().map(|t| t.name.clone()).collect();
+                    self.write_sub(live, kind.unsubscribe_command(), &names, None, Vec::new());
+                }
+                push_ctl(
+                    live,
+                    &self.registry.adjust(topics.iter().map(|t| (t, -1))),
+                    CtlPending::Adjust(Some(done)),
+                );
+            }
+            Request::Publish {
+                kind,
+                channel,
+                payload,
+            } => {
+                let command = self.publish_command(kind, &channel, payload);
+                if live.flush_deadline.is_some() {
+                    self.hold(command);
+                } else {
+                    self.shared.metrics.publishes_sent.inc();
+                    push_ctl(live, &command, CtlPending::Publish(command.raw.clone()));
+                }
+            }
+            Request::ReadFleet { done } => {
+                push_ctl(live, &self.registry.read(), CtlPending::ReadFleet(done))
+            }
+            Request::Leave { done } => {
+                push_ctl(live, &self.registry.leave(), CtlPending::Leave(done))
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// A request while disconnected: record it so the reconnect restores it.
+    fn offline(&mut self, request: Request) {
+        match request {
+            Request::Acquire { topics, done } => {
+                self.count(&topics, 1);
+                let _ = done.send(Ok(()));
+            }
+            Request::Release { topics, done } => {
+                self.count(&topics, -1);
+                let _ = done.send(());
+            }
+            Request::Publish {
+                kind,
+                channel,
+                payload,
+            } => {
+                let command = self.publish_command(kind, &channel, payload);
+                self.hold(command);
+            }
+            Request::ReadFleet { done } => {
+                let _ = done.send(Err("the backplane is unreachable".into()));
+            }
+            Request::Leave { done } => {
+                let _ = done.send(());
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Applies `delta` to each topic's count; returns the topics whose upstream subscription
+    /// changes (first subscriber arrived, or last one left).
+    fn count(&mut self, topics: &[Topic], delta: i64) -> Vec<Topic> {
+        let mut changed = Vec::new();
+        for topic in topics {
+            let n = self.refcounts.entry(topic.clone()).or_insert(0);
+            *n += delta;
+            if (delta > 0 && *n == 1) || (delta < 0 && *n <= 0) {
+                changed.push(topic.clone());
+            }
+            if *n <= 0 {
+                self.refcounts.remove(topic);
+            }
+        }
+        changed
+    }
+
+    fn publish_command(&self, kind: Kind, channel: &[u8], payload: Bytes) -> Command {
+        let verb: &'static [u8] = if kind == Kind::Shard {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
+        Command::from_args([Bytes::from_static(verb), self.prefixed(channel), payload])
+    }
+
+    /// Holds a publish for later; counts and logs it if the buffer is full.
+    fn hold(&mut self, command: Command) {
+        if self.buffer.push(command.raw) {
+            self.shared
+                .metrics
+                .publishes_buffered
+                .set(self.buffer.len() as i64);
+            return;
+        }
+        self.shared.metrics.publishes_dropped.inc();
+        let dropped = self.shared.metrics.publishes_dropped.get();
+        if dropped == 1 || dropped.is_multiple_of(1000) {
+            tracing::error!(
+                buffered = self.buffer.len(),
+                buffered_bytes = self.buffer.bytes(),
+                dropped_total = dropped,
+                "publish buffer full while the backplane is unreachable: dropping publishes (raise --publish-buffer-bytes / --publish-buffer-messages)"
+            );
+        }
+    }
+
+    fn prefixed(&self, name: &[u8]) -> Bytes {
+        if self.settings.channel_prefix.is_empty() {
+            return Bytes::copy_from_slice(name);
+        }
+        let mut v = self.settings.channel_prefix.to_vec();
+        v.extend_from_slice(name);
+        v.into()
+    }
+
+    fn unprefixed(&self, name: &Bytes) -> Option<Bytes> {
+        name.starts_with(&self.settings.channel_prefix)
+            .then(|| name.slice(self.settings.channel_prefix.len()..))
+    }
+
+    fn write_sub(
+        &self,
+        live: &mut Live,
+        verb: &str,
+        names: &[Bytes],
+        done: Option<oneshot::Sender<Result<(), String>>>,
+        acquired: Vec<Topic>,
+    ) {
+        let mut args = vec![Bytes::copy_from_slice(verb.as_bytes())];
+        args.extend(names.iter().map(|n| self.prefixed(n)));
+        live.sub_buf
+            .extend_from_slice(&Command::from_args(args).raw);
+        live.sub_pending.push_back(SubPending {
+            replies: names.len(),
+            done,
+            acquired,
+            heartbeat: false,
+        });
+    }
+
+    fn on_sub_frame(&mut self, live: &mut Live, frame: Value) -> Result<(), Stop> {
+        let items = match &frame {
+            Value::Array(items) | Value::Push(items) => items.as_slice(),
+            Value::Simple(s) if &s[..] == b"PONG" => return self.sub_answered(live, Ok(())),
+            Value::Error(e) => {
+                return self.sub_answered(live, Err(String::from_utf8_lossy(e).into_owned()));
+            }
+            _ => return Ok(()),
+        };
+        let word = items.first().and_then(Value::as_bytes).map(|b| &b[..]);
+        let bytes = |i: usize| items.get(i).and_then(Value::as_bytes);
+        match word {
+            Some(b"message") | Some(b"smessage") => {
+                let kind = if word == Some(b"message") {
+                    Kind::Channel
+                } else {
+                    Kind::Shard
+                };
+                if let (Some(channel), Some(payload)) =
+                    (bytes(1).and_then(|c| self.unprefixed(c)), bytes(2))
+                {
+                    let m = Delivery::new(kind, None, &channel, payload);
+                    self.delivered(
+                        self.shared
+                            .table
+                            .deliver(&Topic::new(kind, channel.clone()), &m),
+                    );
+                }
+            }
+            Some(b"pmessage") => {
+                let pattern = bytes(1).and_then(|p| self.unprefixed(p));
+                let channel = bytes(2).and_then(|c| self.unprefixed(c));
+                if let (Some(pattern), Some(channel), Some(payload)) = (pattern, channel, bytes(3))
+                {
+                    let m = Delivery::new(Kind::Pattern, Some(&pattern), &channel, payload);
+                    self.delivered(
+                        self.shared
+                            .table
+                            .deliver(&Topic::new(Kind::Pattern, pattern.clone()), &m),
+                    );
+                }
+            }
+            Some(
+                b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+                | b"sunsubscribe" | b"pong",
+            ) => return self.sub_answered(live, Ok(())),
+            _ => tracing::debug!(
+                ?frame,
+                "ignoring an unexpected frame on the subscriber link"
+            ),
+        }
+        Ok(())
+    }
+
+    fn delivered(&self, d: super::table::Delivered) {
+        let m = &self.shared.metrics;
+        m.messages_received.inc();
+        m.messages_delivered.inc_by(d.queued as u64);
+    }
+
+    fn sub_answered(&mut self, live: &mut Live, result: Result<(), String>) -> Result<(), Stop> {
+        let Some(front) = live.sub_pending.front_mut() else {
+            return Ok(());
+        };
+        if result.is_ok() && front.replies > 1 {
+            front.replies -= 1;
+            return Ok(());
+        }
+        let done = live.sub_pending.pop_front().expect("front exists");
+        if done.heartbeat {
+            Self::heartbeat_answered(live);
+        }
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "the backplane refused a subscription command");
+            // Give the counts back so the registry and refcounts stay truthful.
+            if !done.acquired.is_empty() {
+                self.count(&done.acquired, -1);
+                push_ctl(
+                    live,
+                    &self.registry.adjust(done.acquired.iter().map(|t| (t, -1))),
+                    CtlPending::Adjust(None),
+                );
+            }
+        }
+        if let Some(tx) = done.done {
+            let _ = tx.send(result);
+        }
+        Ok(())
+    }
+
+    fn on_ctl_frame(&mut self, live: &mut Live, frame: Value) {
+        let Some(pending) = live.ctl_pending.pop_front() else {
+            return;
+        };
+        let refused = match &frame {
+            Value::Error(e) => Some(String::from_utf8_lossy(e).into_owned()),
+            _ => None,
+        };
+        match pending {
+            CtlPending::Publish(_) => {
+                if let Some(e) = refused {
+                    tracing::warn!(error = %e, "the backplane refused a publish");
+                }
+            }
+            CtlPending::Adjust(done) => {
+                if frame == Value::Integer(0) {
+                    self.resnapshot(live);
+                } else if let Some(e) = refused {
+                    tracing::warn!(error = %e, "the backplane refused a registry update");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            CtlPending::Snapshot => {
+                if let Some(e) = refused {
+                    tracing::error!(error = %e, "cannot write this sidecar's registry entry; fleet-wide PUBSUB counts will be wrong (does the backplane allow EVAL?)");
+                }
+            }
+            CtlPending::Touch => {
+                Self::heartbeat_answered(live);
+                if frame == Value::Integer(0) {
+                    self.resnapshot(live);
+                }
+            }
+            CtlPending::RefreshPeers => {
+                self.remember(&frame);
+            }
+            CtlPending::PeerCheck => {
+                let fleet = self.remember(&frame);
+                let back = fleet.as_ref().map(Fleet::ids).unwrap_or_default();
+                let missing: Vec<&String> = self
+                    .awaited_peers
+                    .iter()
+                    .filter(|p| !back.contains(*p))
+                    .collect();
+                let expired = live.flush_deadline.is_some_and(|d| Instant::now() >= d);
+                if missing.is_empty() || expired {
+                    if !missing.is_empty() {
+                        tracing::warn!(
+                            ?missing,
+                            "flushing buffered publishes although some sidecars have not re-registered (gone, or still reconnecting)"
+                        );
+                    }
+                    self.flush(live);
+                } else {
+                    live.next_peer_check = Some(Instant::now() + Duration::from_millis(100));
+                }
+            }
+            CtlPending::ReadFleet(done) => {
+                let fleet = self
+                    .remember(&frame)
+                    .ok_or_else(|| refused.unwrap_or_else(|| "unexpected registry reply".into()));
+                let _ = done.send(fleet);
+            }
+            CtlPending::Leave(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Caches a registry read (without this sidecar) and returns it.
+    fn remember(&mut self, frame: &Value) -> Option<Fleet> {
+        let mut fleet = Fleet::from_registry(frame)?;
+        fleet.peers.remove(self.registry.id());
+        *self.shared.peers.write().expect("peers lock poisoned") = fleet.clone();
+        Some(fleet)
+    }
+
+    fn resnapshot(&self, live: &mut Live) {
+        tracing::info!(
+            "this sidecar's registry entry was gone (backplane restarted or entry expired); rewriting it"
+        );
+        let snapshot = self
+            .registry
+            .snapshot(self.refcounts.iter().map(|(t, n)| (t, *n)));
+        push_ctl(live, &snapshot, CtlPending::Snapshot);
+    }
+
+    fn flush(&mut self, live: &mut Live) {
+        live.flush_deadline = None;
+        let n = self.buffer.len();
+        for raw in self.buffer.drain() {
+            live.ctl_buf.extend_from_slice(&raw);
+            live.ctl_pending.push_back(CtlPending::Publish(raw));
+        }
+        self.shared.metrics.publishes_sent.inc_by(n as u64);
+        self.shared.metrics.publishes_buffered.set(0);
+        if n > 0 {
+            tracing::info!(
+                publishes = n,
+                "flushed the publishes held during the outage"
+            );
+        }
+    }
+
+    /// After a connection died: keeps what can be kept, answers what cannot wait.
+    fn salvage(&mut self, live: Live) {
+        let mut in_flight = Vec::new();
+        for pending in live.ctl_pending {
+            match pending {
+                CtlPending::Publish(raw) => in_flight.push(raw),
+                CtlPending::Adjust(Some(done)) => {
+                    let _ = done.send(());
+                }
+                CtlPending::ReadFleet(done) => {
+                    let _ = done.send(Err("the backplane connection was lost".into()));
+                }
+                CtlPending::Leave(done) => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+        if !in_flight.is_empty() {
+            tracing::info!(
+                publishes = in_flight.len(),
+                "re-queued publishes the backplane never acknowledged"
+            );
+        }
+        self.buffer.requeue_front(in_flight);
+        for pending in live.sub_pending {
+            if let Some(done) = pending.done {
+                // Recorded in the refcounts: the reconnect subscribes it.
+                let _ = done.send(Ok(()));
+            }
+        }
+        self.awaited_peers = self.shared.peers.read().expect("peers lock poisoned").ids();
+        self.shared
+            .metrics
+            .publishes_buffered
+            .set(self.buffer.len() as i64);
+    }
+
+    fn update_gauges(&self) {
+        self.shared
+            .metrics
+            .upstream_subscriptions
+            .set(self.refcounts.len() as i64);
+    }
+}
+
+fn push_ctl(live: &mut Live, command: &Command, pending: CtlPending) {
+    live.ctl_buf.extend_from_slice(&command.raw);
+    live.ctl_pending.push_back(pending);
+}

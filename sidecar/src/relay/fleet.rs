@@ -1,0 +1,168 @@
+//! Fleet-wide subscription counts: what one shared Redis would report, reconstructed from every
+//! sidecar's registry entry.
+//!
+//! Each sidecar holds one upstream subscription per topic however many local connections want
+//! it, so upstream `PUBSUB NUMSUB` would count pods, not application connections. Socket.io's
+//! adapters wait for exactly `NUMSUB` replies in `fetchSockets`, `serverSideEmit` with acks and
+//! `allRooms`, so the sidecar answers from this view instead: the sum of every live sidecar's
+//! local counts (see `registry` for how entries are kept and expire).
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+
+use super::topic::{Kind, Topic};
+use crate::glob;
+use crate::resp::Value;
+
+/// Counts per topic for each live sidecar, by sidecar id.
+#[derive(Debug, Default, Clone)]
+pub struct Fleet {
+    pub peers: HashMap<String, HashMap<Topic, i64>>,
+}
+
+impl Fleet {
+    /// Reads the registry script's reply: `[id, [field, count, ...], id, [...], ...]`.
+    pub fn from_registry(reply: &Value) -> Option<Fleet> {
+        let items = reply.as_elements()?;
+        let mut peers = HashMap::new();
+        for pair in items.chunks(2) {
+            let [id, fields] = pair else { return None };
+            let id = String::from_utf8_lossy(id.as_bytes()?).into_owned();
+            let mut counts = HashMap::new();
+            for kv in fields.as_elements()?.chunks(2) {
+                let [k, v] = kv else { return None };
+                let Some(topic) = Topic::from_registry_field(k.as_bytes()?) else {
+                    continue;
+                };
+                let n: i64 = std::str::from_utf8(v.as_bytes()?).ok()?.parse().ok()?;
+                if n > 0 {
+                    counts.insert(topic, n);
+                }
+            }
+            peers.insert(id, counts);
+        }
+        Some(Fleet { peers })
+    }
+
+    pub fn ids(&self) -> HashSet<String> {
+        self.peers.keys().cloned().collect()
+    }
+
+    /// This fleet with `own` standing for sidecar `id` (local counts are always current).
+    pub fn with_own(mut self, id: &str, own: HashMap<Topic, i64>) -> Fleet {
+        self.peers.insert(id.to_owned(), own);
+        self
+    }
+
+    /// `PUBSUB NUMSUB` / `SHARDNUMSUB`: subscribers of each channel across the fleet.
+    pub fn numsub(&self, kind: Kind, channel: &Bytes) -> i64 {
+        let topic = Topic::new(kind, channel.clone());
+        self.peers.values().filter_map(|c| c.get(&topic)).sum()
+    }
+
+    /// `PUBSUB NUMPAT`: distinct patterns subscribed anywhere in the fleet.
+    pub fn numpat(&self) -> i64 {
+        self.names(Kind::Pattern).len() as i64
+    }
+
+    /// `PUBSUB CHANNELS` / `SHARDCHANNELS`: distinct active channels, optionally glob-filtered.
+    pub fn channels(&self, kind: Kind, pattern: Option<&[u8]>) -> Vec<Bytes> {
+        let mut names: Vec<Bytes> = self
+            .names(kind)
+            .into_iter()
+            .filter(|n| pattern.is_none_or(|p| glob::matches(p, n)))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// How many application connections a publish to `channel` reaches: its subscribers plus
+    /// those of every matching pattern (this is what `PUBLISH` replies).
+    pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
+        let mut n = 0;
+        for counts in self.peers.values() {
+            for (topic, c) in counts {
+                let hit = match (kind, topic.kind) {
+                    (Kind::Shard, Kind::Shard) | (Kind::Channel, Kind::Channel) => {
+                        topic.name == channel
+                    }
+                    (Kind::Channel, Kind::Pattern) => glob::matches(&topic.name, channel),
+                    _ => false,
+                };
+                if hit {
+                    n += c;
+                }
+            }
+        }
+        n
+    }
+
+    fn names(&self, kind: Kind) -> HashSet<Bytes> {
+        self.peers
+            .values()
+            .flat_map(|c| c.keys())
+            .filter(|t| t.kind == kind)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(kind: Kind, name: &'static str) -> Topic {
+        Topic::new(kind, Bytes::from_static(name.as_bytes()))
+    }
+
+    #[test]
+    fn sums_across_sidecars_like_one_redis() {
+        let mut fleet = Fleet::default();
+        fleet.peers.insert(
+            "a".into(),
+            HashMap::from([
+                (topic(Kind::Channel, "x"), 2),
+                (topic(Kind::Pattern, "x*"), 1),
+            ]),
+        );
+        fleet.peers.insert(
+            "b".into(),
+            HashMap::from([
+                (topic(Kind::Channel, "x"), 1),
+                (topic(Kind::Pattern, "x*"), 3),
+            ]),
+        );
+        let x = Bytes::from_static(b"x");
+        assert_eq!(fleet.numsub(Kind::Channel, &x), 3);
+        assert_eq!(fleet.numsub(Kind::Shard, &x), 0);
+        assert_eq!(fleet.numpat(), 1);
+        assert_eq!(fleet.receivers(Kind::Channel, b"x"), 7);
+        assert_eq!(
+            fleet.channels(Kind::Channel, Some(b"y*")),
+            Vec::<Bytes>::new()
+        );
+        assert_eq!(fleet.channels(Kind::Channel, None), vec![x]);
+    }
+
+    #[test]
+    fn parses_the_registry_reply_and_skips_zero_counts() {
+        let b = |s: &'static str| Value::Bulk(Bytes::from_static(s.as_bytes()));
+        let reply = Value::Array(vec![
+            b("pod-1"),
+            Value::Array(vec![
+                b("alive"),
+                b("1"),
+                b("c:room"),
+                b("2"),
+                b("p:a*"),
+                b("0"),
+            ]),
+        ]);
+        let fleet = Fleet::from_registry(&reply).unwrap();
+        assert_eq!(
+            fleet.peers["pod-1"],
+            HashMap::from([(topic(Kind::Channel, "room"), 2)])
+        );
+    }
+}

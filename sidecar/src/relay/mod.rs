@@ -1,0 +1,330 @@
+//! The relay: pub/sub between the pod's local connections and the rest of the fleet.
+//!
+//! Local connections subscribe and publish through [`Relay`]. In embedded mode (no backplane)
+//! it is a broker for this pod alone; with a backplane it keeps one upstream subscription per
+//! topic (see [`backplane`]) and answers `PUBSUB` with fleet-wide counts (see [`fleet`]).
+//!
+//! The relay owns no sockets of local clients: sessions hand it their [`Outbox`] and their
+//! [`Subscriptions`], and it keeps both consistent with the [`Table`].
+
+pub mod backplane;
+pub mod buffer;
+pub mod fleet;
+pub mod registry;
+pub mod table;
+pub mod topic;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use self::backplane::{Request, Shared};
+use self::fleet::Fleet;
+use self::table::Table;
+use self::topic::{Kind, Topic};
+use crate::metrics::Metrics;
+use crate::resp::Reply;
+use crate::session::outbox::Outbox;
+
+/// What one local connection is subscribed to, as Redis counts it for confirmations.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shards: HashSet<Bytes>,
+}
+
+impl Subscriptions {
+    fn set(&mut self, kind: Kind) -> &mut HashSet<Bytes> {
+        match kind {
+            Kind::Channel => &mut self.channels,
+            Kind::Pattern => &mut self.patterns,
+            Kind::Shard => &mut self.shards,
+        }
+    }
+
+    /// The count a confirmation carries: channels and patterns together, shard channels apart.
+    pub fn count(&self, kind: Kind) -> i64 {
+        match kind {
+            Kind::Shard => self.shards.len() as i64,
+            _ => (self.channels.len() + self.patterns.len()) as i64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty()
+    }
+
+    fn sorted(&mut self, kind: Kind) -> Vec<Bytes> {
+        let mut names: Vec<Bytes> = self.set(kind).iter().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// A (un)subscribe confirmation: `[subscribe, channel, count]`, a push frame in RESP3.
+fn confirmation(
+    outbox: &Outbox,
+    kind: Kind,
+    subscribing: bool,
+    name: Option<&Bytes>,
+    count: i64,
+) -> Bytes {
+    Reply::Push(vec![
+        Reply::bulk_str(kind.confirmation(subscribing)),
+        name.map_or(Reply::NullBulk, |n| Reply::Bulk(n.clone())),
+        Reply::Integer(count),
+    ])
+    .to_bytes(outbox.protocol())
+}
+
+pub struct Relay {
+    id: String,
+    shared: Arc<Shared>,
+    backplane: Option<mpsc::Sender<Request>>,
+}
+
+impl Relay {
+    /// A relay for one pod alone.
+    pub fn embedded(metrics: Arc<Metrics>) -> Self {
+        let shared = Arc::new(Shared {
+            table: Arc::new(Table::default()),
+            peers: Default::default(),
+            ready: true.into(),
+            metrics,
+        });
+        Relay {
+            id: String::new(),
+            shared,
+            backplane: None,
+        }
+    }
+
+    /// A relay bridged to a backplane; spawns the backplane task.
+    pub fn bridged(
+        endpoint: crate::upstream::Endpoint,
+        settings: backplane::Settings,
+        registry: registry::Registry,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            table: Arc::new(Table::default()),
+            peers: Default::default(),
+            ready: false.into(),
+            metrics,
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let id = registry.id().to_owned();
+        let task = backplane::Backplane::new(endpoint, settings, registry, rx, shared.clone());
+        tokio::spawn(task.run());
+        Relay {
+            id,
+            shared,
+            backplane: Some(tx),
+        }
+    }
+
+    /// Ready to serve: always when embedded; while the backplane is connected otherwise.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.backplane.is_none()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+        let backplane = self.backplane.as_ref()?;
+        let (tx, rx) = oneshot::channel();
+        backplane.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE: confirms each name in order, after the backplane
+    /// has the subscription, so no message published after the confirmation can be missed.
+    pub async fn subscribe(
+        &self,
+        outbox: &Outbox,
+        subs: &mut Subscriptions,
+        kind: Kind,
+        names: &[Bytes],
+    ) -> Result<(), Reply> {
+        let mut fresh: Vec<Topic> = Vec::new();
+        for name in names {
+            let topic = Topic::new(kind, name.clone());
+            if !subs.set(kind).contains(name) && !fresh.contains(&topic) {
+                fresh.push(topic);
+            }
+        }
+        if !fresh.is_empty()
+            && let Some(Err(e)) = self
+                .ask(|done| Request::Acquire {
+                    topics: fresh.clone(),
+                    done,
+                })
+                .await
+        {
+            return Err(Reply::error(format!(
+                "ERR switchboard: the backplane refused {}: {e}",
+                kind.subscribe_command()
+            )));
+        }
+        for name in names {
+            if subs.set(kind).insert(name.clone()) {
+                let frame = confirmation(outbox, kind, true, Some(name), subs.count(kind));
+                self.shared
+                    .table
+                    .insert(Topic::new(kind, name.clone()), outbox, frame);
+                self.shared.metrics.local_subscriptions.inc();
+            } else {
+                outbox.reply(confirmation(
+                    outbox,
+                    kind,
+                    true,
+                    Some(name),
+                    subs.count(kind),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// UNSUBSCRIBE / PUNSUBSCRIBE / SUNSUBSCRIBE (no names: all of that kind).
+    pub async fn unsubscribe(
+        &self,
+        outbox: &Outbox,
+        subs: &mut Subscriptions,
+        kind: Kind,
+        names: Vec<Bytes>,
+    ) {
+        let names = if names.is_empty() {
+            subs.sorted(kind)
+        } else {
+            names
+        };
+        if names.is_empty() {
+            outbox.reply(confirmation(outbox, kind, false, None, subs.count(kind)));
+            return;
+        }
+        let mut leaving: Vec<Topic> = Vec::new();
+        for name in &names {
+            let topic = Topic::new(kind, name.clone());
+            if subs.set(kind).contains(name) && !leaving.contains(&topic) {
+                leaving.push(topic);
+            }
+        }
+        if !leaving.is_empty() {
+            self.ask(|done| Request::Release {
+                topics: leaving,
+                done,
+            })
+            .await;
+        }
+        for name in &names {
+            if subs.set(kind).remove(name) {
+                let frame = confirmation(outbox, kind, false, Some(name), subs.count(kind));
+                self.shared
+                    .table
+                    .remove(&Topic::new(kind, name.clone()), outbox, Some(frame));
+                self.shared.metrics.local_subscriptions.dec();
+            } else {
+                outbox.reply(confirmation(
+                    outbox,
+                    kind,
+                    false,
+                    Some(name),
+                    subs.count(kind),
+                ));
+            }
+        }
+    }
+
+    /// Drops every subscription without confirmations (connection closed, or RESET).
+    pub async fn leave_all(&self, outbox: &Outbox, subs: &mut Subscriptions) {
+        for kind in Kind::ALL {
+            let names = subs.sorted(kind);
+            if names.is_empty() {
+                continue;
+            }
+            let topics: Vec<Topic> = names.iter().map(|n| Topic::new(kind, n.clone())).collect();
+            self.ask(|done| Request::Release {
+                topics: topics.clone(),
+                done,
+            })
+            .await;
+            for topic in &topics {
+                self.shared.table.remove(topic, outbox, None);
+                self.shared.metrics.local_subscriptions.dec();
+            }
+            subs.set(kind).clear();
+        }
+    }
+
+    /// PUBLISH / SPUBLISH. Returns how many application connections receive it: exact in
+    /// embedded mode; with a backplane, exact for this pod plus the other pods' counts as of the
+    /// last registry read (at most one heartbeat old).
+    pub async fn publish(&self, kind: Kind, channel: Bytes, payload: Bytes) -> i64 {
+        let metrics = &self.shared.metrics;
+        metrics.publishes.inc();
+        let Some(backplane) = &self.backplane else {
+            let n = self.shared.table.publish_locally(kind, &channel, &payload);
+            metrics.messages_delivered.inc_by(n as u64);
+            return n as i64;
+        };
+        let remote = self
+            .shared
+            .peers
+            .read()
+            .expect("peers lock poisoned")
+            .receivers(kind, &channel);
+        let local = self.shared.table.receivers(kind, &channel);
+        let _ = backplane
+            .send(Request::Publish {
+                kind,
+                channel,
+                payload,
+            })
+            .await;
+        local + remote
+    }
+
+    /// The fleet for PUBSUB answers: a fresh registry read, or the cached one if the backplane
+    /// is unreachable right now; this pod's own counts are always current.
+    async fn fleet(&self) -> Fleet {
+        let peers = match self.ask(|done| Request::ReadFleet { done }).await {
+            Some(Ok(fleet)) => fleet,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "answering PUBSUB from the last registry read");
+                self.shared
+                    .peers
+                    .read()
+                    .expect("peers lock poisoned")
+                    .clone()
+            }
+            None => Fleet::default(),
+        };
+        peers.with_own(&self.id, self.shared.table.counts())
+    }
+
+    pub async fn numsub(&self, kind: Kind, channels: &[Bytes]) -> Vec<i64> {
+        let fleet = self.fleet().await;
+        channels.iter().map(|c| fleet.numsub(kind, c)).collect()
+    }
+
+    pub async fn numpat(&self) -> i64 {
+        self.fleet().await.numpat()
+    }
+
+    pub async fn channels(&self, kind: Kind, pattern: Option<&[u8]>) -> Vec<Bytes> {
+        self.fleet().await.channels(kind, pattern)
+    }
+
+    /// Graceful shutdown: leaves the registry so the fleet's counts drop at once rather than
+    /// after the entry's TTL.
+    pub async fn leave(&self) {
+        self.ask(|done| Request::Leave { done }).await;
+    }
+}

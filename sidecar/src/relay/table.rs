@@ -1,0 +1,177 @@
+//! Which local connections hear which topics, and the delivery of one message to them.
+//!
+//! The table is the local truth: a connection is in it exactly while Redis would consider it
+//! subscribed, and its confirmation is queued under the same write lock that inserts it, so no
+//! message can overtake a confirmation.
+
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::topic::{Kind, Topic};
+use crate::glob;
+use crate::resp::Protocol;
+use crate::session::outbox::Outbox;
+
+/// Subscribers of one topic, by connection id.
+pub type Subscribers = HashMap<u64, Outbox>;
+
+#[derive(Default)]
+pub struct Table {
+    topics: RwLock<HashMap<Topic, Subscribers>>,
+}
+
+/// A message as it arrived: encoded lazily, at most once per protocol, however many local
+/// connections receive it.
+pub struct Delivery<'a> {
+    pub kind: Kind,
+    /// The matching pattern, for `pmessage`.
+    pub pattern: Option<&'a [u8]>,
+    pub channel: &'a [u8],
+    pub payload: &'a [u8],
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+impl<'a> Delivery<'a> {
+    pub fn new(
+        kind: Kind,
+        pattern: Option<&'a [u8]>,
+        channel: &'a [u8],
+        payload: &'a [u8],
+    ) -> Self {
+        Delivery {
+            kind,
+            pattern,
+            channel,
+            payload,
+            encoded: Default::default(),
+        }
+    }
+
+    fn frame(&self, proto: Protocol) -> Bytes {
+        let slot = &self.encoded[usize::from(proto == Protocol::Resp3)];
+        slot.get_or_init(|| {
+            let word = self.kind.message_word();
+            let parts: Vec<&[u8]> = match self.pattern {
+                Some(p) => vec![word, p, self.channel, self.payload],
+                None => vec![word, self.channel, self.payload],
+            };
+            let mut out = BytesMut::with_capacity(self.payload.len() + self.channel.len() + 64);
+            out.put_u8(if proto == Protocol::Resp3 { b'>' } else { b'*' });
+            out.put_slice(format!("{}\r\n", parts.len()).as_bytes());
+            for part in parts {
+                out.put_slice(format!("${}\r\n", part.len()).as_bytes());
+                out.put_slice(part);
+                out.put_slice(b"\r\n");
+            }
+            out.freeze()
+        })
+        .clone()
+    }
+}
+
+/// What one delivery did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub queued: usize,
+    pub dropped: usize,
+}
+
+impl Table {
+    /// Delivers to the subscribers of exactly this topic (the pattern itself for `pmessage`).
+    pub fn deliver(&self, topic: &Topic, message: &Delivery<'_>) -> Delivered {
+        let topics = self.topics.read().expect("table lock poisoned");
+        let mut done = Delivered::default();
+        if let Some(subs) = topics.get(topic) {
+            for outbox in subs.values() {
+                if outbox.message(message.frame(outbox.protocol())) {
+                    done.queued += 1;
+                } else {
+                    done.dropped += 1;
+                }
+            }
+        }
+        done
+    }
+
+    /// Delivers a publish made locally with no backplane: channel subscribers first, then every
+    /// matching pattern, in Redis's order. Returns how many connections received it.
+    pub fn publish_locally(&self, kind: Kind, channel: &[u8], payload: &[u8]) -> usize {
+        let direct = Delivery::new(kind, None, channel, payload);
+        let mut receivers = self
+            .deliver(&Topic::new(kind, Bytes::copy_from_slice(channel)), &direct)
+            .queued;
+        if kind == Kind::Channel {
+            let patterns: Vec<Topic> = {
+                let topics = self.topics.read().expect("table lock poisoned");
+                topics
+                    .keys()
+                    .filter(|t| t.kind == Kind::Pattern && glob::matches(&t.name, channel))
+                    .cloned()
+                    .collect()
+            };
+            for pattern in patterns {
+                let m = Delivery::new(Kind::Pattern, Some(&pattern.name), channel, payload);
+                receivers += self.deliver(&pattern, &m).queued;
+            }
+        }
+        receivers
+    }
+
+    /// Adds `outbox` to `topic` and, under the same lock, queues `confirmation` to it.
+    pub fn insert(&self, topic: Topic, outbox: &Outbox, confirmation: Bytes) {
+        let mut topics = self.topics.write().expect("table lock poisoned");
+        topics
+            .entry(topic)
+            .or_default()
+            .insert(outbox.id(), outbox.clone());
+        outbox.reply(confirmation);
+    }
+
+    /// Removes `outbox` from `topic` and queues `confirmation` (if any) under the same lock.
+    pub fn remove(&self, topic: &Topic, outbox: &Outbox, confirmation: Option<Bytes>) {
+        let mut topics = self.topics.write().expect("table lock poisoned");
+        if let Some(subs) = topics.get_mut(topic) {
+            subs.remove(&outbox.id());
+            if subs.is_empty() {
+                topics.remove(topic);
+            }
+        }
+        if let Some(c) = confirmation {
+            outbox.reply(c);
+        }
+    }
+
+    /// Local subscriber counts per topic (this pod's share of the fleet-wide counts).
+    pub fn counts(&self) -> HashMap<Topic, i64> {
+        let topics = self.topics.read().expect("table lock poisoned");
+        topics
+            .iter()
+            .map(|(t, s)| (t.clone(), s.len() as i64))
+            .collect()
+    }
+
+    /// How many local connections a publish to `channel` reaches (channel plus patterns).
+    pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
+        let topics = self.topics.read().expect("table lock poisoned");
+        let direct = topics
+            .get(&Topic::new(kind, Bytes::copy_from_slice(channel)))
+            .map_or(0, |s| s.len());
+        let patterns: usize = if kind == Kind::Channel {
+            topics
+                .iter()
+                .filter(|(t, _)| t.kind == Kind::Pattern && glob::matches(&t.name, channel))
+                .map(|(_, s)| s.len())
+                .sum()
+        } else {
+            0
+        };
+        (direct + patterns) as i64
+    }
+
+    pub fn count(&self, topic: &Topic) -> i64 {
+        let topics = self.topics.read().expect("table lock poisoned");
+        topics.get(topic).map_or(0, |s| s.len() as i64)
+    }
+}

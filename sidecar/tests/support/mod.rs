@@ -1,0 +1,15 @@
+//! Shared by the sidecar's integration tests: real `redis-server` and sidecar processes, a raw
+//! RESP client, and the oracle harness that compares the sidecar's replies with Redis's.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod oracle;
+pub mod process;
+pub mod resp;
+
+pub use client::{REPLY_DEADLINE, RawClient, ReadError};
+pub use oracle::{Conn, Endpoint, Oracle, Side, Transcript, norm, self_check};
+pub use process::{RedisServer, Sidecar, SidecarOptions, http_get};
+pub use resp::{command, show};

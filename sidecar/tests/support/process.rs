@@ -1,0 +1,379 @@
+//! Child processes the tests run against: a real `redis-server` and the sidecar binary. Both are
+//! killed on drop, so a failing (panicking) test cleans up too; the sidecar's stderr goes to a
+//! file whose tail is printed when the test fails.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::client::{RawClient, ReadError};
+use super::resp::show;
+
+const REDIS_SERVER: &str = "redis-server";
+const START_DEADLINE: Duration = Duration::from_secs(30);
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port nobody listens on right now (the OS picks it; we release it for the child).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral loopback port")
+        .port()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A real `redis-server` on a loopback port, with no persistence, in its own directory.
+pub struct RedisServer {
+    port: u16,
+    password: Option<String>,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    /// With `requirepass`, for comparing the sidecar's local authentication with Redis's own.
+    pub fn start_with_password(password: Option<&str>) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            password: password.map(str::to_string),
+            dir: TempDir::new("redis"),
+            child: None,
+        };
+        server.start_again();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The URL the sidecar's `--upstream` takes, with credentials when the server has a password.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://default:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Kills the server (as a crash would: no shutdown handshake). The port stays reserved for
+    /// [`RedisServer::start_again`].
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts the server on the same port (after [`RedisServer::stop`]) and waits until it answers.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "redis-server on {} is already running",
+            self.port
+        );
+        let log = self.dir.path().join("redis.log");
+        let mut cmd = Command::new(REDIS_SERVER);
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {REDIS_SERVER} (is it installed?): {e}"));
+        self.child = Some(child);
+        self.wait_until_answering(&log);
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    fn wait_until_answering(&mut self, log: &Path) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "redis-server on port {} exited with {status}; log:\n{}",
+                    self.port,
+                    tail(log, 30)
+                );
+            }
+            if let Ok(mut s) = TcpStream::connect(self.addr()) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut reply = [0u8; 64];
+                // A server with requirepass answers NOAUTH: it is up all the same.
+                if s.write_all(b"PING\r\n").is_ok()
+                    && matches!(s.read(&mut reply), Ok(n) if n > 0 && (reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")))
+                {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "redis-server on port {} not answering after {START_DEADLINE:?}; log:\n{}",
+                    self.port,
+                    tail(log, 30)
+                );
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// A direct, authenticated connection for setting up and inspecting state behind a test's back.
+    pub fn admin(&self) -> RawClient {
+        let mut c = RawClient::connect(self.addr(), "admin");
+        if let Some(p) = &self.password {
+            let reply = c.call(super::resp::command(&[b"AUTH", p.as_bytes()]));
+            assert_eq!(reply, b"+OK\r\n", "admin AUTH: {}", show(&reply));
+        }
+        c
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// How to start a sidecar: upstream or embedded, with or without a local password, extra flags.
+#[derive(Default, Clone)]
+pub struct SidecarOptions {
+    pub upstream: Option<String>,
+    pub password: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl SidecarOptions {
+    pub fn upstream(url: String) -> Self {
+        Self {
+            upstream: Some(url),
+            ..Self::default()
+        }
+    }
+
+    /// No `--upstream`: the sidecar is its own pub/sub broker.
+    pub fn embedded() -> Self {
+        Self::default()
+    }
+
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_string());
+        self
+    }
+
+    pub fn arg(mut self, flag: &str, value: &str) -> Self {
+        self.extra_args
+            .extend([flag.to_string(), value.to_string()]);
+        self
+    }
+
+    pub fn start(self) -> Sidecar {
+        Sidecar::start(self)
+    }
+}
+
+/// The sidecar binary under test, listening on free loopback ports.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stderr_path: PathBuf,
+    _dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Sidecar {
+    fn start(options: SidecarOptions) -> Self {
+        let dir = TempDir::new("sidecar");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let stderr_path = dir.path().join("stderr.log");
+        // Logs go to stdout or stderr depending on the subscriber; keep both, in order.
+        let stderr = File::create(&stderr_path).expect("create the sidecar's stderr file");
+        let stdout = stderr.try_clone().expect("clone the log file handle");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-sidecar"));
+        cmd.args([
+            "--listen",
+            &addr.to_string(),
+            "--http-listen",
+            &http_addr.to_string(),
+        ])
+        .args(&options.extra_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+        // Keep the process environment from configuring what the flags leave unset.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SWITCHBOARD_") {
+                cmd.env_remove(key);
+            }
+        }
+        if let Some(url) = &options.upstream {
+            cmd.args(["--upstream", url]);
+        }
+        if let Some(p) = &options.password {
+            cmd.args(["--password", p]);
+        }
+        let child = cmd.spawn().expect("spawn the switchboard-sidecar binary");
+        let mut sidecar = Self {
+            addr,
+            http_addr,
+            stderr_path,
+            _dir: dir,
+            child: Some(child),
+        };
+        sidecar.wait_until_ready();
+        sidecar
+    }
+
+    /// Polls `/readyz` until it answers 200: the upstream is connected (or the sidecar is embedded).
+    pub fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            self.assert_running();
+            let last = match http_get(self.http_addr, "/readyz") {
+                Ok(200) => return,
+                Ok(status) => format!("HTTP {status}"),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "sidecar /readyz on {} not 200 after {START_DEADLINE:?} (last: {last}); \
+                     stderr:\n{}",
+                    self.http_addr,
+                    self.stderr_tail(40)
+                );
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// `/readyz`'s status code right now.
+    pub fn readyz(&self) -> Result<u16, String> {
+        http_get(self.http_addr, "/readyz")
+    }
+
+    /// Fails the test if the sidecar has exited (it must never crash, whatever it is sent).
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            self.child = None;
+            panic!(
+                "the sidecar exited with {status}; stderr:\n{}",
+                self.stderr_tail(60)
+            );
+        }
+    }
+
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        tail(&self.stderr_path, lines)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "---- sidecar {} stderr (last 60 lines) ----\n{}\n---- end of sidecar stderr ----",
+                self.addr,
+                self.stderr_tail(60)
+            );
+        }
+    }
+}
+
+/// A bare HTTP/1.0 GET; returns the status code. Enough for health endpoints, no client crate.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    let head = String::from_utf8_lossy(&response);
+    let status_line = head.lines().next().unwrap_or_default();
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {:?}", show(&response)))
+}
+
+/// Whether a read error means the peer is gone.
+pub fn is_closed(e: &ReadError) -> bool {
+    matches!(e, ReadError::Closed(p) if p.is_empty())
+}

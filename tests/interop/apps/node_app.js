@@ -1,0 +1,69 @@
+// A Node socket.io app server as real deployments run it: @socket.io/redis-adapter over ioredis.
+//
+// Its events let a test client steer it: join a room, emit to a room or to everyone, run the
+// cluster-wide queries (serverCount, fetchSockets, serverSideEmit with acks), say who it is.
+// Every Redis connection event is logged with a "redis-" prefix, which the upstream-loss test
+// looks for in this process's log.
+"use strict";
+
+const { createServer } = require("node:http");
+const { parseArgs } = require("node:util");
+const { Server } = require("socket.io");
+const { createAdapter } = require("@socket.io/redis-adapter");
+const Redis = require("ioredis");
+
+const { values: opts } = parseArgs({
+  options: { port: { type: "string" }, "redis-url": { type: "string" }, name: { type: "string" } },
+});
+const pod = opts.name;
+const log = (...args) => console.log(new Date().toISOString(), pod, ...args);
+
+const pubClient = new Redis(opts["redis-url"]);
+const subClient = pubClient.duplicate();
+for (const [role, client] of [["pub", pubClient], ["sub", subClient]]) {
+  client.on("ready", () => log(`redis ${role} ready`));
+  client.on("error", (err) => log(`redis-error ${role}: ${err.message}`));
+  client.on("close", () => log(`redis-close ${role}`));
+  client.on("reconnecting", () => log(`redis-reconnecting ${role}`));
+}
+
+const httpServer = createServer();
+const io = new Server(httpServer, { adapter: createAdapter(pubClient, subClient) });
+
+io.on("connection", (socket) => {
+  socket.data.pod = pod;
+  socket.on("join", (room, ack) => {
+    socket.join(room);
+    ack("ok");
+  });
+  socket.on("emit_to_room", (room, event, payload, ack) => {
+    log(`emitting ${event} ${JSON.stringify(payload)} to room ${room}`);
+    io.to(room).emit(event, payload);
+    ack("ok");
+  });
+  socket.on("emit_to_all", (event, payload, ack) => {
+    if (event !== "warmup") log(`emitting ${event} ${JSON.stringify(payload)} to everyone`); // warm-ups would drown the rest
+    io.emit(event, payload);
+    ack("ok");
+  });
+  socket.on("whoami", (ack) => ack({ name: pod, pid: process.pid }));
+  socket.on("server_count", async (ack) => ack(await io.of("/").adapter.serverCount()));
+  socket.on("fetch_sockets", async (ack) => {
+    try {
+      const sockets = await io.fetchSockets();
+      ack({ sockets: sockets.map((s) => ({ id: s.id, pod: s.data.pod, rooms: [...s.rooms] })) });
+    } catch (err) {
+      ack({ error: String(err && err.message ? err.message : err) });
+    }
+  });
+  // Asks every other server who it is; the adapter waits for (PUBSUB NUMSUB - 1) answers.
+  socket.on("server_side_emit", (payload, ack) => {
+    io.serverSideEmit("roll_call", payload, (err, answers) => {
+      ack({ error: err ? String(err.message || err) : null, answers });
+    });
+  });
+});
+
+io.on("roll_call", (payload, answer) => answer({ pod, payload }));
+
+httpServer.listen(Number(opts.port), "127.0.0.1", () => log(`listening on ${opts.port}`));

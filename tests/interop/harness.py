@@ -1,0 +1,263 @@
+"""Process plumbing for the interop suite: real redis-server, real sidecars, real app servers.
+
+Every process is started through a `Processes` table, which owns its log file and tears it down;
+conftest.py attaches the last lines of every log to a failing test's report.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent.parent
+APPS = HERE / "apps"
+VENV_PYTHON = HERE.parent / ".venv" / "bin" / "python"
+
+SIDECAR_BIN = Path(
+    os.environ.get("SWITCHBOARD_SIDECAR_BIN", REPO_ROOT / "target" / "debug" / "switchboard-sidecar")
+)
+REDIS_SERVER = os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server")
+
+# Short timings so reconnects, heartbeats and the post-outage flush happen within a test's patience.
+SIDECAR_PEER_TTL_SECONDS = 3.0
+SIDECAR_TIMING_FLAGS = [
+    "--reconnect-min-ms", "50",
+    "--reconnect-max-ms", "500",
+    "--heartbeat-ms", "500",
+    "--peer-ttl-ms", str(int(SIDECAR_PEER_TTL_SECONDS * 1000)),
+    "--flush-grace-ms", "3000",
+]
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the kernel's pick for port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.05,
+               watch: list["ManagedProcess"] | tuple = ()) -> T:
+    """Polls `probe` until it returns something truthy and returns that; fails after `timeout`.
+
+    Exceptions from the probe count as "not yet" (a port that refuses connections, say) and the
+    last one is quoted in the failure. A watched process that exits fails the wait at once.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        for proc in watch:
+            if not proc.alive():
+                raise AssertionError(f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}")
+        try:
+            result = probe()
+            if result:
+                return result
+            last = result
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not yet"
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last probe gave {last!r}")
+        time.sleep(interval)
+
+
+class NotYet:
+    """A falsy probe result that says what is still missing (quoted if the wait times out)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return self.why
+
+
+def port_accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+class ManagedProcess:
+    """One child process whose stdout and stderr go to a log file (stdout may be a pipe instead)."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, pipe_stdio: bool = False,
+                 env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE if pipe_stdio else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe_stdio else self._log,
+            stderr=self._log,
+            env={**os.environ, **(env or {})},
+            cwd=HERE,
+            start_new_session=True,  # a signal to the test runner's group must not hit these first
+        )
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no chance to say goodbye to anyone."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=5)
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream:
+                stream.close()
+        self._log.close()
+
+
+class Processes:
+    """Every process a test started, so teardown and failure reports can reach all of them."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.started: list[ManagedProcess] = []
+
+    def start(self, name: str, argv: list, **kwargs) -> ManagedProcess:
+        proc = ManagedProcess(name, argv, self.log_dir, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+    def tails(self, lines: int = 40) -> str:
+        parts = []
+        for proc in self.started:
+            state = "running" if proc.alive() else f"exited {proc.popen.returncode}"
+            parts.append(f"----- {proc.name} (pid {proc.pid}, {state}) {proc.log_path} -----\n{proc.tail(lines)}")
+        return "\n".join(parts)
+
+
+class RedisServer:
+    """The shared backplane: one Debian redis-server with no persistence, restartable on its port."""
+
+    def __init__(self, procs: Processes):
+        self.procs = procs
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.generation = 0
+        self.proc: ManagedProcess | None = None
+
+    def start(self) -> None:
+        self.generation += 1
+        argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", self.port, "--save", "",
+                "--appendonly", "no", "--dir", self.procs.log_dir, "--loglevel", "notice"]
+        self.proc = self.procs.start(f"redis-{self.generation}", argv)
+        wait_until(f"redis-server to listen on {self.port}", lambda: port_accepts(self.port), watch=[self.proc])
+
+    def crash(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        assert not port_accepts(self.port), "something still listens on the dead redis-server's port"
+
+
+@dataclass
+class Sidecar:
+    name: str
+    proc: ManagedProcess
+    resp_port: int
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.resp_port}"
+
+    def readyz(self) -> int:
+        return http_status(f"http://127.0.0.1:{self.http_port}/readyz")
+
+
+def start_sidecar(procs: Processes, pod: str, upstream_url: str) -> Sidecar:
+    if not SIDECAR_BIN.is_file():
+        raise AssertionError(
+            f"sidecar binary {SIDECAR_BIN} is missing: run `cargo build -p switchboard-sidecar` "
+            "or set SWITCHBOARD_SIDECAR_BIN"
+        )
+    resp_port, http_port = free_port(), free_port()
+    argv = [SIDECAR_BIN, "--listen", f"127.0.0.1:{resp_port}", "--http-listen", f"127.0.0.1:{http_port}",
+            "--upstream", upstream_url, "--sidecar-id", pod, *SIDECAR_TIMING_FLAGS]
+    proc = procs.start(f"sidecar-{pod}", argv, env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), "NO_COLOR": "1"})
+    sidecar = Sidecar(pod, proc, resp_port, http_port)
+    wait_until(f"{pod}'s sidecar /readyz to return 200", lambda: sidecar.readyz() == 200, watch=[proc])
+    return sidecar
+
+
+@dataclass
+class Pod:
+    """One replica: an app server and, in `sidecar` mode, its own sidecar."""
+
+    name: str
+    app: ManagedProcess
+    port: int
+    sidecar: Sidecar | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def app_argv(stack: str, port: int, redis_url: str, pod: str) -> list:
+    if stack == "python":
+        return [VENV_PYTHON, APPS / "py_app.py", "--port", port, "--redis-url", redis_url, "--name", pod]
+    if stack == "node":
+        return ["node", APPS / "node_app.js", "--port", port, "--redis-url", redis_url, "--name", pod]
+    raise ValueError(stack)
+
+
+def start_fleet(procs: Processes, redis: RedisServer, stack: str, mode: str, size: int = 3) -> list[Pod]:
+    """`size` pods of `stack` apps whose Redis adapter points at a sidecar (`sidecar`) or at the
+    backplane itself (`direct`, the control that proves the harness)."""
+    pods = []
+    for i in range(1, size + 1):
+        name = f"pod-{i}"
+        sidecar = start_sidecar(procs, name, redis.url) if mode == "sidecar" else None
+        port = free_port()
+        app = procs.start(f"app-{name}", app_argv(stack, port, sidecar.url if sidecar else redis.url, name))
+        pods.append(Pod(name, app, port, sidecar))
+    for pod in pods:
+        wait_until(f"{pod.name}'s {stack} app to listen", lambda: port_accepts(pod.port), watch=[pod.app])
+    return pods

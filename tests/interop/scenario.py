@@ -1,0 +1,110 @@
+"""The room scenario shared by the tests: who is connected where, and how to tell the fleet is up.
+
+Each pod gets one room member and one outsider. Outsiders also serve as the triggers: a test
+asks `outsider-pod-1` to make pod-1 emit, so pod-1 is the emitting server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from harness import NotYet, Pod, wait_until
+
+ROOM = "lobby"
+WARMUP = "warmup"  # broadcasts used only to learn that every server hears every other one
+
+
+def member(pod: Pod) -> str:
+    return f"member-{pod.name}"
+
+
+def outsider(pod: Pod) -> str:
+    return f"outsider-{pod.name}"
+
+
+def everyone(pods: list[Pod]) -> list[str]:
+    return [name for pod in pods for name in (member(pod), outsider(pod))]
+
+
+def connect_room_layout(clients, pods: list[Pod]) -> dict[str, str]:
+    """Connects a member and an outsider to every pod, puts the members in ROOM; returns name -> sid."""
+    sids = {}
+    for pod in pods:
+        sids[member(pod)] = clients.connect(member(pod), pod.url)
+        sids[outsider(pod)] = clients.connect(outsider(pod), pod.url)
+        assert clients.call(member(pod), "join", ROOM) == "ok"
+    return sids
+
+
+def app_events(clients, name: str) -> list:
+    """What a client received, minus the warm-up traffic."""
+    return [e for e in clients.events(name) if e[0] != WARMUP]
+
+
+def wait_for_fleet_to_converge(clients, pods: list[Pod], timeout: float = 20.0) -> None:
+    """Waits until a broadcast from each pod reaches clients on every pod.
+
+    The apps subscribe to the backplane asynchronously (python-socketio only once its first client
+    connects), so a first emit can legitimately precede a peer's subscription. Warm-up broadcasts
+    are repeated until all have arrived; the tests then ignore them.
+    """
+    rounds = itertools.count()
+    pending = {pod.name for pod in pods}
+
+    def everyone_heard_every_pod():
+        for pod in pods:
+            if pod.name in pending:
+                clients.call(outsider(pod), "emit_to_all", WARMUP, {"from": pod.name, "round": next(rounds)})
+        time.sleep(0.2)  # give this round's broadcasts a moment before re-sending (bounded by the deadline)
+        for pod in list(pending):
+            if all(any(e[0] == WARMUP and e[1]["from"] == pod for e in clients.events(name))
+                   for name in everyone(pods)):
+                pending.discard(pod)
+        return NotYet(f"not yet heard everywhere: broadcasts from {sorted(pending)}") if pending else True
+
+    wait_until("warm-up broadcasts from every pod to reach every client", everyone_heard_every_pod,
+               timeout=timeout, interval=0)
+
+
+def wait_for_delivery(clients, names: list[str], event: str, payload, timeout: float = 15.0) -> None:
+    def all_delivered():
+        missing = [n for n in names if [event, payload] not in clients.events(n)]
+        return NotYet(f"not yet at {missing}") if missing else True
+
+    wait_until(f"{event} {payload} to reach {names}", all_delivered, timeout=timeout)
+
+
+def wait_for_server_count(clients, pods, expected: int, timeout: float = 15.0) -> None:
+    """The adapter's own view of the fleet (PUBSUB NUMSUB of its request channel) from every pod."""
+
+    def counts_agree():
+        counts = {pod.name: clients.call(outsider(pod), "server_count") for pod in pods}
+        return True if set(counts.values()) == {expected} else NotYet(f"serverCount() per pod: {counts}")
+
+    wait_until(f"every pod's serverCount() to be {expected}", counts_agree, timeout=timeout, interval=0.2)
+
+
+def assert_cluster_queries_hear_every_server(clients, pods: list[Pod], sids: dict[str, str]) -> None:
+    """Node only: fetchSockets() and serverSideEmit() with acks, asked from every pod.
+
+    Both wait for as many answers as PUBSUB NUMSUB reports servers: a count too low gives partial
+    results, one too high the adapter's "timeout reached" error after 5 s.
+    """
+    for asker in pods:
+        # fetchSockets(): every server's sockets, each once, with its rooms.
+        fetched = clients.call(outsider(asker), "fetch_sockets")
+        assert "error" not in fetched, f"fetchSockets() on {asker.name} failed: {fetched}"
+        by_id = {s["id"]: s for s in fetched["sockets"]}
+        assert len(by_id) == len(fetched["sockets"]), f"duplicates in fetchSockets() on {asker.name}"
+        assert sorted(by_id) == sorted(sids.values()), f"fetchSockets() on {asker.name}: {fetched}"
+        for pod in pods:
+            assert by_id[sids[member(pod)]]["pod"] == pod.name
+            assert ROOM in by_id[sids[member(pod)]]["rooms"]
+            assert ROOM not in by_id[sids[outsider(pod)]]["rooms"]
+
+        # serverSideEmit() with an ack: one answer from every OTHER server, no timeout error.
+        roll_call = clients.call(outsider(asker), "server_side_emit", {"asked_by": asker.name})
+        assert roll_call["error"] is None, f"serverSideEmit() from {asker.name}: {roll_call}"
+        answered = sorted(a["pod"] for a in roll_call["answers"])
+        assert answered == sorted(p.name for p in pods if p is not asker), roll_call

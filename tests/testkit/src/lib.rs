@@ -1,0 +1,537 @@
+//! A real Kubernetes control plane for tests: etcd and kube-apiserver on free loopback ports, and
+//! optionally kube-controller-manager, kube-scheduler and kwok with one fake node, so Deployments get
+//! Running pods without a kubelet or a container engine.
+//!
+//! The binaries come from `tests/controlplane/build.sh` (found through `SWITCHBOARD_CONTROLPLANE_BIN`
+//! or the build cache). Everything lives in a temporary directory that is removed on `Drop`, and a
+//! guardian process (see [`process`]) cleans up even when the test binary dies without dropping.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod pki;
+mod process;
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use pki::Pki;
+use process::{Component, Guardian};
+
+/// Directory holding the binaries; overrides the build cache.
+pub const ENV_BIN: &str = "SWITCHBOARD_CONTROLPLANE_BIN";
+/// Root of the build cache (default `$HOME/.cache/switchboard`), as in `build.sh`.
+pub const ENV_CACHE: &str = "SWITCHBOARD_CACHE";
+/// Set to `1` to keep the temporary directory (logs, etcd data) after the control plane stops.
+pub const ENV_KEEP: &str = "SWITCHBOARD_KEEP_CONTROLPLANE";
+
+/// The name of the fake node kwok runs when [`Options::fake_node`] is set.
+pub const FAKE_NODE: &str = "kwok-node-0";
+
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("generating test certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error(
+        "control-plane binaries missing from {dir} ({missing}). Build them with `bash tests/controlplane/build.sh` \
+         (about 15 minutes the first time), or point {ENV_BIN} at a directory holding them"
+    )]
+    BinariesMissing { dir: String, missing: String },
+    #[error("{component} exited ({status}); the end of its log:\n{log_tail}")]
+    Exited {
+        component: &'static str,
+        status: String,
+        log_tail: String,
+    },
+    #[error("{what} not within {waited:?}{context}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        context: String,
+    },
+    #[error("reading the generated kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("talking to the API server: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The Kubernetes version `build.sh` builds, read from the wrapper module it builds from.
+pub fn kubernetes_version() -> &'static str {
+    include_str!("../../controlplane/go.mod")
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("k8s.io/kubernetes "))
+        .map(str::trim)
+        .expect("tests/controlplane/go.mod requires k8s.io/kubernetes")
+}
+
+/// Where the control-plane binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    const ALL: [&'static str; 5] = [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    ];
+
+    /// `$SWITCHBOARD_CONTROLPLANE_BIN`, else `build.sh`'s cache for [`kubernetes_version`].
+    pub fn locate() -> Result<Self, Error> {
+        let dir = match std::env::var_os(ENV_BIN) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let cache = std::env::var_os(ENV_CACHE)
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                            .join(".cache/switchboard")
+                    });
+                cache
+                    .join("controlplane")
+                    .join(kubernetes_version())
+                    .join("bin")
+            }
+        };
+        let missing: Vec<&str> = Self::ALL
+            .into_iter()
+            .filter(|b| !dir.join(b).is_file())
+            .collect();
+        if missing.is_empty() {
+            Ok(Self { dir })
+        } else {
+            Err(Error::BinariesMissing {
+                dir: dir.display().to_string(),
+                missing: missing.join(", "),
+            })
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// What to start besides etcd and kube-apiserver.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// kube-controller-manager, kube-scheduler and kwok with one fake node ([`FAKE_NODE`]), so
+    /// workloads get scheduled and their pods reach Running.
+    pub fake_node: bool,
+}
+
+/// A running control plane. Dropping it stops every process and removes its directory.
+pub struct ControlPlane {
+    root: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    components: Vec<Component>,
+    guardian: Guardian,
+}
+
+/// Outside CI a missing control plane skips the test, loudly; in CI (`CI=true`) it fails it.
+pub async fn start_or_skip(options: Options) -> Option<ControlPlane> {
+    let binaries = match Binaries::locate() {
+        Ok(binaries) => binaries,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true and {e}"),
+        Err(e) => {
+            eprintln!("\n#### SKIPPING: {e}\n");
+            return None;
+        }
+    };
+    match ControlPlane::start(&binaries, options).await {
+        Ok(control_plane) => Some(control_plane),
+        Err(e) => panic!("starting the test control plane: {e}"),
+    }
+}
+
+impl ControlPlane {
+    pub async fn start(binaries: &Binaries, options: Options) -> Result<Self, Error> {
+        let root = make_root()?;
+        let guardian = Guardian::start(&root)?;
+        let pki = Pki::generate(&root)?;
+        let token = format!("{:032x}", rand::random::<u128>());
+        let port = free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let kubeconfig = root.join("kubeconfig");
+        write_file(&kubeconfig, &kubeconfig_yaml(&server, &pki.ca_cert, &token))?;
+        // Admin through a static token: one line, no client certificate to sign.
+        write_file(
+            &root.join("tokens.csv"),
+            &format!("{token},admin,admin,\"system:masters\"\n"),
+        )?;
+        let mut control_plane = Self {
+            root,
+            kubeconfig,
+            server,
+            components: Vec::new(),
+            guardian,
+        };
+        let etcd = control_plane.start_etcd(binaries).await?;
+        control_plane
+            .start_apiserver(binaries, &pki, &etcd, port)
+            .await?;
+        if options.fake_node {
+            control_plane
+                .start_workload_components(binaries, &pki)
+                .await?;
+        }
+        Ok(control_plane)
+    }
+
+    /// The admin kubeconfig (`kubectl --kubeconfig`); valid while this control plane runs.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Logs, etcd data and credentials.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh admin client. Each call builds a new one, so tests on different runtimes can share
+    /// one control plane.
+    pub async fn client(&self) -> Result<Client, Error> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Returns etcd's client URL.
+    async fn start_etcd(&mut self, binaries: &Binaries) -> Result<String, Error> {
+        let client_url = format!("http://127.0.0.1:{}", free_port()?);
+        let peer_url = format!("http://127.0.0.1:{}", free_port()?);
+        let args = vec![
+            "--name=testkit".into(),
+            format!("--data-dir={}", self.root.join("etcd").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=testkit={peer_url}"),
+            // Throwaway data: durability only costs time here.
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ];
+        self.spawn(binaries, "etcd", args)?;
+        let addr = client_url.trim_start_matches("http://").to_string();
+        self.poll(
+            &format!("etcd accepting connections on {addr}"),
+            async || Ok(TcpStream::connect(&addr).is_ok()),
+        )
+        .await?;
+        Ok(client_url)
+    }
+
+    async fn start_apiserver(
+        &mut self,
+        binaries: &Binaries,
+        pki: &Pki,
+        etcd: &str,
+        port: u16,
+    ) -> Result<(), Error> {
+        let path = |p: &Path| p.display().to_string();
+        let args = vec![
+            format!("--etcd-servers={etcd}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", path(&self.root.join("apiserver"))),
+            format!("--tls-cert-file={}", path(&pki.serving_cert)),
+            format!("--tls-private-key-file={}", path(&pki.serving_key)),
+            format!("--client-ca-file={}", path(&pki.ca_cert)),
+            format!("--token-auth-file={}", path(&self.root.join("tokens.csv"))),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!(
+                "--service-account-key-file={}",
+                path(&pki.service_account_public_key)
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                path(&pki.service_account_key)
+            ),
+            // Only an allocation range for ClusterIPs; nothing is routed.
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+        ];
+        self.spawn(binaries, "kube-apiserver", args)?;
+        let client = self.client().await?;
+        self.poll("kube-apiserver /readyz", async || {
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
+            Ok(client
+                .request_text(request)
+                .await
+                .is_ok_and(|body| body.trim() == "ok"))
+        })
+        .await
+    }
+
+    async fn start_workload_components(
+        &mut self,
+        binaries: &Binaries,
+        pki: &Pki,
+    ) -> Result<(), Error> {
+        let path = |p: &Path| p.display().to_string();
+        let kubeconfig = path(&self.kubeconfig);
+        let root = self.root.clone();
+        let common = |cert_dir: &str| -> Result<Vec<String>, Error> {
+            Ok(vec![
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--authentication-kubeconfig={kubeconfig}"),
+                format!("--authorization-kubeconfig={kubeconfig}"),
+                "--leader-elect=false".into(),
+                // Their own HTTPS endpoints (health, metrics) on free loopback ports, so several
+                // control planes can run side by side.
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                format!("--cert-dir={}", path(&root.join(cert_dir))),
+            ])
+        };
+        let mut kcm = common("kube-controller-manager")?;
+        kcm.extend([
+            format!(
+                "--service-account-private-key-file={}",
+                path(&pki.service_account_key)
+            ),
+            format!("--root-ca-file={}", path(&pki.ca_cert)),
+            "--use-service-account-credentials=false".into(),
+        ]);
+        let scheduler = common("kube-scheduler")?;
+        self.spawn(binaries, "kube-controller-manager", kcm)?;
+        self.spawn(binaries, "kube-scheduler", scheduler)?;
+        // An explicit (empty) configuration, so a developer's ~/.kwok/kwok.yaml is not picked up;
+        // kwok's built-in stages then make nodes Ready and pods Running.
+        let kwok_config = self.root.join("kwok.yaml");
+        write_file(
+            &kwok_config,
+            "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n",
+        )?;
+        let kwok = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--config={}", path(&kwok_config)),
+            "--manage-all-nodes=false".into(),
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+            "--node-ip=127.0.0.1".into(),
+        ];
+        self.spawn(binaries, "kwok", kwok)?;
+
+        let client = self.client().await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes.create(&PostParams::default(), &fake_node()).await?;
+        self.poll(&format!("node {FAKE_NODE} Ready (kwok)"), async || {
+            let node = nodes.get(FAKE_NODE).await?;
+            Ok(node
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                }))
+        })
+        .await?;
+        // Pods are refused until the namespace's default ServiceAccount exists (kube-controller-manager
+        // creates it), so tests that create workloads right away would race without this.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
+        self.poll("ServiceAccount default/default", async || {
+            Ok(accounts.get_opt("default").await?.is_some())
+        })
+        .await
+    }
+
+    fn spawn(
+        &mut self,
+        binaries: &Binaries,
+        name: &'static str,
+        args: Vec<String>,
+    ) -> Result<(), Error> {
+        let component = Component::spawn(
+            &mut self.guardian,
+            name,
+            &binaries.path(name),
+            &args,
+            &self.root,
+        )?;
+        self.components.push(component);
+        Ok(())
+    }
+
+    /// Polls `ready` until it returns true, failing early if a component exits and at the deadline
+    /// with the end of the newest component's log.
+    async fn poll(
+        &mut self,
+        what: &str,
+        mut ready: impl AsyncFnMut() -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            for component in &mut self.components {
+                component.check_running()?;
+            }
+            // Transient errors (connection refused while starting) are what we are waiting out.
+            if ready().await.unwrap_or(false) {
+                return Ok(());
+            }
+            if start.elapsed() > READY_DEADLINE {
+                let context = self
+                    .components
+                    .last()
+                    .map(|c| format!("; the end of {}'s log:\n{}", c.name, c.log_tail()))
+                    .unwrap_or_default();
+                return Err(Error::Timeout {
+                    what: what.into(),
+                    waited: READY_DEADLINE,
+                    context,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Newest first: controllers before the API server, the API server before etcd.
+        for component in self.components.iter_mut().rev() {
+            component.stop();
+        }
+        let keep = std::env::var(ENV_KEEP).is_ok_and(|v| v == "1");
+        if keep {
+            eprintln!(
+                "{ENV_KEEP}=1: control-plane files kept in {}",
+                self.root.display()
+            );
+        }
+        self.guardian.finish(keep);
+    }
+}
+
+fn fake_node() -> Node {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": FAKE_NODE,
+            "annotations": { "kwok.x-k8s.io/node": "fake" },
+            "labels": { "type": "kwok", "kubernetes.io/hostname": FAKE_NODE, "kubernetes.io/os": "linux" },
+        },
+        "status": {
+            "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+            "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+        },
+    }))
+    .expect("static node manifest")
+}
+
+fn kubeconfig_yaml(server: &str, ca: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: switchboard-test
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    token: {token}
+contexts:
+- name: switchboard-test
+  context:
+    cluster: switchboard-test
+    user: admin
+    namespace: default
+current-context: switchboard-test
+",
+        ca = ca.display()
+    )
+}
+
+fn make_root() -> Result<PathBuf, Error> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let root = std::env::temp_dir().join(format!(
+        "switchboard-controlplane-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&root)
+        .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    Ok(root)
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), Error> {
+    std::fs::write(path, contents).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// A port nothing listens on right now. Another process could take it before the component binds
+/// it; the component then exits and the start fails with its log, rather than hanging.
+fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| Error::io("finding a free port", e))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| Error::io("finding a free port", e))?
+        .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comes_from_the_wrapper_module() {
+        let version = kubernetes_version();
+        assert!(
+            version.starts_with("v1.") && version.split('.').count() == 3,
+            "{version}"
+        );
+    }
+
+    #[test]
+    fn kubeconfig_is_readable_by_kube() {
+        let yaml = kubeconfig_yaml("https://127.0.0.1:6443", Path::new("/tmp/ca.crt"), "t0ken");
+        let config = Kubeconfig::from_yaml(&yaml).unwrap();
+        assert_eq!(config.current_context.as_deref(), Some("switchboard-test"));
+        let cluster = config.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+    }
+}

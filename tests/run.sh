@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust workspace (unit tests, byte-for-byte oracle tests against a real
+# redis-server, API tests against a real kube-apiserver) and the interop suite (real
+# python-socketio and Node socket.io apps, each behind its own sidecar, one shared redis-server).
+#
+# Needs redis-server on PATH, and for the API tests the control plane from
+# tests/controlplane/build.sh (SWITCHBOARD_CONTROLPLANE_BIN, or its default cache path); without
+# it those tests are skipped loudly, unless CI=true, where they fail. `.ci/run` installs it all.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> cargo test --workspace"
+cargo test --workspace
+
+echo "==> interop: python-socketio and Node socket.io through sidecars"
+bash tests/interop/run.sh

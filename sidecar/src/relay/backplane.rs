@@ -76,6 +76,8 @@ pub struct Shared {
     pub table: Arc<Table>,
     /// The last registry read, without this sidecar (its own counts are always local).
     pub peers: RwLock<Fleet>,
+    /// `peers` summed, for PUBLISH's reply.
+    pub peer_totals: RwLock<super::fleet::Totals>,
     pub ready: std::sync::atomic::AtomicBool,
     pub metrics: Arc<Metrics>,
 }
@@ -749,6 +751,11 @@ impl Backplane {
     fn remember(&mut self, frame: &Value) -> Option<Fleet> {
         let mut fleet = Fleet::from_registry(frame)?;
         fleet.peers.remove(self.registry.id());
+        *self
+            .shared
+            .peer_totals
+            .write()
+            .expect("peers lock poisoned") = fleet.totals();
         *self.shared.peers.write().expect("peers lock poisoned") = fleet.clone();
         Some(fleet)
     }

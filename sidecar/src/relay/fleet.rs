@@ -98,6 +98,24 @@ impl Fleet {
         n
     }
 
+    /// Totals across the fleet, precomputed once per registry read so a publish's receiver
+    /// count costs one lookup plus the patterns, however many pods and topics there are.
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for counts in self.peers.values() {
+            for (topic, n) in counts {
+                *totals.by_topic.entry(topic.clone()).or_insert(0) += n;
+            }
+        }
+        totals.patterns = totals
+            .by_topic
+            .iter()
+            .filter(|(t, _)| t.kind == Kind::Pattern)
+            .map(|(t, n)| (t.name.clone(), *n))
+            .collect();
+        totals
+    }
+
     fn names(&self, kind: Kind) -> HashSet<Bytes> {
         self.peers
             .values()
@@ -105,6 +123,34 @@ impl Fleet {
             .filter(|t| t.kind == kind)
             .map(|t| t.name.clone())
             .collect()
+    }
+}
+
+/// Subscriber counts summed over sidecars (see [`Fleet::totals`]).
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    by_topic: HashMap<Topic, i64>,
+    patterns: Vec<(Bytes, i64)>,
+}
+
+impl Totals {
+    /// Like [`Fleet::receivers`].
+    pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
+        let direct = self
+            .by_topic
+            .get(&Topic::new(kind, Bytes::copy_from_slice(channel)))
+            .copied()
+            .unwrap_or(0);
+        if kind != Kind::Channel {
+            return direct;
+        }
+        direct
+            + self
+                .patterns
+                .iter()
+                .filter(|(p, _)| glob::matches(p, channel))
+                .map(|(_, n)| n)
+                .sum::<i64>()
     }
 }
 
@@ -138,6 +184,8 @@ mod tests {
         assert_eq!(fleet.numsub(Kind::Shard, &x), 0);
         assert_eq!(fleet.numpat(), 1);
         assert_eq!(fleet.receivers(Kind::Channel, b"x"), 7);
+        assert_eq!(fleet.totals().receivers(Kind::Channel, b"x"), 7);
+        assert_eq!(fleet.totals().receivers(Kind::Shard, b"x"), 0);
         assert_eq!(
             fleet.channels(Kind::Channel, Some(b"y*")),
             Vec::<Bytes>::new()

@@ -93,6 +93,7 @@ impl Relay {
         let shared = Arc::new(Shared {
             table: Arc::new(Table::default()),
             peers: Default::default(),
+            peer_totals: Default::default(),
             ready: true.into(),
             metrics,
         });
@@ -113,6 +114,7 @@ impl Relay {
         let shared = Arc::new(Shared {
             table: Arc::new(Table::default()),
             peers: Default::default(),
+            peer_totals: Default::default(),
             ready: false.into(),
             metrics,
         });

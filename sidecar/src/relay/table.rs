@@ -4,7 +4,7 @@
 //! subscribed, and its confirmation is queued under the same write lock that inserts it, so no
 //! message can overtake a confirmation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{OnceLock, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,7 +19,15 @@ pub type Subscribers = HashMap<u64, Outbox>;
 
 #[derive(Default)]
 pub struct Table {
-    topics: RwLock<HashMap<Topic, Subscribers>>,
+    topics: RwLock<Topics>,
+}
+
+/// Subscribers by topic, plus the subscribed patterns on their own, so a publish costs one
+/// lookup and a walk over the (usually few) patterns, not a walk over every topic.
+#[derive(Default)]
+struct Topics {
+    by_topic: HashMap<Topic, Subscribers>,
+    patterns: HashSet<Bytes>,
 }
 
 /// A message as it arrived: encoded lazily, at most once per protocol, however many local
@@ -83,7 +91,7 @@ impl Table {
     pub fn deliver(&self, topic: &Topic, message: &Delivery<'_>) -> Delivered {
         let topics = self.topics.read().expect("table lock poisoned");
         let mut done = Delivered::default();
-        if let Some(subs) = topics.get(topic) {
+        if let Some(subs) = topics.by_topic.get(topic) {
             for outbox in subs.values() {
                 if outbox.message(message.frame(outbox.protocol())) {
                     done.queued += 1;
@@ -106,9 +114,10 @@ impl Table {
             let patterns: Vec<Topic> = {
                 let topics = self.topics.read().expect("table lock poisoned");
                 topics
-                    .keys()
-                    .filter(|t| t.kind == Kind::Pattern && glob::matches(&t.name, channel))
-                    .cloned()
+                    .patterns
+                    .iter()
+                    .filter(|p| glob::matches(p, channel))
+                    .map(|p| Topic::new(Kind::Pattern, p.clone()))
                     .collect()
             };
             for pattern in patterns {
@@ -122,7 +131,11 @@ impl Table {
     /// Adds `outbox` to `topic` and, under the same lock, queues `confirmation` to it.
     pub fn insert(&self, topic: Topic, outbox: &Outbox, confirmation: Bytes) {
         let mut topics = self.topics.write().expect("table lock poisoned");
+        if topic.kind == Kind::Pattern {
+            topics.patterns.insert(topic.name.clone());
+        }
         topics
+            .by_topic
             .entry(topic)
             .or_default()
             .insert(outbox.id(), outbox.clone());
@@ -132,10 +145,13 @@ impl Table {
     /// Removes `outbox` from `topic` and queues `confirmation` (if any) under the same lock.
     pub fn remove(&self, topic: &Topic, outbox: &Outbox, confirmation: Option<Bytes>) {
         let mut topics = self.topics.write().expect("table lock poisoned");
-        if let Some(subs) = topics.get_mut(topic) {
+        if let Some(subs) = topics.by_topic.get_mut(topic) {
             subs.remove(&outbox.id());
             if subs.is_empty() {
-                topics.remove(topic);
+                topics.by_topic.remove(topic);
+                if topic.kind == Kind::Pattern {
+                    topics.patterns.remove(&topic.name);
+                }
             }
         }
         if let Some(c) = confirmation {
@@ -147,6 +163,7 @@ impl Table {
     pub fn counts(&self) -> HashMap<Topic, i64> {
         let topics = self.topics.read().expect("table lock poisoned");
         topics
+            .by_topic
             .iter()
             .map(|(t, s)| (t.clone(), s.len() as i64))
             .collect()
@@ -155,14 +172,14 @@ impl Table {
     /// How many local connections a publish to `channel` reaches (channel plus patterns).
     pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
         let topics = self.topics.read().expect("table lock poisoned");
-        let direct = topics
-            .get(&Topic::new(kind, Bytes::copy_from_slice(channel)))
-            .map_or(0, |s| s.len());
+        let count = |t: &Topic| topics.by_topic.get(t).map_or(0, |s| s.len());
+        let direct = count(&Topic::new(kind, Bytes::copy_from_slice(channel)));
         let patterns: usize = if kind == Kind::Channel {
             topics
+                .patterns
                 .iter()
-                .filter(|(t, _)| t.kind == Kind::Pattern && glob::matches(&t.name, channel))
-                .map(|(_, s)| s.len())
+                .filter(|p| glob::matches(p, channel))
+                .map(|p| count(&Topic::new(Kind::Pattern, p.clone())))
                 .sum()
         } else {
             0
@@ -172,6 +189,6 @@ impl Table {
 
     pub fn count(&self, topic: &Topic) -> i64 {
         let topics = self.topics.read().expect("table lock poisoned");
-        topics.get(topic).map_or(0, |s| s.len() as i64)
+        topics.by_topic.get(topic).map_or(0, |s| s.len() as i64)
     }
 }

@@ -82,6 +82,19 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
+impl Shared {
+    /// Embedded relays are ready from the start; bridged ones once the backplane connects.
+    pub fn new(ready: bool, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Shared {
+            table: Arc::new(Table::default()),
+            peers: Default::default(),
+            peer_totals: Default::default(),
+            ready: ready.into(),
+            metrics,
+        })
+    }
+}
+
 pub struct Backplane {
     endpoint: Endpoint,
     settings: Settings,

@@ -23,7 +23,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::backplane::{Request, Shared};
 use self::fleet::Fleet;
-use self::table::Table;
 use self::topic::{Kind, Topic};
 use crate::metrics::Metrics;
 use crate::resp::Reply;
@@ -90,13 +89,7 @@ pub struct Relay {
 impl Relay {
     /// A relay for one pod alone.
     pub fn embedded(metrics: Arc<Metrics>) -> Self {
-        let shared = Arc::new(Shared {
-            table: Arc::new(Table::default()),
-            peers: Default::default(),
-            peer_totals: Default::default(),
-            ready: true.into(),
-            metrics,
-        });
+        let shared = Shared::new(true, metrics);
         Relay {
             id: String::new(),
             shared,
@@ -111,13 +104,7 @@ impl Relay {
         registry: registry::Registry,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let shared = Arc::new(Shared {
-            table: Arc::new(Table::default()),
-            peers: Default::default(),
-            peer_totals: Default::default(),
-            ready: false.into(),
-            metrics,
-        });
+        let shared = Shared::new(false, metrics);
         let (tx, rx) = mpsc::channel(4096);
         let id = registry.id().to_owned();
         let task = backplane::Backplane::new(endpoint, settings, registry, rx, shared.clone());

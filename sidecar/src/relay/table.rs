@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{OnceLock, RwLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::topic::{Kind, Topic};
 use crate::glob;
@@ -65,14 +65,9 @@ impl<'a> Delivery<'a> {
                 Some(p) => vec![word, p, self.channel, self.payload],
                 None => vec![word, self.channel, self.payload],
             };
-            let mut out = BytesMut::with_capacity(self.payload.len() + self.channel.len() + 64);
-            out.put_u8(if proto == Protocol::Resp3 { b'>' } else { b'*' });
-            out.put_slice(format!("{}\r\n", parts.len()).as_bytes());
-            for part in parts {
-                out.put_slice(format!("${}\r\n", part.len()).as_bytes());
-                out.put_slice(part);
-                out.put_slice(b"\r\n");
-            }
+            let mut out = BytesMut::new();
+            let marker = if proto == Protocol::Resp3 { b'>' } else { b'*' };
+            crate::resp::write_bulks(&mut out, marker, &parts);
             out.freeze()
         })
         .clone()

@@ -69,6 +69,23 @@ impl ProtocolError {
     }
 }
 
+/// Writes an aggregate of bulk strings: `*` for commands and RESP2 messages, `>` for RESP3 pushes.
+/// Lengths are formatted straight into the buffer (no temporary strings on the hot path).
+pub fn write_bulks<P: AsRef<[u8]>>(out: &mut bytes::BytesMut, marker: u8, parts: &[P]) {
+    use bytes::BufMut;
+    use std::fmt::Write;
+    let size: usize = parts.iter().map(|p| p.as_ref().len() + 16).sum();
+    out.reserve(size + 16);
+    out.put_u8(marker);
+    let _ = write!(out, "{}\r\n", parts.len());
+    for part in parts {
+        let part = part.as_ref();
+        let _ = write!(out, "${}\r\n", part.len());
+        out.put_slice(part);
+        out.put_slice(b"\r\n");
+    }
+}
+
 /// Redis accepts at most this many bytes of an inline command or a length header before a line
 /// ends (`PROTO_INLINE_MAX_SIZE`).
 pub const INLINE_MAX: usize = 64 * 1024;

@@ -37,14 +37,8 @@ impl Command {
 
 /// Encodes arguments as a multibulk command.
 pub fn encode(args: &[Bytes]) -> Bytes {
-    let size: usize = args.iter().map(|a| a.len() + 16).sum::<usize>() + 16;
-    let mut out = BytesMut::with_capacity(size);
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = BytesMut::new();
+    super::write_bulks(&mut out, b'*', args);
     out.freeze()
 }
 

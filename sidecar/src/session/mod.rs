@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use self::outbox::Outbox;
 use crate::metrics::Metrics;
@@ -60,13 +62,13 @@ pub struct Session {
 }
 
 /// Serves one connection until it closes, the client quits, or the sidecar shuts down.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
-    let (mut reader, writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let outbox = Outbox::spawn(id, writer, ctx.client_buffer_bytes, ctx.metrics.clone());
-    let mut session = Session {
+    let session = Session {
         id,
         authenticated: ctx.password.is_none(),
         ctx,
@@ -81,48 +83,52 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         in_multi: false,
     };
     let span = tracing::debug_span!("client", id, ?peer);
-    let _enter = span.enter();
-    tracing::debug!("connected");
-    // Twice the largest bulk: room for one full argument plus the rest of its command.
-    let max_buffered = session.ctx.limits.max_bulk.saturating_mul(2).max(1 << 20);
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    'conn: loop {
-        loop {
-            match decode(&mut buf, &session.ctx.limits, session.authenticated) {
-                Ok(Decoded::Command(command)) => {
-                    if session.handle(command).await == Flow::Close {
-                        break 'conn;
-                    }
-                    session.outbox.writable().await;
-                }
-                Ok(Decoded::Skipped) => {}
-                Ok(Decoded::Incomplete { needed }) => {
-                    if needed > max_buffered {
-                        session.protocol_error(&format!("request of at least {needed} bytes is over the sidecar's limit of {max_buffered} (twice --max-bulk-bytes)"));
-                        break 'conn;
-                    }
-                    buf.reserve(needed.saturating_sub(buf.len()));
-                    break;
-                }
-                Err(e) => {
-                    session.protocol_error(&e.0);
-                    break 'conn;
-                }
-            }
-        }
-        tokio::select! {
-            read = reader.read_buf(&mut buf) => match read {
-                Ok(0) | Err(_) => break 'conn,
-                Ok(_) => {}
-            },
-            _ = shutdown.changed() => break 'conn,
-        }
-    }
-    session.close().await;
-    tracing::debug!("closed");
+    session.run(reader, shutdown).instrument(span).await;
 }
 
 impl Session {
+    async fn run(mut self, mut reader: OwnedReadHalf, mut shutdown: watch::Receiver<bool>) {
+        let session = &mut self; // keeps the loop body readable as `session.…`
+        tracing::debug!("connected");
+        // Twice the largest bulk: room for one full argument plus the rest of its command.
+        let max_buffered = session.ctx.limits.max_bulk.saturating_mul(2).max(1 << 20);
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        'conn: loop {
+            loop {
+                match decode(&mut buf, &session.ctx.limits, session.authenticated) {
+                    Ok(Decoded::Command(command)) => {
+                        if session.handle(command).await == Flow::Close {
+                            break 'conn;
+                        }
+                        session.outbox.writable().await;
+                    }
+                    Ok(Decoded::Skipped) => {}
+                    Ok(Decoded::Incomplete { needed }) => {
+                        if needed > max_buffered {
+                            session.protocol_error(&format!("request of at least {needed} bytes is over the sidecar's limit of {max_buffered} (twice --max-bulk-bytes)"));
+                            break 'conn;
+                        }
+                        buf.reserve(needed.saturating_sub(buf.len()));
+                        break;
+                    }
+                    Err(e) => {
+                        session.protocol_error(&e.0);
+                        break 'conn;
+                    }
+                }
+            }
+            tokio::select! {
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => break 'conn,
+                    Ok(_) => {}
+                },
+                _ = shutdown.changed() => break 'conn,
+            }
+        }
+        session.close().await;
+        tracing::debug!("closed");
+    }
+
     fn protocol_error(&mut self, message: &str) {
         self.ctx.metrics.protocol_errors.inc();
         tracing::warn!(

@@ -1,0 +1,57 @@
+//! Names, labels and ownership shared by every object the controller builds.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::api::RealtimeCluster;
+
+/// The server-side apply field manager every write uses.
+pub const FIELD_MANAGER: &str = "switchboard-operator";
+/// `app.kubernetes.io/managed-by` on everything the operator creates.
+pub const MANAGED_BY: &str = "switchboard-operator";
+/// `app.kubernetes.io/part-of` on everything the operator creates.
+pub const PART_OF: &str = "switchboard";
+
+/// The recommended labels (`app.kubernetes.io/*`) for a child of `rtc`.
+pub(crate) fn labels(
+    rtc: &RealtimeCluster,
+    name: &str,
+    component: &str,
+) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", name.to_owned()),
+        ("app.kubernetes.io/instance", rtc.name_any()),
+        ("app.kubernetes.io/component", component.to_owned()),
+        ("app.kubernetes.io/part-of", PART_OF.to_owned()),
+        ("app.kubernetes.io/managed-by", MANAGED_BY.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Metadata of a child object: same namespace, the given labels, and a controller ownerReference
+/// (`controller: true`, `blockOwnerDeletion: true`). `validate` has checked that `rtc` has a name,
+/// a namespace and a uid, without which there is no ownerReference.
+pub(crate) fn child_meta(
+    rtc: &RealtimeCluster,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: rtc.namespace(),
+        labels: Some(labels),
+        owner_references: rtc.controller_owner_ref(&()).map(|owner| {
+            // kube sets `controller` only; without `blockOwnerDeletion` a foreground deletion of the
+            // RealtimeCluster could finish before its children are gone.
+            vec![OwnerReference {
+                block_owner_deletion: Some(true),
+                ..owner
+            }]
+        }),
+        ..ObjectMeta::default()
+    }
+}

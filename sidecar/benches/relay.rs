@@ -64,9 +64,9 @@ const PHASE_DEADLINE: Duration = Duration::from_secs(60);
 fn main() {
     let redis = RedisServer::start();
     let mut pods: Vec<Sidecar> = (0..PODS)
-        .map(|i| Sidecar::start(&redis.url(), &format!("bench-pod-{}", pod_name(i))))
+        .map(|i| procs::start_sidecar(redis.url(), &format!("bench-pod-{}", pod_name(i))))
         .collect();
-    print_context(&redis, &pods);
+    print_context(&pods);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -112,7 +112,7 @@ fn main() {
     });
     drop(runtime);
     for pod in &mut pods {
-        pod.assert_running();
+        procs::assert_healthy(pod);
     }
 }
 
@@ -490,7 +490,7 @@ async fn receive_all(
 // Context and tables
 // ---------------------------------------------------------------------------------------------
 
-fn print_context(redis: &RedisServer, sidecars: &[Sidecar]) {
+fn print_context(sidecars: &[Sidecar]) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = loadavg.split_whitespace().take(3).collect();
@@ -501,7 +501,7 @@ fn print_context(redis: &RedisServer, sidecars: &[Sidecar]) {
     );
     println!("  NOTE: a shared, noisy machine (other builds run on the same cores); compare the");
     println!("        direct and sidecar columns of one run, not absolute numbers across runs.");
-    println!("  redis-server: {}", redis.version());
+    println!("  redis-server: {}", procs::redis_version());
     println!("  sidecar binary: {}", procs::sidecar_binary().display());
     println!(
         "  sidecars: {} (pods {}), one redis-server; all on 127.0.0.1",
@@ -982,228 +982,46 @@ mod resp {
 // Server processes
 // ---------------------------------------------------------------------------------------------
 
+/// The real processes, started by the same support code the integration tests use.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 mod procs {
-    use std::fs::File;
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::Command;
+    use std::time::Duration;
 
-    const START_DEADLINE: Duration = Duration::from_secs(30);
-    const POLL_EVERY: Duration = Duration::from_millis(20);
+    use super::support::SidecarOptions;
+    pub use super::support::{RedisServer, Sidecar};
 
-    /// A loopback port nobody listens on right now (the OS picks it; we release it for the child).
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind an ephemeral loopback port")
-            .port()
-    }
-
-    fn loopback(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    /// A scratch directory for one process, removed on drop.
-    struct ScratchDir(PathBuf);
-
-    impl ScratchDir {
-        fn new(label: &str) -> Self {
-            let path = std::env::temp_dir()
-                .join(format!("switchboard-bench-{label}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
-            ScratchDir(path)
-        }
-    }
-
-    impl Drop for ScratchDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A child process killed on drop, so a panicking bench leaves nothing running.
-    struct Owned {
-        child: Child,
-        log: PathBuf,
-        // Declared last: removed after the child is dead.
-        _dir: ScratchDir,
-    }
-
-    impl Owned {
-        fn spawn(mut cmd: Command, label: &str) -> Self {
-            let dir = ScratchDir::new(label);
-            let log = dir.0.join("output.log");
-            let out = File::create(&log).expect("create the process log");
-            let err = out.try_clone().expect("clone the log handle");
-            let child = cmd
-                .current_dir(&dir.0)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {label} ({:?}): {e}", cmd.get_program()));
-            Owned {
-                child,
-                log,
-                _dir: dir,
-            }
-        }
-
-        /// Panics with the log's tail if the process has exited.
-        fn assert_running(&mut self, what: &str) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{what} exited with {status}; output:\n{}", self.tail());
-            }
-        }
-
-        fn tail(&self) -> String {
-            let mut text = String::new();
-            let _ = File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text));
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        }
-
-        /// Polls `ready` until it holds, failing at [`START_DEADLINE`] or if the process dies.
-        fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
-            let deadline = Instant::now() + START_DEADLINE;
-            while !ready() {
-                self.assert_running(what);
-                if Instant::now() > deadline {
-                    panic!(
-                        "{what} not ready after {START_DEADLINE:?}; output:\n{}",
-                        self.tail()
-                    );
-                }
-                std::thread::sleep(POLL_EVERY);
-            }
-        }
-    }
-
-    impl Drop for Owned {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// A `redis-server` on a free loopback port, without persistence.
-    pub struct RedisServer {
-        port: u16,
-        process: Owned,
-    }
-
-    impl RedisServer {
-        pub fn start() -> Self {
-            let port = free_port();
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"]);
-            let mut process = Owned::spawn(cmd, "redis");
-            process.wait_until("redis-server", || answers_ping(loopback(port)));
-            RedisServer { port, process }
-        }
-
-        pub fn addr(&self) -> SocketAddr {
-            loopback(self.port)
-        }
-
-        pub fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-
-        pub fn pid(&self) -> u32 {
-            self.process.child.id()
-        }
-
-        pub fn version(&self) -> String {
-            Command::new("redis-server")
-                .arg("--version")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_else(|e| format!("unknown ({e})"))
-        }
-    }
-
-    fn answers_ping(addr: SocketAddr) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    /// The sidecar binary: `SIDECAR_BENCH_BIN` if set, else the one cargo built for this bench.
+    /// The sidecar under test; `SIDECAR_BENCH_BIN` swaps in another build to compare two.
     pub fn sidecar_binary() -> PathBuf {
         std::env::var_os("SIDECAR_BENCH_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard-sidecar")))
     }
 
-    /// One pod's sidecar, bridged to the bench's Redis.
-    pub struct Sidecar {
-        pub addr: SocketAddr,
-        http_addr: SocketAddr,
-        process: Owned,
+    /// One "pod"'s sidecar, logging warnings only: logging must not be what we measure.
+    pub fn start_sidecar(upstream: String, id: &str) -> Sidecar {
+        SidecarOptions::upstream(upstream)
+            .arg("--sidecar-id", id)
+            .binary(sidecar_binary())
+            .log("warn")
+            .start()
     }
 
-    impl Sidecar {
-        pub fn start(upstream: &str, id: &str) -> Self {
-            let addr = loopback(free_port());
-            let http_addr = loopback(free_port());
-            let mut cmd = Command::new(sidecar_binary());
-            cmd.args(["--listen", &addr.to_string()])
-                .args(["--http-listen", &http_addr.to_string()])
-                .args(["--upstream", upstream, "--sidecar-id", id])
-                // Warnings only: logging must not be what we measure.
-                .env("RUST_LOG", "warn");
-            // The flags above are the whole configuration; no stray SWITCHBOARD_* variable.
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("SWITCHBOARD_") {
-                    cmd.env_remove(key);
-                }
-            }
-            let mut process = Owned::spawn(cmd, id);
-            process.wait_until(id, || readyz(http_addr) == Some(200));
-            Sidecar {
-                addr,
-                http_addr,
-                process,
-            }
-        }
-
-        pub fn pid(&self) -> u32 {
-            self.process.child.id()
-        }
-
-        /// Panics (with the sidecar's log) if it crashed during the bench, or is not ready.
-        pub fn assert_running(&mut self) {
-            self.process.assert_running("the sidecar");
-            let status = readyz(self.http_addr);
-            assert_eq!(status, Some(200), "sidecar /readyz after the bench");
-        }
+    /// Panics (with the sidecar's log) if it crashed during the bench or is not ready.
+    pub fn assert_healthy(sidecar: &mut Sidecar) {
+        sidecar.assert_running();
+        assert_eq!(sidecar.readyz(), Ok(200), "sidecar /readyz after the bench");
     }
 
-    /// `/readyz`'s status over a bare HTTP/1.0 GET: 200 once the backplane is connected.
-    fn readyz(addr: SocketAddr) -> Option<u16> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut response = Vec::new();
-        let _ = s.read_to_end(&mut response);
-        String::from_utf8_lossy(&response)
-            .lines()
-            .next()?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+    pub fn redis_version() -> String {
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|e| format!("unknown ({e})"))
     }
 
     /// User plus system CPU time a process has used so far (0 if it cannot be read).

@@ -77,27 +77,6 @@ impl Fleet {
         names
     }
 
-    /// How many application connections a publish to `channel` reaches: its subscribers plus
-    /// those of every matching pattern (this is what `PUBLISH` replies).
-    pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
-        let mut n = 0;
-        for counts in self.peers.values() {
-            for (topic, c) in counts {
-                let hit = match (kind, topic.kind) {
-                    (Kind::Shard, Kind::Shard) | (Kind::Channel, Kind::Channel) => {
-                        topic.name == channel
-                    }
-                    (Kind::Channel, Kind::Pattern) => glob::matches(&topic.name, channel),
-                    _ => false,
-                };
-                if hit {
-                    n += c;
-                }
-            }
-        }
-        n
-    }
-
     /// Totals across the fleet, precomputed once per registry read so a publish's receiver
     /// count costs one lookup plus the patterns, however many pods and topics there are.
     pub fn totals(&self) -> Totals {
@@ -134,7 +113,8 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Like [`Fleet::receivers`].
+    /// How many application connections a publish to `channel` reaches: its subscribers plus
+    /// those of every matching pattern (this is what `PUBLISH` replies).
     pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
         let direct = self
             .by_topic
@@ -183,7 +163,6 @@ mod tests {
         assert_eq!(fleet.numsub(Kind::Channel, &x), 3);
         assert_eq!(fleet.numsub(Kind::Shard, &x), 0);
         assert_eq!(fleet.numpat(), 1);
-        assert_eq!(fleet.receivers(Kind::Channel, b"x"), 7);
         assert_eq!(fleet.totals().receivers(Kind::Channel, b"x"), 7);
         assert_eq!(fleet.totals().receivers(Kind::Shard, b"x"), 0);
         assert_eq!(

@@ -265,7 +265,7 @@ impl Relay {
         };
         let remote = self
             .shared
-            .peers
+            .peer_totals
             .read()
             .expect("peers lock poisoned")
             .receivers(kind, &channel);

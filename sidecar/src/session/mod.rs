@@ -88,31 +88,30 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiv
 
 impl Session {
     async fn run(mut self, mut reader: OwnedReadHalf, mut shutdown: watch::Receiver<bool>) {
-        let session = &mut self; // keeps the loop body readable as `session.…`
         tracing::debug!("connected");
         // Twice the largest bulk: room for one full argument plus the rest of its command.
-        let max_buffered = session.ctx.limits.max_bulk.saturating_mul(2).max(1 << 20);
+        let max_buffered = self.ctx.limits.max_bulk.saturating_mul(2).max(1 << 20);
         let mut buf = BytesMut::with_capacity(16 * 1024);
         'conn: loop {
             loop {
-                match decode(&mut buf, &session.ctx.limits, session.authenticated) {
+                match decode(&mut buf, &self.ctx.limits, self.authenticated) {
                     Ok(Decoded::Command(command)) => {
-                        if session.handle(command).await == Flow::Close {
+                        if self.handle(command).await == Flow::Close {
                             break 'conn;
                         }
-                        session.outbox.writable().await;
+                        self.outbox.writable().await;
                     }
                     Ok(Decoded::Skipped) => {}
                     Ok(Decoded::Incomplete { needed }) => {
                         if needed > max_buffered {
-                            session.protocol_error(&format!("request of at least {needed} bytes is over the sidecar's limit of {max_buffered} (twice --max-bulk-bytes)"));
+                            self.protocol_error(&format!("request of at least {needed} bytes is over the sidecar's limit of {max_buffered} (twice --max-bulk-bytes)"));
                             break 'conn;
                         }
                         buf.reserve(needed.saturating_sub(buf.len()));
                         break;
                     }
                     Err(e) => {
-                        session.protocol_error(&e.0);
+                        self.protocol_error(&e.0);
                         break 'conn;
                     }
                 }
@@ -125,7 +124,7 @@ impl Session {
                 _ = shutdown.changed() => break 'conn,
             }
         }
-        session.close().await;
+        self.close().await;
         tracing::debug!("closed");
     }
 

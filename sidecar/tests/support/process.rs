@@ -148,6 +148,11 @@ impl RedisServer {
         self.start_again();
     }
 
+    /// The running server's process id (the benchmark reads its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     fn wait_until_answering(&mut self, log: &Path) {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
@@ -206,6 +211,10 @@ pub struct SidecarOptions {
     pub upstream: Option<String>,
     pub password: Option<String>,
     pub extra_args: Vec<String>,
+    /// Another build of the sidecar (default: the one cargo built for this test or bench).
+    pub binary: Option<PathBuf>,
+    /// `RUST_LOG` for the sidecar (default: the caller's `RUST_LOG`, else `info`).
+    pub log: Option<String>,
 }
 
 impl SidecarOptions {
@@ -232,6 +241,16 @@ impl SidecarOptions {
         self
     }
 
+    pub fn binary(mut self, path: PathBuf) -> Self {
+        self.binary = Some(path);
+        self
+    }
+
+    pub fn log(mut self, filter: &str) -> Self {
+        self.log = Some(filter.to_string());
+        self
+    }
+
     pub fn start(self) -> Sidecar {
         Sidecar::start(self)
     }
@@ -255,7 +274,11 @@ impl Sidecar {
         // Logs go to stdout or stderr depending on the subscriber; keep both, in order.
         let stderr = File::create(&stderr_path).expect("create the sidecar's stderr file");
         let stdout = stderr.try_clone().expect("clone the log file handle");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-sidecar"));
+        let binary = options
+            .binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard-sidecar")));
+        let mut cmd = Command::new(binary);
         cmd.args([
             "--listen",
             &addr.to_string(),
@@ -265,7 +288,11 @@ impl Sidecar {
         .args(&options.extra_args)
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            options
+                .log
+                .clone()
+                .or_else(|| std::env::var("RUST_LOG").ok())
+                .unwrap_or_else(|| "info".into()),
         )
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -334,6 +361,10 @@ impl Sidecar {
                 self.stderr_tail(60)
             );
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn stderr_tail(&self, lines: usize) -> String {

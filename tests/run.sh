@@ -9,6 +9,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The Gateway API CRDs for the HTTPRoute tests come from the Go module proxy (cached by Go);
+# without Go they are skipped like the control plane, or fail under CI=true.
+if [[ -z ${SWITCHBOARD_GATEWAY_API_CRDS:-} ]] && command -v go >/dev/null && command -v jq >/dev/null; then
+  SWITCHBOARD_GATEWAY_API_CRDS="$(bash tests/controlplane/gateway-api.sh | tail -n 1)"
+  export SWITCHBOARD_GATEWAY_API_CRDS
+fi
+
 echo "==> cargo test --workspace"
 cargo test --workspace
 

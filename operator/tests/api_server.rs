@@ -4,46 +4,23 @@
 //! One control plane is shared by the tests in this file (a `static`, cleaned up by the testkit's
 //! guardian when the test binary exits).
 
+mod support;
+
 use std::process::Command;
-use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
 use switchboard_operator::api::*;
-use switchboard_testkit::{ControlPlane, Options};
-use tokio::sync::OnceCell;
+use switchboard_testkit::ControlPlane;
 
 const NAMESPACE: &str = "default";
 const CRD_NAME: &str = "realtimeclusters.switchboard.dev";
 
-static CONTROL_PLANE: OnceCell<Option<ControlPlane>> = OnceCell::const_new();
-
-/// The shared control plane with the CRD installed; `None` when skipped (no binaries, not CI).
+/// The shared control plane with the committed CRD installed; `None` when skipped.
 async fn control_plane() -> Option<&'static ControlPlane> {
-    CONTROL_PLANE
-        .get_or_init(async || {
-            let control_plane = switchboard_testkit::start_or_skip(Options::default()).await?;
-            let crd: CustomResourceDefinition = serde_yaml::from_str(include_str!(
-                "../../crds/realtimeclusters.switchboard.dev.yaml"
-            ))
-            .unwrap();
-            let crds: Api<CustomResourceDefinition> =
-                Api::all(control_plane.client().await.unwrap());
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .expect("the generated CRD is accepted");
-            let established = await_condition(crds, CRD_NAME, conditions::is_crd_established());
-            tokio::time::timeout(Duration::from_secs(30), established)
-                .await
-                .expect("CRD Established within 30s")
-                .unwrap();
-            Some(control_plane)
-        })
-        .await
-        .as_ref()
+    support::control_plane().await
 }
 
 fn untyped(client: Client) -> Api<DynamicObject> {

@@ -33,9 +33,20 @@ pub struct Config {
     )]
     pub http_listen: SocketAddr,
 
-    /// The shared backplane, `redis://[user:password@]host:port[/db]`. Absent: embedded mode.
-    #[arg(long = "upstream", env = "SWITCHBOARD_UPSTREAM_URL")]
-    pub upstream_url: Option<String>,
+    /// The shared backplane, one URL per shard in shard order (repeat the flag; in the variable,
+    /// separate them with spaces): `redis://[user:password@]host:port[/db]` or
+    /// `redis+sentinel://[user@]host:26379,host:26379/<master>[/<db>]`. Absent: embedded mode.
+    #[arg(
+        long = "upstream",
+        env = "SWITCHBOARD_UPSTREAM_URL",
+        value_delimiter = ' '
+    )]
+    pub upstreams: Vec<String>,
+
+    /// Password for the backplane (every shard's Redis and its Sentinels); replaces any password
+    /// in the URL, so the URL can live in a ConfigMap and this in a Secret. Never logged.
+    #[arg(long, env = "SWITCHBOARD_UPSTREAM_PASSWORD", hide_env_values = true)]
+    pub upstream_password: Option<Secret>,
 
     /// Password local clients must send with AUTH or HELLO. Absent: no local authentication
     /// (the listener is loopback-only).
@@ -108,6 +119,29 @@ pub struct Config {
     pub log_format: String,
 }
 
+/// A credential: parsed like a string, never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 impl Config {
     /// Parses flags and the process environment; prints the problem and exits 64 on a bad value.
     pub fn from_process() -> Self {
@@ -137,7 +171,7 @@ impl Config {
     }
 
     /// Cross-field checks clap cannot express; the message names the flag and variable.
-    fn validated(self) -> Result<Self, String> {
+    fn validated(mut self) -> Result<Self, String> {
         if let Some(bad) = self.channel_prefix.chars().find(|c| "*?[]\\".contains(*c)) {
             return Err(format!(
                 "--channel-prefix (SWITCHBOARD_CHANNEL_PREFIX) must not contain glob characters; found {bad:?}"
@@ -161,8 +195,24 @@ impl Config {
                 self.max_bulk_bytes
             ));
         }
-        if let Some(url) = &self.upstream_url {
-            crate::upstream::Endpoint::parse(url).map_err(|e| e.to_string())?;
+        let given = !self.upstreams.is_empty();
+        // Any run of whitespace separates URLs: several spaces, or the newline a Secret's value
+        // often ends with (`echo url > file`), must not become part of a URL.
+        self.upstreams = self
+            .upstreams
+            .iter()
+            .flat_map(|u| u.split_whitespace())
+            .map(str::to_owned)
+            .collect();
+        if given && self.upstreams.is_empty() {
+            return Err(
+                "--upstream (SWITCHBOARD_UPSTREAM_URL) is set but empty; unset it to run embedded"
+                    .into(),
+            );
+        }
+        for url in &self.upstreams {
+            crate::upstream::Endpoint::parse(url)
+                .map_err(|e| format!("--upstream (SWITCHBOARD_UPSTREAM_URL): {e}"))?;
         }
         Ok(self)
     }
@@ -175,5 +225,52 @@ impl Config {
     }
     pub fn flush_grace(&self) -> Duration {
         Duration::from_millis(self.flush_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_password_is_read_but_never_printed() {
+        let config = Config::parse_from_env_and_args([
+            "switchboard-sidecar",
+            "--upstream=redis://h:6379",
+            "--upstream-password=s3cret",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.upstream_password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn shards_are_space_separated_urls_in_order() {
+        let config = Config::parse_from_env_and_args([
+            "switchboard-sidecar",
+            "--upstream=redis://a:6379  redis+sentinel://s1,s2/b",
+            "--upstream=redis://c:6379\n",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.upstreams,
+            [
+                "redis://a:6379",
+                "redis+sentinel://s1,s2/b",
+                "redis://c:6379"
+            ]
+        );
+        let err =
+            Config::parse_from_env_and_args(["switchboard-sidecar", "--upstream= "]).unwrap_err();
+        assert!(err.contains("SWITCHBOARD_UPSTREAM_URL"), "{err}");
+        let err = Config::parse_from_env_and_args([
+            "switchboard-sidecar",
+            "--upstream=redis://a:6379 redis+sentinel://nomaster",
+        ])
+        .unwrap_err();
+        assert!(err.contains("name the master"), "{err}");
     }
 }

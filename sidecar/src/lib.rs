@@ -37,28 +37,33 @@ use crate::upstream::Endpoint;
 /// and leaves the fleet registry.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let upstream = match &config.upstream_url {
-        Some(url) => Some(Endpoint::parse(url).map_err(std::io::Error::other)?),
-        None => None,
-    };
-    let relay = Arc::new(match &upstream {
-        None => Relay::embedded(metrics.clone()),
-        Some(endpoint) => {
-            let id = config.sidecar_id.clone().unwrap_or_else(default_sidecar_id);
-            let settings = Settings {
-                channel_prefix: Bytes::from(config.channel_prefix.clone()),
-                heartbeat: config.heartbeat(),
-                flush_grace: config.flush_grace(),
-                reconnect_min: std::time::Duration::from_millis(config.reconnect_min_ms),
-                reconnect_max: std::time::Duration::from_millis(config.reconnect_max_ms),
-                buffer_bytes: config.publish_buffer_bytes,
-                buffer_messages: config.publish_buffer_messages,
-                max_bulk: config.max_bulk_bytes,
-            };
-            let registry = Registry::new(&config.channel_prefix, &id, config.peer_ttl_ms);
-            tracing::info!(sidecar_id = %id, backplane = %endpoint, prefix = %config.channel_prefix, "relaying pub/sub through the backplane");
-            Relay::bridged(endpoint.clone(), settings, registry, metrics.clone())
-        }
+    let password = config.upstream_password.as_ref().map(|p| p.expose());
+    let shards = config
+        .upstreams
+        .iter()
+        .map(|url| Ok(Endpoint::parse(url)?.with_password(password)))
+        .collect::<Result<Vec<_>, upstream::EndpointError>>()
+        .map_err(std::io::Error::other)?;
+    // Pass-through commands (keys, transactions) all go to shard 0: they are not sharded.
+    let upstream = shards.first().cloned();
+    let relay = Arc::new(if shards.is_empty() {
+        Relay::embedded(metrics.clone())
+    } else {
+        let id = config.sidecar_id.clone().unwrap_or_else(default_sidecar_id);
+        let settings = Settings {
+            channel_prefix: Bytes::from(config.channel_prefix.clone()),
+            heartbeat: config.heartbeat(),
+            flush_grace: config.flush_grace(),
+            reconnect_min: std::time::Duration::from_millis(config.reconnect_min_ms),
+            reconnect_max: std::time::Duration::from_millis(config.reconnect_max_ms),
+            buffer_bytes: config.publish_buffer_bytes,
+            buffer_messages: config.publish_buffer_messages,
+            max_bulk: config.max_bulk_bytes,
+        };
+        let registry = Registry::new(&config.channel_prefix, &id, config.peer_ttl_ms);
+        let backplane: Vec<String> = shards.iter().map(Endpoint::to_string).collect();
+        tracing::info!(sidecar_id = %id, backplane = %backplane.join(" "), shards = shards.len(), prefix = %config.channel_prefix, "relaying pub/sub through the backplane");
+        Relay::bridged(shards, settings, registry, metrics.clone())
     });
     if relay.is_embedded() {
         tracing::info!("no --upstream: running embedded, a pub/sub broker for this pod alone");

@@ -42,8 +42,8 @@ impl Default for Backplane {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedBackplane {
-    /// Redis servers per shard. 1: no failover. 3 or more: one primary, replicas and Sentinel,
-    /// which needs a majority to fail over, so 2 is refused.
+    /// Redis servers per shard. 1: no failover. 3 or more: one primary and replicas, each pod
+    /// with a Sentinel; Sentinel needs a majority to fail over, so 2 is refused.
     #[serde(default = "one")]
     #[schemars(range(max = 9))]
     #[x_kube(validation = Rule::new("self == 1 || self >= 3")
@@ -114,7 +114,10 @@ impl Default for Persistence {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalBackplane {
-    /// The Secret key holding the URL: `redis://`, `rediss://` or `redis+sentinel://`.
+    /// The Secret key holding the URL, password included: `redis://[user:password@]host:port[/db]`
+    /// or `redis+sentinel://[user:password@]host:26379[,host:26379...]/<master>[/db]`; several
+    /// shards as URLs separated by spaces. `rediss://` (TLS) is not supported yet. The URL reaches
+    /// the sidecar straight from this Secret; only its password-free form is copied elsewhere.
     pub url_secret_ref: SecretKeyRef,
 }
 

@@ -1,5 +1,6 @@
-//! The Ingress in front of the socket server. Engine.IO long-polling needs every request of a session
-//! to reach the pod that opened it, hence cookie affinity by default.
+//! The Ingress (or Gateway API HTTPRoute) in front of the socket server. Engine.IO long-polling
+//! needs every request of a session to reach the pod that opened it, hence cookie affinity by
+//! default.
 
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -10,11 +11,23 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("self.affinity == 'cookie' || !has(self.cookie)")
     .field_path(".cookie")
     .message("spec.ingress.cookie is only allowed with spec.ingress.affinity: cookie"))]
+#[x_kube(validation = Rule::new("!has(self.gateway) || !has(self.className)")
+    .field_path(".gateway")
+    .message("spec.ingress.gateway and spec.ingress.className are mutually exclusive: set className for an Ingress, or gateway for a Gateway API HTTPRoute"))]
+#[x_kube(validation = Rule::new("!has(self.gateway) || !has(self.tls)")
+    .field_path(".tls")
+    .message("spec.ingress.tls is not used with spec.ingress.gateway: TLS is terminated by the Gateway's listener (set its certificateRefs there)"))]
 pub struct Ingress {
-    /// IngressClass to use. Default: the cluster's default class.
+    /// IngressClass to use. Default: the cluster's default class. Cookie affinity is built for
+    /// `nginx` (ingress-nginx annotations on the Ingress) and `traefik` (sticky-cookie annotations
+    /// on the Service); any other class gets a plain Ingress and needs `affinity: none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub class_name: Option<String>,
+
+    /// Attach a Gateway API HTTPRoute to this Gateway instead of creating an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRef>,
 
     /// Host name clients connect to, e.g. `chat.example.com` (a leading `*.` is allowed).
     #[schemars(length(min = 1, max = 253))]
@@ -28,7 +41,7 @@ pub struct Ingress {
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("spec.ingress.path must start with /"))]
     pub path: String,
 
-    /// Serve HTTPS with this certificate.
+    /// Serve HTTPS with this certificate (Ingress only; a Gateway terminates TLS at its listener).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<IngressTls>,
 
@@ -41,6 +54,9 @@ pub struct Ingress {
     pub cookie: Option<Cookie>,
 
     /// Proxy read/send timeout: how long an idle WebSocket stays open through the Ingress.
+    /// Applied with `className: nginx` only: Traefik sets idle timeouts per entryPoint
+    /// (`respondingTimeouts`) and per ServersTransport, not per Ingress or Service, and the Gateway
+    /// API has no idle timeout (the HTTPRoute gets `timeouts.request: 0s`, no deadline).
     #[serde(default = "default_timeout")]
     #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: i32,
@@ -68,6 +84,32 @@ pub struct Cookie {
     #[serde(default = "default_cookie_max_age")]
     #[schemars(range(min = 1))]
     pub max_age_seconds: i32,
+}
+
+/// The Gateway an HTTPRoute attaches to (a Gateway API `parentRef`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Namespace of the Gateway. Default: the RealtimeCluster's. A Gateway in another namespace
+    /// must admit routes from this one (its listener's `allowedRoutes.namespaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
+
+    /// The Gateway listener to attach to, by name. Default: every listener that admits the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub section_name: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -13,7 +13,7 @@ mod status;
 
 pub use backplane::{Backplane, ExternalBackplane, ManagedBackplane, Persistence, SecretKeyRef};
 pub use framework::{App, Framework, Preset};
-pub use ingress::{Affinity, Cookie, Ingress, IngressTls};
+pub use ingress::{Affinity, Cookie, GatewayRef, Ingress, IngressTls};
 pub use sidecar::Sidecar;
 pub use status::{PodCounts, RealtimeClusterStatus};
 

@@ -6,20 +6,30 @@
 //! whole pod's traffic on one subscription. This module builds objects only; it never generates
 //! the password (the caller does, once, and keeps it in the Secret) and never talks to a cluster.
 //!
-//! TODO(issue 4): `replicas >= 3` (Redis replicas and a Sentinel quorum, sidecar told to discover
-//! the primary through Sentinel) is not built; `validate` refuses it until it is.
-
+//! Two shapes per shard, chosen by `spec.backplane.managed.replicas`:
+//! - **1**: one `redis` container; the client Service `<rtc>-redis-<shard>` (6379) is the URL.
+//! - **3 or more** (Sentinel): every pod runs `redis` and `sentinel` (same image). Sentinel on each
+//!   Redis pod, rather than a separate Sentinel Deployment, keeps one StatefulSet per shard (its
+//!   selector, service name and volume claims are immutable, so a shard can go from 1 to 3
+//!   replicas and back by changing the template and replica count only), and each Sentinel gets
+//!   a stable DNS name to announce. Ordinal 0 starts as primary unless the Sentinels already know
+//!   one (see [`redis_start_script`]); the client Service is then `<rtc>-redis-<shard>-sentinel`
+//!   (26379), because a Service balancing over primary and replicas would send writes to
+//!   read-only replicas. The sidecar finds the primary with
+//!   `redis+sentinel://<rtc>-redis-<shard>-sentinel.<ns>.svc:26379/<rtc>-redis-<shard>`.
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -28,6 +38,7 @@ use super::meta::{child_meta, labels};
 use crate::api::{ManagedBackplane, RealtimeCluster};
 
 pub const REDIS_PORT: i32 = 6379;
+pub const SENTINEL_PORT: i32 = 26379;
 /// The key of the password in the Secret [`password_secret_name`] names.
 pub const PASSWORD_KEY: &str = "password";
 /// The Redis container reads its password from this variable (filled from the Secret).
@@ -36,6 +47,20 @@ const PASSWORD_ENV: &str = "REDIS_PASSWORD";
 const REDIS_UID: i64 = 999;
 const SHARD_LABEL: &str = "switchboard.dev/shard";
 const DATA_VOLUME: &str = "data";
+/// Sentinel rewrites its own config file (known replicas, peers, the current primary and epoch),
+/// so it lives on a writable volume while the root filesystem stays read-only. Memory-backed:
+/// the file holds the password, which should not land on the node's disk.
+const SENTINEL_VOLUME: &str = "sentinel";
+const SENTINEL_DIR: &str = "/sentinel";
+
+/// `sentinel down-after-milliseconds`: how long the primary must be unreachable before a
+/// Sentinel calls it down. Redis' default is 30 s, during which every pod's publishes are only
+/// buffered; 5 s bounds that outage while staying well above a network blip or a slow fork.
+const DOWN_AFTER_MS: &str = "5000";
+/// `sentinel failover-timeout`: a failover that has not finished in 60 s is retried (by another
+/// Sentinel), and replicas are repointed at the new primary within that time. Redis' default,
+/// 3 minutes, would leave a shard without a primary that long if the elected Sentinel dies mid-way.
+const FAILOVER_TIMEOUT_MS: &str = "60000";
 
 /// `--maxclients`: Redis' default is 10000. Each pod's sidecar holds two links (subscriber and
 /// control) plus one per pass-through application connection, so a few hundred pods with
@@ -71,12 +96,61 @@ pub fn password_secret_name(rtc: &RealtimeCluster) -> String {
     format!("{}-redis-auth", rtc.name_any())
 }
 
-/// The in-cluster URL of shard `shard`, without credentials.
-pub fn shard_url(rtc: &RealtimeCluster, shard: i32) -> String {
+/// Name of the Service in front of shard `shard`'s Sentinels (replicas >= 3 only).
+pub fn sentinel_service_name(rtc: &RealtimeCluster, shard: i32) -> String {
+    format!("{}-sentinel", shard_name(rtc, shard))
+}
+
+/// The name Sentinel monitors shard `shard`'s primary under: the StatefulSet's name, unique per
+/// shard, so one Sentinel set could never confuse two shards.
+pub fn master_name(rtc: &RealtimeCluster, shard: i32) -> String {
+    shard_name(rtc, shard)
+}
+
+/// True when each shard runs replicas and Sentinels rather than one Redis.
+pub fn uses_sentinel(managed: &ManagedBackplane) -> bool {
+    managed.replicas >= 3
+}
+
+/// The stable DNS name of pod `ordinal` of shard `shard` (through the headless Service). The
+/// `.svc` suffix resolves through the pod's DNS search path, so no cluster domain is assumed.
+pub fn pod_host(rtc: &RealtimeCluster, shard: i32, ordinal: i32) -> String {
     format!(
-        "redis://{}.{}.svc:{REDIS_PORT}",
+        "{}-{ordinal}.{}.{}.svc",
         shard_name(rtc, shard),
+        headless_name(rtc, shard),
         rtc.namespace().unwrap_or_default()
+    )
+}
+
+/// The in-cluster URL of shard `shard`, without credentials: `redis://<svc>.<ns>.svc:6379` for a
+/// single server, `redis+sentinel://<sentinel-svc>.<ns>.svc:26379/<master>` with Sentinel.
+pub fn shard_url(rtc: &RealtimeCluster, shard: i32) -> String {
+    let namespace = rtc.namespace().unwrap_or_default();
+    match &rtc.spec.backplane.managed {
+        Some(managed) if uses_sentinel(managed) => format!(
+            "redis+sentinel://{}.{namespace}.svc:{SENTINEL_PORT}/{}",
+            sentinel_service_name(rtc, shard),
+            master_name(rtc, shard)
+        ),
+        _ => format!(
+            "redis://{}.{namespace}.svc:{REDIS_PORT}",
+            shard_name(rtc, shard)
+        ),
+    }
+}
+
+/// The sidecar's `SWITCHBOARD_UPSTREAM_URL` for a managed backplane: every shard's
+/// [`shard_url`], in shard order, separated by single spaces (the sidecar hashes channels over
+/// them in this order, so it must never change for a given shard count). `None` for an external
+/// backplane, whose URL comes from its Secret.
+pub fn upstream_url(rtc: &RealtimeCluster) -> Option<String> {
+    let managed = rtc.spec.backplane.managed.as_ref()?;
+    Some(
+        (0..managed.shards)
+            .map(|shard| shard_url(rtc, shard))
+            .collect::<Vec<_>>()
+            .join(" "),
     )
 }
 
@@ -84,7 +158,10 @@ pub fn shard_url(rtc: &RealtimeCluster, shard: i32) -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Shard {
     pub stateful_set: StatefulSet,
+    /// Governs the StatefulSet: stable per-pod DNS names, published before readiness.
     pub headless_service: Service,
+    /// What the sidecar connects to: the Redis Service `<rtc>-redis-<shard>` (6379) with one
+    /// replica, the Sentinel Service `<rtc>-redis-<shard>-sentinel` (26379) with more.
     pub service: Service,
     pub disruption_budget: PodDisruptionBudget,
 }
@@ -97,9 +174,18 @@ pub fn shards(rtc: &RealtimeCluster) -> Vec<Shard> {
     (0..managed.shards)
         .map(|shard| Shard {
             stateful_set: stateful_set(rtc, managed, shard),
-            headless_service: service(rtc, shard, true),
-            service: service(rtc, shard, false),
-            disruption_budget: disruption_budget(rtc, shard),
+            headless_service: service(rtc, managed, shard, ServiceRole::Headless),
+            service: service(
+                rtc,
+                managed,
+                shard,
+                if uses_sentinel(managed) {
+                    ServiceRole::Sentinel
+                } else {
+                    ServiceRole::Redis
+                },
+            ),
+            disruption_budget: disruption_budget(rtc, managed, shard),
         })
         .collect()
 }
@@ -168,54 +254,202 @@ fn redis_args(managed: &ManagedBackplane) -> Vec<String> {
     args
 }
 
-fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -> StatefulSet {
-    let name = shard_name(rtc, shard);
-    let probe = |initial_delay, period| Probe {
+/// Shell (POSIX `sh`, as in both the Debian and Alpine `redis` images) that sets `primary` to the
+/// host the Sentinels report for `$MASTER_NAME`, asking each pod's Sentinel in turn (`$PEERS`),
+/// else `$FIRST_PRIMARY` (ordinal 0) when no Sentinel answers: the first start of a shard, or
+/// every Sentinel restarting at once. Asking first is what stops a restarted former primary from
+/// coming back as a second primary after a failover. A reply counts only if it is exactly
+/// `<host> 6379`, so an error text is never taken for a host.
+///
+/// Kubernetes expands `$(NAME)` in `command`/`args` for defined variables and turns `$$` into `$`,
+/// so these scripts use `$NAME` / `${NAME}` and never `$$` (a test checks both).
+const FIND_PRIMARY: &str = r#"export REDISCLI_AUTH="$REDIS_PASSWORD"
+addr() { if [ "$#" -eq 2 ] && [ "$2" = "6379" ]; then echo "$1"; fi; }
+primary=""
+for peer in $PEERS; do
+  primary=$(addr $(timeout 3 redis-cli -h "$peer" -p 26379 --raw SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME" 2>/dev/null || true))
+  if [ -n "$primary" ]; then break; fi
+done
+primary="${primary:-$FIRST_PRIMARY}"
+"#;
+
+/// The rest of the `redis` container's entrypoint, run as `sh -c <script> redis-server <args>`:
+/// primary when the Sentinels (or the fallback) name this pod, else a replica of the one they
+/// name. The Sentinels repoint it on every later failover.
+const REDIS_START: &str = r#"if [ "$primary" = "$SELF" ]; then
+  exec redis-server "$@"
+fi
+exec redis-server "$@" --replicaof "$primary" 6379
+"#;
+
+/// The rest of the `sentinel` container's entrypoint. `sentinel.conf` is written on the pod's
+/// first start only: after a container restart, the file Sentinel rewrote (current primary,
+/// epoch, known replicas and peers) is kept. `resolve-hostnames` must precede `monitor`, which
+/// names a host, and Sentinel exits when that name does not resolve, so the script first waits
+/// (up to 30 s) for a just-created pod's DNS record.
+const SENTINEL_START: &str = r#"  i=0
+  while [ "$i" -lt 30 ] && command -v getent >/dev/null && ! getent hosts "$primary" >/dev/null; do
+    i=$((i + 1))
+    sleep 1
+  done
+  cat > "$conf.new" <<EOF
+port 26379
+dir $SENTINEL_DIR
+requirepass $REDIS_PASSWORD
+sentinel resolve-hostnames yes
+sentinel announce-hostnames yes
+sentinel announce-ip $SELF
+sentinel monitor $MASTER_NAME $primary 6379 $QUORUM
+sentinel auth-pass $MASTER_NAME $REDIS_PASSWORD
+sentinel down-after-milliseconds $MASTER_NAME $DOWN_AFTER_MS
+sentinel failover-timeout $MASTER_NAME $FAILOVER_TIMEOUT_MS
+sentinel parallel-syncs $MASTER_NAME 1
+EOF
+  mv "$conf.new" "$conf"
+fi
+exec redis-sentinel "$conf"
+"#;
+
+/// The `redis` container's script with Sentinel.
+pub fn redis_start_script() -> String {
+    format!("set -eu\n{FIND_PRIMARY}{REDIS_START}")
+}
+
+/// The `sentinel` container's script.
+pub fn sentinel_start_script() -> String {
+    format!(
+        "set -eu\nconf=\"$SENTINEL_DIR/sentinel.conf\"\nif [ ! -s \"$conf\" ]; then\n{FIND_PRIMARY}{SENTINEL_START}"
+    )
+}
+
+/// Sentinels needed to agree the primary is down: a majority of the shard's pods, so a minority
+/// cut off with a healthy primary can never start a failover (electing the Sentinel that runs
+/// a failover needs a majority of all Sentinels too, which Sentinel enforces on its own).
+pub fn quorum(managed: &ManagedBackplane) -> i32 {
+    managed.replicas / 2 + 1
+}
+
+fn password_env(rtc: &RealtimeCluster) -> EnvVar {
+    EnvVar {
+        name: PASSWORD_ENV.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: password_secret_name(rtc),
+                key: PASSWORD_KEY.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// What both containers of a Sentinel pod need to find the primary. `SELF` is this pod's
+/// [`pod_host`], composed by the kubelet from `POD_NAME` (defined before it, as it must be).
+fn sentinel_pod_env(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -> Vec<EnvVar> {
+    let peers: Vec<String> = (0..managed.replicas)
+        .map(|ordinal| pod_host(rtc, shard, ordinal))
+        .collect();
+    vec![
+        password_env(rtc),
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        value_env(
+            "SELF",
+            format!(
+                "$(POD_NAME).{}.{}.svc",
+                headless_name(rtc, shard),
+                rtc.namespace().unwrap_or_default()
+            ),
+        ),
+        value_env("MASTER_NAME", master_name(rtc, shard)),
+        value_env("PEERS", peers.join(" ")),
+        value_env("FIRST_PRIMARY", pod_host(rtc, shard, 0)),
+    ]
+}
+
+fn tcp_probe(port: &str, initial_delay: i32, period: i32) -> Probe {
+    Probe {
         tcp_socket: Some(TCPSocketAction {
-            port: IntOrString::String("redis".into()),
+            port: IntOrString::String(port.into()),
             ..TCPSocketAction::default()
         }),
         initial_delay_seconds: Some(initial_delay),
         period_seconds: Some(period),
         ..Probe::default()
+    }
+}
+
+/// The restricted Pod Security Standard, per container.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn container_port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn redis_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -> Container {
+    let mut args = redis_args(managed);
+    let (command, env) = if uses_sentinel(managed) {
+        // Any server may be a replica after a failover, so all of them carry the primary's
+        // password; and each announces its stable name, not its pod IP (which changes on
+        // restart), so the Sentinels' list of replicas survives restarts.
+        args.extend([
+            "--masterauth".to_owned(),
+            format!("$({PASSWORD_ENV})"),
+            "--replica-announce-ip".to_owned(),
+            "$(SELF)".to_owned(),
+        ]);
+        // `redis-server` is the script's `$0`, so `"$@"` is exactly `args`.
+        let command = ["sh", "-c", &redis_start_script(), "redis-server"].map(String::from);
+        (command.to_vec(), sentinel_pod_env(rtc, managed, shard))
+    } else {
+        // Bypass the image's entrypoint: it chowns and drops privileges, which needs root.
+        (vec!["redis-server".into()], vec![password_env(rtc)])
     };
-    let container = Container {
+    Container {
         name: "redis".into(),
         image: Some(managed.image.clone()),
-        // Bypass the image's entrypoint: it chowns and drops privileges, which needs root.
-        command: Some(vec!["redis-server".into()]),
-        args: Some(redis_args(managed)),
-        env: Some(vec![EnvVar {
-            name: PASSWORD_ENV.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: password_secret_name(rtc),
-                    key: PASSWORD_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
-        ports: Some(vec![ContainerPort {
-            name: Some("redis".into()),
-            container_port: REDIS_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(probe(2, 5)),
-        liveness_probe: Some(probe(15, 10)),
+        command: Some(command),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(vec![container_port("redis", REDIS_PORT)]),
+        readiness_probe: Some(tcp_probe("redis", 2, 5)),
+        liveness_probe: Some(tcp_probe("redis", 15, 10)),
         resources: managed.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         volume_mounts: Some(vec![VolumeMount {
             name: DATA_VOLUME.into(),
             mount_path: "/data".into(),
@@ -223,9 +457,76 @@ fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -
         }]),
         working_dir: Some("/data".into()),
         ..Container::default()
-    };
+    }
+}
+
+fn sentinel_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -> Container {
+    let mut env = sentinel_pod_env(rtc, managed, shard);
+    env.extend([
+        value_env("QUORUM", quorum(managed).to_string()),
+        value_env("DOWN_AFTER_MS", DOWN_AFTER_MS),
+        value_env("FAILOVER_TIMEOUT_MS", FAILOVER_TIMEOUT_MS),
+        value_env("SENTINEL_DIR", SENTINEL_DIR),
+    ]);
+    Container {
+        name: "sentinel".into(),
+        image: Some(managed.image.clone()),
+        command: Some(
+            ["sh", "-c", &sentinel_start_script()]
+                .map(String::from)
+                .to_vec(),
+        ),
+        env: Some(env),
+        ports: Some(vec![container_port("sentinel", SENTINEL_PORT)]),
+        readiness_probe: Some(tcp_probe("sentinel", 2, 5)),
+        liveness_probe: Some(tcp_probe("sentinel", 15, 10)),
+        // No resources: `managed.resources` sizes Redis; a Sentinel needs a few MB and little
+        // CPU, and a namespace's LimitRange still applies its defaults.
+        security_context: Some(restricted()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: SENTINEL_VOLUME.into(),
+            mount_path: SENTINEL_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        working_dir: Some(SENTINEL_DIR.into()),
+        ..Container::default()
+    }
+}
+
+/// Prefer spreading a shard's servers over nodes: all on one node, losing the node loses the
+/// shard, Sentinel or not. Preferred, not required, so a one-node cluster (kind, a laptop) still
+/// schedules them.
+fn spread_over_nodes(rtc: &RealtimeCluster, shard: i32) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(shard_selector(rtc, shard)),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -> StatefulSet {
+    let name = shard_name(rtc, shard);
+    let sentinel = uses_sentinel(managed);
+    let mut containers = vec![redis_container(rtc, managed, shard)];
+    if sentinel {
+        containers.push(sentinel_container(rtc, managed, shard));
+    }
     let persistence = &managed.persistence;
-    let (volumes, claims) = if persistence.enabled {
+    let (mut volumes, claims) = if persistence.enabled {
         let claim = PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some(DATA_VOLUME.into()),
@@ -245,7 +546,7 @@ fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -
             }),
             ..PersistentVolumeClaim::default()
         };
-        (None, Some(vec![claim]))
+        (Vec::new(), Some(vec![claim]))
     } else {
         // The root filesystem is read-only; Redis' working directory is a scratch volume.
         let scratch = Volume {
@@ -253,13 +554,26 @@ fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
         };
-        (Some(vec![scratch]), None)
+        (vec![scratch], None)
     };
+    if sentinel {
+        volumes.push(Volume {
+            name: SENTINEL_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
+            ..Volume::default()
+        });
+    }
     StatefulSet {
-        metadata: child_meta(rtc, name.clone(), shard_labels(rtc, shard)),
+        metadata: child_meta(rtc, name, shard_labels(rtc, shard)),
         spec: Some(StatefulSetSpec {
-            // `validate` refuses replicas > 1 until Sentinel is built (see the module doc).
-            replicas: Some(1),
+            replicas: Some(managed.replicas),
+            // `podManagementPolicy` stays the default, OrderedReady, in both shapes: it is
+            // immutable, and keeping it lets a shard go from 1 to 3+ replicas (and back) in
+            // place. Ordered creation also has ordinal 0 up before the others look for a primary;
+            // it never holds back running pods, so it does not slow a failover.
             service_name: Some(headless_name(rtc, shard)),
             selector: LabelSelector {
                 match_labels: Some(shard_selector(rtc, shard)),
@@ -271,7 +585,8 @@ fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![container],
+                    containers,
+                    affinity: sentinel.then(|| spread_over_nodes(rtc, shard)),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
@@ -285,7 +600,7 @@ fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -
                         }),
                         ..PodSecurityContext::default()
                     }),
-                    volumes,
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -296,47 +611,91 @@ fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -
     }
 }
 
-fn service(rtc: &RealtimeCluster, shard: i32, headless: bool) -> Service {
-    let name = if headless {
-        headless_name(rtc, shard)
-    } else {
-        shard_name(rtc, shard)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ServiceRole {
+    /// Governs the StatefulSet: every port, addresses published before readiness.
+    Headless,
+    /// Redis on 6379 (one replica).
+    Redis,
+    /// The Sentinels on 26379 (three or more replicas).
+    Sentinel,
+}
+
+fn service_port(name: &str, number: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+fn service(
+    rtc: &RealtimeCluster,
+    managed: &ManagedBackplane,
+    shard: i32,
+    role: ServiceRole,
+) -> Service {
+    let (name, ports) = match role {
+        ServiceRole::Headless => {
+            let mut ports = vec![service_port("redis", REDIS_PORT)];
+            if uses_sentinel(managed) {
+                ports.push(service_port("sentinel", SENTINEL_PORT));
+            }
+            (headless_name(rtc, shard), ports)
+        }
+        ServiceRole::Redis => (
+            shard_name(rtc, shard),
+            vec![service_port("redis", REDIS_PORT)],
+        ),
+        ServiceRole::Sentinel => (
+            sentinel_service_name(rtc, shard),
+            vec![service_port("sentinel", SENTINEL_PORT)],
+        ),
     };
+    let headless = role == ServiceRole::Headless;
     Service {
         metadata: child_meta(rtc, name, shard_labels(rtc, shard)),
         spec: Some(ServiceSpec {
             cluster_ip: headless.then(|| "None".to_owned()),
-            // Stable per-pod DNS before readiness, which Sentinel's peers will need.
+            // Stable per-pod DNS before readiness: a starting Redis or Sentinel resolves its
+            // peers and the primary before any of them is ready.
             publish_not_ready_addresses: headless.then_some(true),
             selector: Some(shard_selector(rtc, shard)),
-            ports: Some(vec![ServicePort {
-                name: Some("redis".into()),
-                port: REDIS_PORT,
-                target_port: Some(IntOrString::String("redis".into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(ports),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     }
 }
 
-fn disruption_budget(rtc: &RealtimeCluster, shard: i32) -> PodDisruptionBudget {
+fn disruption_budget(
+    rtc: &RealtimeCluster,
+    managed: &ManagedBackplane,
+    shard: i32,
+) -> PodDisruptionBudget {
+    let (min_available, max_unavailable) = if uses_sentinel(managed) {
+        // Keep a majority of the pods (and so of the Sentinels) through drains: with fewer,
+        // the Sentinels left could not elect a leader, and losing the primary then would leave
+        // the shard without one until pods came back. 3 pods: one may go at a time; 5: two.
+        (Some(IntOrString::Int(quorum(managed))), None)
+    } else {
+        // One voluntary disruption at a time. `minAvailable: 1` on a single replica would
+        // block every node drain forever; this lets drains proceed.
+        (None, Some(IntOrString::Int(1)))
+    };
     PodDisruptionBudget {
         metadata: child_meta(rtc, shard_name(rtc, shard), shard_labels(rtc, shard)),
         spec: Some(PodDisruptionBudgetSpec {
-            // One voluntary disruption at a time. `minAvailable: 1` on a single replica would
-            // block every node drain forever; this lets drains proceed while still serialising
-            // evictions once a shard has several servers.
-            max_unavailable: Some(IntOrString::Int(1)),
+            min_available,
+            max_unavailable,
             selector: Some(LabelSelector {
                 match_labels: Some(shard_selector(rtc, shard)),
                 ..LabelSelector::default()
             }),
             // A crash-looping Redis must not hold a drain hostage.
             unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
-            ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
     }

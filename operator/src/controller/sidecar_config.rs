@@ -1,22 +1,29 @@
 //! The ConfigMap of `SWITCHBOARD_*` variables the injected sidecar reads (the flags of
-//! `sidecar/src/config.rs`), and the content hash the injector puts on the pod template so a change
-//! rolls the pods.
+//! `sidecar/src/config.rs`), the one variable that comes from a Secret instead, and the content
+//! hash the injector puts on the pod template so a change rolls the pods.
 //!
-//! No secret ever goes in here: the upstream URL is written without its password. The managed
-//! Redis password is in the Secret `backplane::password_secret_name` (key `backplane::PASSWORD_KEY`)
-//! and reaches the sidecar as an env var set by the injector.
-//!
-//! TODO(issue 4/5): the sidecar has no separate upstream-password setting yet, only
-//! `SWITCHBOARD_UPSTREAM_URL` (whose userinfo carries it) and `SWITCHBOARD_PASSWORD` (the *local*
-//! listener's password). Until it gains one (e.g. `SWITCHBOARD_UPSTREAM_PASSWORD`), the injector
-//! has to compose the URL in the container's `env` with `$(VAR)` expansion.
+//! No secret ever goes in the ConfigMap: `SWITCHBOARD_UPSTREAM_URL` is written without a
+//! password, one URL per shard separated by single spaces (`backplane::upstream_url` for a
+//! managed backplane, `validate::external_url` for an external one). The credential reaches the
+//! sidecar through [`upstream_secret_env`], which the injector adds to the sidecar container's
+//! `env`:
+//! - managed: `SWITCHBOARD_UPSTREAM_PASSWORD` from the operator's password Secret; the sidecar
+//!   uses it for every shard's Redis and Sentinels, in place of any password in the URL.
+//! - external: `SWITCHBOARD_UPSTREAM_URL` itself, from the user's Secret, password included. The
+//!   operator never copies that password into an object of its own (a derived Secret would be a
+//!   second copy to keep in sync and to protect); the ConfigMap's password-free URL stays as the
+//!   readable record and drives [`config_hash`], so a changed host rolls the pods. A variable in
+//!   a container's `env` takes precedence over the same name from `envFrom`, so loading the
+//!   ConfigMap with `envFrom` and adding this in `env` gives the sidecar the Secret's URL. (A
+//!   password-only change in the user's Secret does not change the hash: restart the pods.)
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, EnvVarSource, SecretKeySelector};
 use kube::ResourceExt;
 use sha1::{Digest, Sha1};
 
+use super::backplane;
 use super::meta::{child_meta, labels};
 use crate::api::RealtimeCluster;
 
@@ -24,6 +31,8 @@ use crate::api::RealtimeCluster;
 pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/sidecar-config-hash";
 
 pub const ENV_UPSTREAM_URL: &str = "SWITCHBOARD_UPSTREAM_URL";
+/// The backplane password; replaces any password in the URLs. Never in the ConfigMap.
+pub const ENV_UPSTREAM_PASSWORD: &str = "SWITCHBOARD_UPSTREAM_PASSWORD";
 pub const ENV_CHANNEL_PREFIX: &str = "SWITCHBOARD_CHANNEL_PREFIX";
 pub const ENV_PUBLISH_BUFFER_BYTES: &str = "SWITCHBOARD_PUBLISH_BUFFER_BYTES";
 pub const ENV_PUBLISH_BUFFER_MESSAGES: &str = "SWITCHBOARD_PUBLISH_BUFFER_MESSAGES";
@@ -34,9 +43,9 @@ pub fn config_map_name(rtc: &RealtimeCluster) -> String {
     format!("{}-sidecar", rtc.name_any())
 }
 
-/// The sidecar's ConfigMap. `upstream_url` is the backplane's URL without a password:
-/// `backplane::shard_url(rtc, 0)` for a managed backplane, `validate::external_url` for an
-/// external one.
+/// The sidecar's ConfigMap. `upstream_url` is the backplane's URLs without a password, one per
+/// shard separated by single spaces: `backplane::upstream_url` for a managed backplane,
+/// `validate::external_url` for an external one.
 pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
     let sidecar = &rtc.spec.sidecar;
     let data = BTreeMap::from([
@@ -67,6 +76,41 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
         data: Some(data),
         ..ConfigMap::default()
     }
+}
+
+/// The variable the injector sets on the sidecar container from a Secret, next to (and, for the
+/// same name, over) the ConfigMap's: `SWITCHBOARD_UPSTREAM_PASSWORD` from
+/// `<rtc>-redis-auth`/`password` for a managed backplane, `SWITCHBOARD_UPSTREAM_URL` from
+/// `spec.backplane.external.urlSecretRef` for an external one. Not `optional`: a pod whose
+/// Secret is missing stays in `CreateContainerConfigError`, which names the Secret, instead of
+/// starting a sidecar that cannot log in.
+pub fn upstream_secret_env(rtc: &RealtimeCluster) -> Option<EnvVar> {
+    let backplane = &rtc.spec.backplane;
+    let (name, secret, key) = match (&backplane.managed, &backplane.external) {
+        (_, Some(external)) => (
+            ENV_UPSTREAM_URL,
+            external.url_secret_ref.name.clone(),
+            external.url_secret_ref.key.clone(),
+        ),
+        (Some(_), None) => (
+            ENV_UPSTREAM_PASSWORD,
+            backplane::password_secret_name(rtc),
+            backplane::PASSWORD_KEY.to_owned(),
+        ),
+        (None, None) => return None,
+    };
+    Some(EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key,
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
 }
 
 /// A stable hash of the ConfigMap's data: SHA-1 (the `sha1` crate, already in the dependency tree;

@@ -8,13 +8,22 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
+use super::backplane;
+use super::ingress::{NGINX_CLASS, TRAEFIK_CLASS};
 use crate::api::{Affinity, RealtimeCluster};
 
 /// The longest RealtimeCluster name with a managed backplane. Its children are named
-/// `<name>-redis-<shard>-headless` (Service names are DNS labels, at most 63 characters) and the
+/// `<name>-redis-<shard>-headless` and `<name>-redis-<shard>-sentinel` (Service names are DNS
+/// labels, at most 63 characters), its pods `<name>-redis-<shard>-<ordinal>`, and the
 /// StatefulSet's pods get a `controller-revision-hash: <name>-redis-<shard>-<10 chars>` label
-/// (label values are at most 63 too); 40 leaves room for both with shard numbers up to 31.
+/// (label values are at most 63 too); 40 leaves room for all of them with shard numbers up to 31
+/// (`validate` checks each name anyway).
 pub const MAX_MANAGED_NAME_LEN: usize = 40;
+/// A DNS label, a Service name, a label value: at most 63 characters.
+const MAX_LABEL_LEN: usize = 63;
+/// What the StatefulSet controller appends to the StatefulSet's name for the pods'
+/// `controller-revision-hash` label: `-` and a 10-character hash.
+const REVISION_HASH_SUFFIX_LEN: usize = 11;
 
 /// A spec this operator cannot build, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,19 +47,22 @@ pub enum ValidateError {
     SelectorNotServiceable,
 
     #[error(
-        "spec.ingress.affinity: cookie is implemented for className: nginx only in this version (Traefik and the Gateway API are planned); set spec.ingress.className: nginx, or affinity: none for WebSocket-only clients"
+        "spec.ingress.affinity: cookie is built for spec.ingress.className nginx or traefik, or for spec.ingress.gateway (a Gateway API HTTPRoute); {class} would get an Ingress that does not pin clients. Set one of those, or affinity: none for WebSocket-only clients"
     )]
-    AffinityNeedsNginx,
+    AffinityUnsupported {
+        /// The class as the user wrote it, quoted, or a note that none was set.
+        class: String,
+    },
 
     #[error(
-        "spec.backplane.managed.replicas: {0} needs Redis Sentinel, which this operator version does not deploy yet; use replicas: 1"
+        "metadata.name {name:?} is too long for spec.backplane.managed: the derived name {derived:?} has {len} characters, more than the {max} Kubernetes allows; use a shorter name"
     )]
-    SentinelNotImplemented(i32),
-
-    #[error(
-        "spec.backplane.managed.shards: {0} is not supported yet: the sidecar relays to a single upstream Redis; use shards: 1"
-    )]
-    ShardsNotSupported(i32),
+    DerivedNameTooLong {
+        name: String,
+        derived: String,
+        len: usize,
+        max: usize,
+    },
 
     #[error(
         "the URL in Secret {secret} (key {key}, from spec.backplane.external.urlSecretRef) {reason}"
@@ -58,7 +70,7 @@ pub enum ValidateError {
     BadExternalUrl {
         secret: String,
         key: String,
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -82,11 +94,25 @@ pub fn validate(rtc: &RealtimeCluster) -> Result<(), ValidateError> {
                 max: MAX_MANAGED_NAME_LEN,
             });
         }
-        if managed.replicas > 1 {
-            return Err(ValidateError::SentinelNotImplemented(managed.replicas));
-        }
-        if managed.shards > 1 {
-            return Err(ValidateError::ShardsNotSupported(managed.shards));
+        // The schema bounds shards and replicas and MAX_MANAGED_NAME_LEN is chosen to fit them;
+        // checking the names themselves keeps that true if either bound moves.
+        for shard in 0..managed.shards {
+            let set = backplane::shard_name(rtc, shard);
+            let derived = [
+                backplane::headless_name(rtc, shard),
+                backplane::sentinel_service_name(rtc, shard),
+                format!("{set}-{}", managed.replicas - 1),
+                format!("{set}-{}", "h".repeat(REVISION_HASH_SUFFIX_LEN - 1)),
+                set,
+            ];
+            if let Some(long) = derived.into_iter().find(|n| n.len() > MAX_LABEL_LEN) {
+                return Err(ValidateError::DerivedNameTooLong {
+                    name,
+                    len: long.len(),
+                    derived: long,
+                    max: MAX_LABEL_LEN,
+                });
+            }
         }
     }
     if let Some(ingress) = &spec.ingress {
@@ -101,18 +127,30 @@ pub fn validate(rtc: &RealtimeCluster) -> Result<(), ValidateError> {
         if !selects_by_labels_only(&spec.selector) {
             return Err(ValidateError::SelectorNotServiceable);
         }
-        if ingress.affinity == Affinity::Cookie && ingress.class_name.as_deref() != Some("nginx") {
-            return Err(ValidateError::AffinityNeedsNginx);
+        let pins = ingress.gateway.is_some()
+            || matches!(
+                ingress.class_name.as_deref(),
+                Some(NGINX_CLASS | TRAEFIK_CLASS)
+            );
+        if ingress.affinity == Affinity::Cookie && !pins {
+            return Err(ValidateError::AffinityUnsupported {
+                class: match &ingress.class_name {
+                    Some(class) => format!("className {class:?}"),
+                    None => "an unset className (the cluster's default IngressClass)".to_owned(),
+                },
+            });
         }
     }
     Ok(())
 }
 
-/// Checks the external backplane's URL (read from its Secret) and returns it without its password,
-/// fit for a ConfigMap, a log line or a condition message. The sidecar speaks plain `redis://`
-/// only: it refuses `rediss://` and has no Sentinel discovery yet.
+/// Checks the external backplane's URL (read from its Secret) and returns it without its
+/// password, fit for a ConfigMap, a log line or a condition message. The value may hold several
+/// URLs separated by whitespace, one per shard (the sidecar's `SWITCHBOARD_UPSTREAM_URL`); each
+/// must be `redis://` or `redis+sentinel://`. The sidecar does not speak TLS yet, so `rediss://`
+/// is refused here rather than failing in every pod.
 pub fn external_url(rtc: &RealtimeCluster, url: &str) -> Result<String, ValidateError> {
-    let bad = |reason| {
+    let bad = |reason: String| {
         let r = rtc.spec.backplane.external.as_ref();
         ValidateError::BadExternalUrl {
             secret: r.map(|e| e.url_secret_ref.name.clone()).unwrap_or_default(),
@@ -120,39 +158,64 @@ pub fn external_url(rtc: &RealtimeCluster, url: &str) -> Result<String, Validate
             reason,
         }
     };
-    let url = url.trim();
-    let Some(rest) = url.strip_prefix("redis://") else {
+    let urls: Vec<&str> = url.split_whitespace().collect();
+    if urls.is_empty() {
+        return Err(bad(
+            "is empty; put redis://[user:password@]host:port in it".into()
+        ));
+    }
+    let mut redacted = Vec::with_capacity(urls.len());
+    for (i, url) in urls.iter().enumerate() {
+        let which = if urls.len() == 1 {
+            String::new()
+        } else {
+            format!("(shard {i}, URL {} of {}) ", i + 1, urls.len())
+        };
+        redacted.push(one_external_url(url).map_err(|reason| bad(format!("{which}{reason}")))?);
+    }
+    Ok(redacted.join(" "))
+}
+
+/// One shard's URL without its password, or why it is unusable (never quoting the URL, which may
+/// hold the password).
+fn one_external_url(url: &str) -> Result<String, &'static str> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        ("redis+sentinel", rest)
+    } else if url.starts_with("rediss://") {
         return Err(
-            if url.starts_with("rediss://") || url.starts_with("redis+sentinel://") {
-                bad(
-                    "uses a scheme the sidecar does not support yet (TLS and Sentinel are planned); use redis://host:port",
-                )
-            } else {
-                bad("must start with redis://, e.g. redis://:password@redis.example:6379")
-            },
+            "uses rediss:// (TLS), which the sidecar does not support yet; use redis:// or redis+sentinel:// over a trusted network",
+        );
+    } else {
+        return Err(
+            "must start with redis:// or redis+sentinel://, e.g. redis://:password@redis.example:6379",
         );
     };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            // Keep the username (ACL user), drop the password.
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if user.is_empty() {
-                host.to_owned()
-            } else {
-                format!("{user}@{host}")
-            }
-        }
-        None => authority.to_owned(),
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
     };
-    if authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, h)| h)
-        .is_empty()
-    {
-        return Err(bad("has no host; use redis://host:port"));
+    if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
+        return Err("has no host; use redis://host:port or redis+sentinel://host:26379/<master>");
     }
-    Ok(format!("redis://{host}{tail}"))
+    if scheme == "redis" && hosts.contains(',') {
+        return Err(
+            "lists several hosts, which only redis+sentinel:// takes (for one server per shard, separate the URLs with spaces)",
+        );
+    }
+    if scheme == "redis+sentinel" && tail.trim_start_matches('/').split('/').next() == Some("") {
+        return Err("names no master; use redis+sentinel://host:26379[,host:26379...]/<master>");
+    }
+    // Keep the username (ACL user), drop the password.
+    let user = userinfo
+        .and_then(|u| u.split(':').next())
+        .filter(|u| !u.is_empty());
+    Ok(match user {
+        Some(user) => format!("{scheme}://{user}@{hosts}{tail}"),
+        None => format!("{scheme}://{hosts}{tail}"),
+    })
 }
 
 fn selects_by_labels_only(selector: &LabelSelector) -> bool {

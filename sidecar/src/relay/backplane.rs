@@ -1,18 +1,23 @@
-//! The sidecar's two links to the backplane, owned by one task:
+//! The sidecar's two links to one backplane shard, owned by one task per shard (so one shard's
+//! outage stalls no other):
 //!
 //! - the **subscriber link** holds ONE upstream subscription per topic that any local
 //!   connection wants (subscribed when the first local subscriber arrives, unsubscribed when the
 //!   last leaves) and hands every message to the local [`Table`];
-//! - the **control link** carries publishes (pipelined, in order) and the fleet registry.
+//! - the **control link** carries publishes (pipelined, in order) and, on shard 0 only, the fleet
+//!   registry: this sidecar's entry (its local counts and, per shard, the server its
+//!   subscriptions are on) and the reads of everyone's. Other shards ask shard 0's task.
 //!
 //! When either link fails, both are dropped and rebuilt with jittered exponential backoff.
 //! Meanwhile local connections notice nothing: subscriptions are recorded and restored on
 //! reconnect, publishes are held in a bounded [`PublishBuffer`], and publishes that were in
 //! flight when the link died are put back in front of them. After reconnecting, the buffer is
-//! flushed only once every sidecar that was alive before the outage has re-registered (or
-//! `--flush-grace-ms` passed), so the other pods are subscribed again when the messages arrive.
+//! flushed only once every sidecar that was alive before the outage has resubscribed on the same
+//! server (or `--flush-grace-ms` passed), so the other pods are subscribed again when the
+//! messages arrive; publishes made meanwhile wait behind them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,16 +40,24 @@ use crate::upstream::{Endpoint, FrameReader, UpstreamError};
 /// What the relay asks of the backplane task.
 pub enum Request {
     /// Local connections now want these topics (one more subscriber each); answered once the
-    /// upstream subscription is confirmed and the registry counts it.
+    /// upstream subscription is confirmed.
     Acquire {
         topics: Vec<Topic>,
         done: oneshot::Sender<Result<(), String>>,
     },
-    /// One subscriber fewer for each topic; answered once the registry no longer counts it.
+    /// One subscriber fewer for each topic.
     Release {
         topics: Vec<Topic>,
         done: oneshot::Sender<()>,
     },
+    /// Shard 0: changes this sidecar's counts in the registry; answered once written.
+    Register {
+        deltas: Vec<(Topic, i64)>,
+        done: oneshot::Sender<()>,
+    },
+    /// Shard 0: shard `shard`'s subscriptions are in place on server `server` (`None`: they
+    /// are not, the shard is reconnecting).
+    Mark { shard: usize, server: Option<Bytes> },
     Publish {
         kind: Kind,
         channel: Bytes,
@@ -78,44 +91,72 @@ pub struct Shared {
     pub peers: RwLock<Fleet>,
     /// `peers` summed, for PUBLISH's reply.
     pub peer_totals: RwLock<super::fleet::Totals>,
-    pub ready: std::sync::atomic::AtomicBool,
+    /// Shards connected right now, out of `shards`.
+    connected: AtomicUsize,
+    shards: usize,
     pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    /// Embedded relays are ready from the start; bridged ones once the backplane connects.
-    pub fn new(ready: bool, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Ready once every one of `shards` backplane shards is connected (embedded: 0 shards,
+    /// ready from the start).
+    pub fn new(shards: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Shared {
             table: Arc::new(Table::default()),
             peers: Default::default(),
             peer_totals: Default::default(),
-            ready: ready.into(),
+            connected: AtomicUsize::new(0),
+            shards,
             metrics,
         })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) == self.shards
+    }
+
+    fn set_connected(&self, up: bool) {
+        if up {
+            self.connected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.metrics
+            .upstream_connected
+            .set(i64::from(self.is_ready()));
     }
 }
 
 pub struct Backplane {
     endpoint: Endpoint,
+    /// Which shard this is; shard 0 keeps the registry.
+    shard: usize,
     settings: Settings,
     registry: Registry,
     requests: mpsc::Receiver<Request>,
+    /// Shard 0's requests, for the other shards (weak, so the relay's drop still ends shard 0).
+    registry_shard: Option<mpsc::WeakSender<Request>>,
     shared: Arc<Shared>,
-    /// Local subscribers per topic: drives upstream (un)subscribes and is this sidecar's
-    /// registry entry.
+    /// Local subscribers per topic on this shard: drives upstream (un)subscribes.
     refcounts: HashMap<Topic, i64>,
+    /// Upstream subscriptions last added to the gauge (every shard adds its own).
+    gauged: i64,
     buffer: PublishBuffer,
     /// Peers seen before the last outage; flushing waits for them to come back.
     awaited_peers: HashSet<String>,
+    /// Shard 0: this sidecar's registry entry, local subscribers per topic of every shard.
+    registered: HashMap<Topic, i64>,
+    /// Shard 0: this sidecar's server marks in the registry (see `registry`), by shard.
+    marks: HashMap<usize, Bytes>,
 }
 
 /// Replies the subscriber link owes, in order: one per channel for (un)subscribes, one per PING.
 struct SubPending {
     replies: usize,
     done: Option<oneshot::Sender<Result<(), String>>>,
-    /// Topics to give back if upstream refuses the subscription.
-    acquired: Vec<Topic>,
     heartbeat: bool,
+    /// The PING after the reconnect's resubscriptions: once answered, they are all in place.
+    restored: bool,
 }
 
 /// Replies the control link owes, in order.
@@ -124,6 +165,9 @@ enum CtlPending {
     Adjust(Option<oneshot::Sender<()>>),
     Snapshot,
     Touch,
+    /// The heartbeat of shards without the registry; behind Sentinel, also checks the server
+    /// is still the primary.
+    Role,
     RefreshPeers,
     PeerCheck,
     ReadFleet(oneshot::Sender<Result<Fleet, String>>),
@@ -132,6 +176,8 @@ enum CtlPending {
 
 /// A connected pair of links.
 struct Live {
+    /// The server both links are on (its `run_id`).
+    server: Bytes,
     sub_in: FrameReader<OwnedReadHalf>,
     sub_out: OwnedWriteHalf,
     sub_buf: BytesMut,
@@ -144,6 +190,8 @@ struct Live {
     /// this deadline.
     flush_deadline: Option<Instant>,
     next_peer_check: Option<Instant>,
+    /// A registry read asked of shard 0 for a peer check (shards other than 0).
+    peer_check_reply: Option<oneshot::Receiver<Result<Fleet, String>>>,
     heartbeats_unanswered: usize,
     heartbeat_deadline: Option<Instant>,
 }
@@ -161,23 +209,42 @@ impl From<UpstreamError> for Stop {
 }
 
 impl Backplane {
+    /// The task for shard `shard`; `registry_shard` reaches shard 0 (`None` for shard 0).
     pub fn new(
         endpoint: Endpoint,
+        shard: usize,
         settings: Settings,
         registry: Registry,
         requests: mpsc::Receiver<Request>,
+        registry_shard: Option<mpsc::WeakSender<Request>>,
         shared: Arc<Shared>,
     ) -> Self {
         let buffer = PublishBuffer::new(settings.buffer_bytes, settings.buffer_messages);
         Backplane {
             endpoint,
+            shard,
             settings,
             registry,
             requests,
+            registry_shard,
             shared,
             refcounts: HashMap::new(),
+            gauged: 0,
             buffer,
             awaited_peers: HashSet::new(),
+            registered: HashMap::new(),
+            marks: HashMap::new(),
+        }
+    }
+
+    fn keeps_registry(&self) -> bool {
+        self.shard == 0
+    }
+
+    /// Sends to shard 0 without waiting (shards other than 0).
+    fn to_registry_shard(&self, request: Request) {
+        if let Some(tx) = self.registry_shard.as_ref().and_then(|w| w.upgrade()) {
+            let _ = tx.try_send(request);
         }
     }
 
@@ -199,6 +266,7 @@ impl Backplane {
                 Stop::Lost(e) => {
                     self.shared.metrics.upstream_reconnects.inc();
                     tracing::warn!(
+                        shard = self.shard,
                         endpoint = %self.endpoint,
                         error = %e,
                         buffered = self.buffer.len(),
@@ -210,10 +278,7 @@ impl Backplane {
     }
 
     fn set_ready(&self, ready: bool) {
-        self.shared
-            .ready
-            .store(ready, std::sync::atomic::Ordering::Relaxed);
-        self.shared.metrics.upstream_connected.set(i64::from(ready));
+        self.shared.set_connected(ready);
     }
 
     /// Connects both links, retrying with jittered exponential backoff while answering requests
@@ -225,6 +290,7 @@ impl Backplane {
             match self.connect().await {
                 Ok(live) => {
                     tracing::info!(
+                        shard = self.shard,
                         endpoint = %self.endpoint,
                         attempts = attempt + 1,
                         subscriptions = self.refcounts.len(),
@@ -236,9 +302,9 @@ impl Backplane {
                 Err(e) => {
                     attempt += 1;
                     if attempt == 1 && first {
-                        tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot reach the backplane yet; retrying (the sidecar is not ready until it connects)");
+                        tracing::warn!(shard = self.shard, endpoint = %self.endpoint, error = %e, "cannot reach the backplane yet; retrying (the sidecar is not ready until it connects)");
                     } else if attempt.is_multiple_of(10) {
-                        tracing::warn!(endpoint = %self.endpoint, error = %e, attempt, "still cannot reach the backplane");
+                        tracing::warn!(shard = self.shard, endpoint = %self.endpoint, error = %e, attempt, "still cannot reach the backplane");
                     } else {
                         tracing::debug!(endpoint = %self.endpoint, error = %e, attempt, "reconnect failed");
                     }
@@ -269,14 +335,18 @@ impl Backplane {
                 .collect();
             format!("switchboard-{role}:{id}")
         };
+        // Resolved once, so both links are on the same primary even mid-failover.
+        let addr = self.endpoint.resolve().await?;
         let sub = self
             .endpoint
-            .connect(Protocol::Resp2, Some(&name("sub")))
+            .connect_to(&addr, Protocol::Resp2, Some(&name("sub")))
             .await?;
-        let ctl = self
+        let mut ctl = self
             .endpoint
-            .connect(Protocol::Resp2, Some(&name("ctl")))
+            .connect_to(&addr, Protocol::Resp2, Some(&name("ctl")))
             .await?;
+        let server = ctl.server_id().await?;
+        tracing::debug!(endpoint = %self.endpoint, %addr, server = %String::from_utf8_lossy(&server), "backplane links open");
         let (mut sub_in, sub_out) = sub.into_parts();
         let (ctl_in, ctl_out) = ctl.into_parts();
         // Messages are as large as anything a client may publish, and no larger.
@@ -284,6 +354,7 @@ impl Backplane {
             self.settings.max_bulk + 4096,
         ));
         Ok(Live {
+            server,
             sub_in,
             sub_out,
             sub_buf: BytesMut::new(),
@@ -294,6 +365,7 @@ impl Backplane {
             ctl_pending: VecDeque::new(),
             flush_deadline: None,
             next_peer_check: None,
+            peer_check_reply: None,
             heartbeats_unanswered: 0,
             heartbeat_deadline: None,
         })
@@ -309,18 +381,29 @@ impl Backplane {
                 .map(|t| t.name.clone())
                 .collect();
             for chunk in names.chunks(1024) {
-                self.write_sub(live, kind.subscribe_command(), chunk, None, Vec::new());
+                self.write_sub(live, kind.subscribe_command(), chunk, None);
             }
         }
-        let snapshot = self
-            .registry
-            .snapshot(self.refcounts.iter().map(|(t, n)| (t, *n)));
-        push_ctl(live, &snapshot, CtlPending::Snapshot);
-        if self.buffer.is_empty() {
-            push_ctl(live, &self.registry.read(), CtlPending::RefreshPeers);
+        live.sub_buf
+            .extend_from_slice(&crate::upstream::command(&["PING"]).raw);
+        live.sub_pending.push_back(SubPending {
+            replies: 1,
+            done: None,
+            heartbeat: false,
+            restored: true,
+        });
+        if self.keeps_registry() {
+            self.resnapshot_quietly(live);
+        }
+        // Peers from before the outage may not be subscribed again yet (after a failover they
+        // all reconnect at once): hold even fresh publishes until they are, or they miss them.
+        if self.buffer.is_empty() && self.awaited_peers.is_empty() {
+            if self.keeps_registry() {
+                push_ctl(live, &self.registry.read(), CtlPending::RefreshPeers);
+            }
         } else {
             live.flush_deadline = Some(Instant::now() + self.settings.flush_grace);
-            push_ctl(live, &self.registry.read(), CtlPending::PeerCheck);
+            live.next_peer_check = Some(Instant::now());
         }
         self.update_gauges();
     }
@@ -339,7 +422,7 @@ impl Backplane {
                     Err(e) => Err(e.into()),
                 },
                 frame = live.ctl_in.next_value() => match frame {
-                    Ok(v) => { self.on_ctl_frame(live, v); Ok(()) }
+                    Ok(v) => self.on_ctl_frame(live, v),
                     Err(e) => Err(e.into()),
                 },
                 request = self.requests.recv() => match request {
@@ -356,7 +439,12 @@ impl Backplane {
                 _ = heartbeat.tick() => self.on_heartbeat(live),
                 _ = sleep_until(peer_check.unwrap_or_else(Instant::now)), if peer_check.is_some() => {
                     live.next_peer_check = None;
-                    push_ctl(live, &self.registry.read(), CtlPending::PeerCheck);
+                    self.ask_for_peers(live);
+                    Ok(())
+                }
+                fleet = async { live.peer_check_reply.as_mut().expect("guarded").await }, if live.peer_check_reply.is_some() => {
+                    live.peer_check_reply = None;
+                    self.peers_checked(live, fleet.ok().and_then(Result::ok));
                     Ok(())
                 }
             };
@@ -411,12 +499,48 @@ impl Backplane {
         live.sub_pending.push_back(SubPending {
             replies: 1,
             done: None,
-            acquired: Vec::new(),
             heartbeat: true,
+            restored: false,
         });
-        push_ctl(live, &self.registry.touch(), CtlPending::Touch);
-        push_ctl(live, &self.registry.read(), CtlPending::RefreshPeers);
+        if self.keeps_registry() {
+            push_ctl(live, &self.registry.touch(), CtlPending::Touch);
+            push_ctl(live, &self.registry.read(), CtlPending::RefreshPeers);
+        } else {
+            push_ctl(live, &crate::upstream::command(&["ROLE"]), CtlPending::Role);
+        }
         Ok(())
+    }
+
+    /// A registry read for the peer check: on our own control link on shard 0, else from
+    /// shard 0's task.
+    fn ask_for_peers(&mut self, live: &mut Live) {
+        if self.keeps_registry() {
+            push_ctl(live, &self.registry.read(), CtlPending::PeerCheck);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.to_registry_shard(Request::ReadFleet { done: tx });
+        live.peer_check_reply = Some(rx);
+    }
+
+    /// Flushes once every awaited peer is subscribed again on this shard's server (or the
+    /// grace period is over); otherwise looks again shortly.
+    fn peers_checked(&mut self, live: &mut Live, fleet: Option<Fleet>) {
+        let fleet = fleet.unwrap_or_default();
+        let missing = fleet.not_back_on(&self.awaited_peers, self.shard, &live.server);
+        let expired = live.flush_deadline.is_some_and(|d| Instant::now() >= d);
+        if missing.is_empty() || expired {
+            if !missing.is_empty() {
+                tracing::warn!(
+                    shard = self.shard,
+                    ?missing,
+                    "flushing buffered publishes although some sidecars have not re-registered (gone, or still reconnecting)"
+                );
+            }
+            self.flush(live);
+        } else {
+            live.next_peer_check = Some(Instant::now() + Duration::from_millis(100));
+        }
     }
 
     fn heartbeat_limit(&self) -> Duration {
@@ -435,36 +559,36 @@ impl Backplane {
         match request {
             Request::Acquire { topics, done } => {
                 let fresh = self.count(&topics, 1);
-                let (sub_tx, sub_rx) = oneshot::channel();
                 if let Some(kind) = fresh.first().map(|t| t.kind) {
                     let names: Vec<Bytes> = fresh.iter().map(|t| t.name.clone()).collect();
-                    self.write_sub(live, kind.subscribe_command(), &names, Some(sub_tx), fresh);
+                    self.write_sub(live, kind.subscribe_command(), &names, Some(done));
                 } else {
-                    let _ = sub_tx.send(Ok(()));
+                    let _ = done.send(Ok(()));
                 }
-                let (reg_tx, reg_rx) = oneshot::channel();
-                push_ctl(
-                    live,
-                    &self.registry.adjust(topics.iter().map(|t| (t, 1))),
-                    CtlPending::Adjust(Some(reg_tx)),
-                );
-                tokio::spawn(async move {
-                    let upstream = sub_rx.await.unwrap_or(Ok(()));
-                    let _ = reg_rx.await;
-                    let _ = done.send(upstream);
-                });
             }
             Request::Release { topics, done } => {
                 let gone = self.count(&topics, -1);
                 if let Some(kind) = gone.first().map(|t| t.kind) {
                     let names: Vec<Bytes> = gone.iter().map(|t| t.name.clone()).collect();
-                    self.write_sub(live, kind.unsubscribe_command(), &names, None, Vec::new());
+                    self.write_sub(live, kind.unsubscribe_command(), &names, None);
                 }
+                let _ = done.send(());
+            }
+            Request::Register { deltas, done } => {
+                self.register(&deltas);
                 push_ctl(
                     live,
-                    &self.registry.adjust(topics.iter().map(|t| (t, -1))),
+                    &self.registry.adjust(deltas.iter().map(|(t, d)| (t, *d))),
                     CtlPending::Adjust(Some(done)),
                 );
+            }
+            Request::Mark { shard, server } => {
+                let command = self.registry.mark(shard, server.as_ref());
+                match server {
+                    Some(s) => self.marks.insert(shard, s),
+                    None => self.marks.remove(&shard),
+                };
+                push_ctl(live, &command, CtlPending::Adjust(None));
             }
             Request::Publish {
                 kind,
@@ -500,6 +624,16 @@ impl Backplane {
                 self.count(&topics, -1);
                 let _ = done.send(());
             }
+            Request::Register { deltas, done } => {
+                self.register(&deltas);
+                let _ = done.send(());
+            }
+            Request::Mark { shard, server } => {
+                match server {
+                    Some(s) => self.marks.insert(shard, s),
+                    None => self.marks.remove(&shard),
+                };
+            }
             Request::Publish {
                 kind,
                 channel,
@@ -533,6 +667,17 @@ impl Backplane {
             }
         }
         changed
+    }
+
+    /// Applies count changes to this sidecar's registry entry (shard 0).
+    fn register(&mut self, deltas: &[(Topic, i64)]) {
+        for (topic, d) in deltas {
+            let n = self.registered.entry(topic.clone()).or_insert(0);
+            *n += d;
+            if *n <= 0 {
+                self.registered.remove(topic);
+            }
+        }
     }
 
     fn publish_command(&self, kind: Kind, channel: &[u8], payload: Bytes) -> Command {
@@ -585,7 +730,6 @@ impl Backplane {
         verb: &str,
         names: &[Bytes],
         done: Option<oneshot::Sender<Result<(), String>>>,
-        acquired: Vec<Topic>,
     ) {
         let mut args = vec![Bytes::copy_from_slice(verb.as_bytes())];
         args.extend(names.iter().map(|n| self.prefixed(n)));
@@ -594,8 +738,8 @@ impl Backplane {
         live.sub_pending.push_back(SubPending {
             replies: names.len(),
             done,
-            acquired,
             heartbeat: false,
+            restored: false,
         });
     }
 
@@ -671,17 +815,21 @@ impl Backplane {
         if done.heartbeat {
             Self::heartbeat_answered(live);
         }
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "the backplane refused a subscription command");
-            // Give the counts back so the registry and refcounts stay truthful.
-            if !done.acquired.is_empty() {
-                self.count(&done.acquired, -1);
-                push_ctl(
-                    live,
-                    &self.registry.adjust(done.acquired.iter().map(|t| (t, -1))),
-                    CtlPending::Adjust(None),
-                );
+        if done.restored {
+            // Every resubscription before this PING is in place: tell the fleet.
+            let server = Some(live.server.clone());
+            if self.keeps_registry() {
+                self.online(live, Request::Mark { shard: 0, server });
+            } else {
+                self.to_registry_shard(Request::Mark {
+                    shard: self.shard,
+                    server,
+                });
             }
+        }
+        if let Err(e) = &result {
+            // The relay releases what it acquired, so counts stay truthful.
+            tracing::warn!(shard = self.shard, error = %e, "the backplane refused a subscription command");
         }
         if let Some(tx) = done.done {
             let _ = tx.send(result);
@@ -689,13 +837,20 @@ impl Backplane {
         Ok(())
     }
 
-    fn on_ctl_frame(&mut self, live: &mut Live, frame: Value) {
-        let Some(pending) = live.ctl_pending.pop_front() else {
-            return;
-        };
+    fn on_ctl_frame(&mut self, live: &mut Live, frame: Value) -> Result<(), Stop> {
         let refused = match &frame {
             Value::Error(e) => Some(String::from_utf8_lossy(e).into_owned()),
             _ => None,
+        };
+        if let Some(e) = refused.as_deref().filter(|e| e.starts_with("READONLY")) {
+            // This server was demoted (a failover it was not told to announce by closing our
+            // links): it would accept publishes and deliver them to no one. Re-resolve.
+            return Err(Stop::Lost(UpstreamError::Io(std::io::Error::other(
+                format!("the backplane became a replica: {e}"),
+            ))));
+        }
+        let Some(pending) = live.ctl_pending.pop_front() else {
+            return Ok(());
         };
         match pending {
             CtlPending::Publish(_) => {
@@ -724,29 +879,23 @@ impl Backplane {
                     self.resnapshot(live);
                 }
             }
+            CtlPending::Role => {
+                Self::heartbeat_answered(live);
+                let role = frame
+                    .as_elements()
+                    .and_then(|r| r.first()?.as_bytes().cloned());
+                if self.endpoint.is_sentinel() && role.as_deref() != Some(b"master") {
+                    return Err(Stop::Lost(UpstreamError::Io(std::io::Error::other(
+                        format!("the backplane is no longer the primary (ROLE: {frame:?})"),
+                    ))));
+                }
+            }
             CtlPending::RefreshPeers => {
                 self.remember(&frame);
             }
             CtlPending::PeerCheck => {
                 let fleet = self.remember(&frame);
-                let back = fleet.as_ref().map(Fleet::ids).unwrap_or_default();
-                let missing: Vec<&String> = self
-                    .awaited_peers
-                    .iter()
-                    .filter(|p| !back.contains(*p))
-                    .collect();
-                let expired = live.flush_deadline.is_some_and(|d| Instant::now() >= d);
-                if missing.is_empty() || expired {
-                    if !missing.is_empty() {
-                        tracing::warn!(
-                            ?missing,
-                            "flushing buffered publishes although some sidecars have not re-registered (gone, or still reconnecting)"
-                        );
-                    }
-                    self.flush(live);
-                } else {
-                    live.next_peer_check = Some(Instant::now() + Duration::from_millis(100));
-                }
+                self.peers_checked(live, fleet);
             }
             CtlPending::ReadFleet(done) => {
                 let fleet = self
@@ -758,6 +907,7 @@ impl Backplane {
                 let _ = done.send(());
             }
         }
+        Ok(())
     }
 
     /// Caches a registry read (without this sidecar) and returns it.
@@ -777,9 +927,14 @@ impl Backplane {
         tracing::info!(
             "this sidecar's registry entry was gone (backplane restarted or entry expired); rewriting it"
         );
-        let snapshot = self
-            .registry
-            .snapshot(self.refcounts.iter().map(|(t, n)| (t, *n)));
+        self.resnapshot_quietly(live);
+    }
+
+    fn resnapshot_quietly(&self, live: &mut Live) {
+        let snapshot = self.registry.snapshot(
+            self.registered.iter().map(|(t, n)| (t, *n)),
+            self.marks.iter().map(|(s, m)| (*s, m)),
+        );
         push_ctl(live, &snapshot, CtlPending::Snapshot);
     }
 
@@ -832,17 +987,28 @@ impl Backplane {
             }
         }
         self.awaited_peers = self.shared.peers.read().expect("peers lock poisoned").ids();
+        // Not subscribed anywhere until the reconnect restores it.
+        if self.keeps_registry() {
+            self.marks.remove(&0);
+        } else {
+            self.to_registry_shard(Request::Mark {
+                shard: self.shard,
+                server: None,
+            });
+        }
         self.shared
             .metrics
             .publishes_buffered
             .set(self.buffer.len() as i64);
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
+        let now = self.refcounts.len() as i64;
         self.shared
             .metrics
             .upstream_subscriptions
-            .set(self.refcounts.len() as i64);
+            .inc_by(now - self.gauged);
+        self.gauged = now;
     }
 }
 

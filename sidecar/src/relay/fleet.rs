@@ -19,6 +19,8 @@ use crate::resp::Value;
 #[derive(Debug, Default, Clone)]
 pub struct Fleet {
     pub peers: HashMap<String, HashMap<Topic, i64>>,
+    /// Each sidecar's server marks: shard → `run_id` it is subscribed on (see `registry`).
+    pub marks: HashMap<String, HashMap<usize, Bytes>>,
 }
 
 impl Fleet {
@@ -26,12 +28,18 @@ impl Fleet {
     pub fn from_registry(reply: &Value) -> Option<Fleet> {
         let items = reply.as_elements()?;
         let mut peers = HashMap::new();
+        let mut marks = HashMap::new();
         for pair in items.chunks(2) {
             let [id, fields] = pair else { return None };
             let id = String::from_utf8_lossy(id.as_bytes()?).into_owned();
             let mut counts = HashMap::new();
+            let mut own_marks = HashMap::new();
             for kv in fields.as_elements()?.chunks(2) {
                 let [k, v] = kv else { return None };
+                if let Some(shard) = super::registry::marked_shard(k.as_bytes()?) {
+                    own_marks.insert(shard, v.as_bytes()?.clone());
+                    continue;
+                }
                 let Some(topic) = Topic::from_registry_field(k.as_bytes()?) else {
                     continue;
                 };
@@ -40,9 +48,28 @@ impl Fleet {
                     counts.insert(topic, n);
                 }
             }
+            marks.insert(id.clone(), own_marks);
             peers.insert(id, counts);
         }
-        Some(Fleet { peers })
+        Some(Fleet { peers, marks })
+    }
+
+    /// The peers among `awaited` not yet subscribed on `server` for `shard`.
+    pub fn not_back_on<'a>(
+        &self,
+        awaited: &'a HashSet<String>,
+        shard: usize,
+        server: &Bytes,
+    ) -> Vec<&'a String> {
+        awaited
+            .iter()
+            .filter(|p| {
+                self.marks
+                    .get(*p)
+                    .and_then(|m| m.get(&shard))
+                    .is_none_or(|s| s != server)
+            })
+            .collect()
     }
 
     pub fn ids(&self) -> HashSet<String> {
@@ -184,12 +211,24 @@ mod tests {
                 b("2"),
                 b("p:a*"),
                 b("0"),
+                b("up:0"),
+                b("run-a"),
             ]),
+            b("pod-2"),
+            Value::Array(vec![b("alive"), b("1"), b("up:0"), b("run-old")]),
         ]);
         let fleet = Fleet::from_registry(&reply).unwrap();
         assert_eq!(
             fleet.peers["pod-1"],
             HashMap::from([(topic(Kind::Channel, "room"), 2)])
+        );
+        let awaited = HashSet::from(["pod-1".to_owned(), "pod-2".to_owned(), "pod-3".to_owned()]);
+        let mut missing = fleet.not_back_on(&awaited, 0, &Bytes::from_static(b"run-a"));
+        missing.sort();
+        assert_eq!(
+            missing,
+            vec!["pod-2", "pod-3"],
+            "an inherited mark is not a return"
         );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Local connections subscribe and publish through [`Relay`]. In embedded mode (no backplane)
 //! it is a broker for this pod alone; with a backplane it keeps one upstream subscription per
-//! topic (see [`backplane`]) and answers `PUBSUB` with fleet-wide counts (see [`fleet`]).
+//! topic (see [`backplane`]) on the topic's shard (see [`shard`]), and answers `PUBSUB` with
+//! fleet-wide counts (see [`fleet`]) from the registry on shard 0.
 //!
 //! The relay owns no sockets of local clients: sessions hand it their [`Outbox`] and their
 //! [`Subscriptions`], and it keeps both consistent with the [`Table`].
@@ -11,18 +12,19 @@ pub mod backplane;
 pub mod buffer;
 pub mod fleet;
 pub mod registry;
+pub mod shard;
 pub mod table;
 pub mod topic;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use self::backplane::{Request, Shared};
 use self::fleet::Fleet;
+use self::shard::Router;
 use self::topic::{Kind, Topic};
 use crate::metrics::Metrics;
 use crate::resp::Reply;
@@ -83,53 +85,127 @@ fn confirmation(
 pub struct Relay {
     id: String,
     shared: Arc<Shared>,
-    backplane: Option<mpsc::Sender<Request>>,
+    /// One backplane task per shard, in shard order; empty when embedded.
+    shards: Vec<mpsc::Sender<Request>>,
+    router: Router,
 }
 
 impl Relay {
     /// A relay for one pod alone.
     pub fn embedded(metrics: Arc<Metrics>) -> Self {
-        let shared = Shared::new(true, metrics);
+        let shared = Shared::new(0, metrics);
         Relay {
             id: String::new(),
             shared,
-            backplane: None,
+            shards: Vec::new(),
+            router: Router::new(Bytes::new(), 1),
         }
     }
 
-    /// A relay bridged to a backplane; spawns the backplane task.
+    /// A relay bridged to a backplane of `endpoints.len()` shards; spawns one task per shard.
     pub fn bridged(
-        endpoint: crate::upstream::Endpoint,
+        endpoints: Vec<crate::upstream::Endpoint>,
         settings: backplane::Settings,
         registry: registry::Registry,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let shared = Shared::new(false, metrics);
-        let (tx, rx) = mpsc::channel(4096);
+        let shared = Shared::new(endpoints.len(), metrics);
+        let router = Router::new(settings.channel_prefix.clone(), endpoints.len());
         let id = registry.id().to_owned();
-        let task = backplane::Backplane::new(endpoint, settings, registry, rx, shared.clone());
-        tokio::spawn(task.run());
+        let channels: Vec<_> = endpoints.iter().map(|_| mpsc::channel(4096)).collect();
+        let registry_shard = channels[0].0.downgrade();
+        let mut shards = Vec::new();
+        for (shard, (endpoint, (tx, rx))) in endpoints.into_iter().zip(channels).enumerate() {
+            let task = backplane::Backplane::new(
+                endpoint,
+                shard,
+                settings.clone(),
+                registry.clone(),
+                rx,
+                (shard > 0).then(|| registry_shard.clone()),
+                shared.clone(),
+            );
+            tokio::spawn(task.run());
+            shards.push(tx);
+        }
         Relay {
             id,
             shared,
-            backplane: Some(tx),
+            shards,
+            router,
         }
     }
 
-    /// Ready to serve: always when embedded; while the backplane is connected otherwise.
+    /// Ready to serve: always when embedded; while every shard is connected otherwise.
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Relaxed)
+        self.shared.is_ready()
     }
 
     pub fn is_embedded(&self) -> bool {
-        self.backplane.is_none()
+        self.shards.is_empty()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
-        let backplane = self.backplane.as_ref()?;
+    /// Asks one shard's task; `None` when embedded (or the task is gone).
+    async fn ask<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Option<T> {
+        let backplane = self.shards.get(shard)?;
         let (tx, rx) = oneshot::channel();
         backplane.send(make(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Subscribes upstream on each topic's shard(s) and counts the topics in the registry, all
+    /// at once; the first refusal, if any.
+    async fn acquire(&self, topics: &[Topic]) -> Result<(), String> {
+        let mut waits = Vec::new();
+        for (shard, topics) in self.router.split(topics).into_iter().enumerate() {
+            if !topics.is_empty() {
+                waits.push(self.send_and_wait(shard, |done| Request::Acquire { topics, done }));
+            }
+        }
+        let deltas = topics.iter().map(|t| (t.clone(), 1)).collect();
+        let registered = self.ask(0, |done| Request::Register { deltas, done });
+        let (answers, _) = futures::join!(futures::future::join_all(waits), registered);
+        match answers.into_iter().flatten().find_map(Result::err) {
+            None => Ok(()),
+            Some(refusal) => {
+                self.release(topics).await;
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The reverse of [`Relay::acquire`].
+    async fn release(&self, topics: &[Topic]) {
+        let mut waits = Vec::new();
+        for (shard, topics) in self.router.split(topics).into_iter().enumerate() {
+            if !topics.is_empty() {
+                waits.push(self.send_and_wait(shard, |done| Request::Release { topics, done }));
+            }
+        }
+        let deltas = topics.iter().map(|t| (t.clone(), -1)).collect();
+        let registered = self.ask(0, |done| Request::Register { deltas, done });
+        futures::join!(futures::future::join_all(waits), registered);
+    }
+
+    /// Queues a request now (so shards' requests go out in order) and waits for its answer.
+    fn send_and_wait<T: Send + 'static>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> futures::future::BoxFuture<'static, Option<T>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shards[shard].try_send(make(tx));
+        let backplane = self.shards[shard].clone();
+        Box::pin(async move {
+            if let Err(mpsc::error::TrySendError::Full(request)) = sent {
+                backplane.send(request).await.ok()?;
+            }
+            rx.await.ok()
+        })
     }
 
     /// SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE: confirms each name in order, after the backplane
@@ -149,12 +225,8 @@ impl Relay {
             }
         }
         if !fresh.is_empty()
-            && let Some(Err(e)) = self
-                .ask(|done| Request::Acquire {
-                    topics: fresh.clone(),
-                    done,
-                })
-                .await
+            && !self.is_embedded()
+            && let Err(e) = self.acquire(&fresh).await
         {
             return Err(Reply::error(format!(
                 "ERR switchboard: the backplane refused {}: {e}",
@@ -205,12 +277,8 @@ impl Relay {
                 leaving.push(topic);
             }
         }
-        if !leaving.is_empty() {
-            self.ask(|done| Request::Release {
-                topics: leaving,
-                done,
-            })
-            .await;
+        if !leaving.is_empty() && !self.is_embedded() {
+            self.release(&leaving).await;
         }
         for name in &names {
             if subs.set(kind).remove(name) {
@@ -239,11 +307,9 @@ impl Relay {
                 continue;
             }
             let topics: Vec<Topic> = names.iter().map(|n| Topic::new(kind, n.clone())).collect();
-            self.ask(|done| Request::Release {
-                topics: topics.clone(),
-                done,
-            })
-            .await;
+            if !self.is_embedded() {
+                self.release(&topics).await;
+            }
             for topic in &topics {
                 self.shared.table.remove(topic, outbox, None);
                 self.shared.metrics.local_subscriptions.dec();
@@ -258,7 +324,7 @@ impl Relay {
     pub async fn publish(&self, kind: Kind, channel: Bytes, payload: Bytes) -> i64 {
         let metrics = &self.shared.metrics;
         metrics.publishes.inc();
-        let Some(backplane) = &self.backplane else {
+        let Some(backplane) = self.shards.get(self.router.shard_of(&channel)) else {
             let n = self.shared.table.publish_locally(kind, &channel, &payload);
             metrics.messages_delivered.inc_by(n as u64);
             return n as i64;
@@ -283,7 +349,7 @@ impl Relay {
     /// The fleet for PUBSUB answers: a fresh registry read, or the cached one if the backplane
     /// is unreachable right now; this pod's own counts are always current.
     async fn fleet(&self) -> Fleet {
-        let peers = match self.ask(|done| Request::ReadFleet { done }).await {
+        let peers = match self.ask(0, |done| Request::ReadFleet { done }).await {
             Some(Ok(fleet)) => fleet,
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "answering PUBSUB from the last registry read");
@@ -314,6 +380,6 @@ impl Relay {
     /// Graceful shutdown: leaves the registry so the fleet's counts drop at once rather than
     /// after the entry's TTL.
     pub async fn leave(&self) {
-        self.ask(|done| Request::Leave { done }).await;
+        self.ask(0, |done| Request::Leave { done }).await;
     }
 }

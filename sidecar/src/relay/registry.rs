@@ -7,9 +7,15 @@
 //! `<prefix>switchboard:peers` lists the ids to read. Changes are written before the local client
 //! gets its confirmation, so a `NUMSUB` anywhere in the fleet right after a `SUBSCRIBE` sees it.
 //!
+//! Fields `up:<shard>` hold the `run_id` of the server this sidecar is subscribed on for each
+//! shard, written once its subscriptions there are restored. After an outage a sidecar flushes
+//! its buffered publishes only when every peer's mark names the server it reconnected to itself:
+//! mere presence of an entry proves nothing after a Sentinel failover, because the new primary
+//! inherited every entry from the old one by replication.
+//!
 //! Every operation is one Lua script, so it is atomic and costs one round trip. Scripts touch
 //! keys they do not declare, which standalone Redis allows; the registry always lives on the
-//! backplane's first (or only) primary.
+//! backplane's first shard (shard 0).
 
 use bytes::Bytes;
 
@@ -41,6 +47,15 @@ return 1
 const TOUCH: &str = r"
 if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+";
+
+/// Sets one field (a shard's server mark; empty: removes it); 0 if the entry is gone (a snapshot
+/// must follow).
+const MARK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[2]) else redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 ";
 
@@ -100,8 +115,17 @@ impl Registry {
         Command::from_args(args)
     }
 
-    pub fn snapshot<'a>(&self, counts: impl IntoIterator<Item = (&'a Topic, i64)>) -> Command {
+    /// The whole entry: counts, and the server marks of the shards restored so far.
+    pub fn snapshot<'a>(
+        &self,
+        counts: impl IntoIterator<Item = (&'a Topic, i64)>,
+        marks: impl IntoIterator<Item = (usize, &'a Bytes)>,
+    ) -> Command {
         let mut argv = vec![self.id.clone().into(), self.ttl_ms.to_string().into()];
+        for (shard, server) in marks {
+            argv.push(mark_field(shard));
+            argv.push(server.clone());
+        }
         for (topic, n) in counts {
             if n > 0 {
                 argv.push(topic.registry_field());
@@ -118,6 +142,19 @@ impl Registry {
             argv.push(d.to_string().into());
         }
         self.eval(ADJUST, argv)
+    }
+
+    /// Records that this sidecar's subscriptions on `shard` are in place on `server` (`None`:
+    /// that they are not, any more).
+    pub fn mark(&self, shard: usize, server: Option<&Bytes>) -> Command {
+        self.eval(
+            MARK,
+            vec![
+                self.ttl_ms.to_string().into(),
+                mark_field(shard),
+                server.cloned().unwrap_or_default(),
+            ],
+        )
     }
 
     pub fn touch(&self) -> Command {
@@ -140,4 +177,17 @@ impl Registry {
             self.peer_prefix.clone().into(),
         ])
     }
+}
+
+/// The registry field holding a shard's server mark.
+pub fn mark_field(shard: usize) -> Bytes {
+    format!("up:{shard}").into()
+}
+
+/// The shard a registry field marks, if it is a mark.
+pub fn marked_shard(field: &[u8]) -> Option<usize> {
+    std::str::from_utf8(field.strip_prefix(b"up:")?)
+        .ok()?
+        .parse()
+        .ok()
 }

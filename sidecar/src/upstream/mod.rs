@@ -1,12 +1,15 @@
-//! Connections to the backplane Redis: where it is ([`Endpoint`]), the handshake, and a framed
-//! reader of its replies. The relay's subscriber and control links and each client's
-//! pass-through link are all built from these.
+//! Connections to the backplane Redis: where it is ([`endpoint`], found through Sentinel when the
+//! URL says so, see [`sentinel`]), the handshake, and a framed reader of its replies. The relay's
+//! subscriber and control links and each client's pass-through link are all built from these.
 
-use std::fmt;
+pub mod endpoint;
+mod sentinel;
+
+pub use endpoint::{Addr, Endpoint, EndpointError, Target};
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use redis::{ConnectionAddr, IntoConnectionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -33,84 +36,68 @@ pub enum UpstreamError {
     Closed,
     #[error("the backplane sent a malformed reply: {0}")]
     Protocol(#[from] ProtocolError),
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid upstream URL {url:?}: {reason}")]
-pub struct EndpointError {
-    url: String,
-    reason: String,
-}
-
-/// A Redis server to connect to, parsed from a `redis://` URL.
-#[derive(Clone)]
-pub struct Endpoint {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    db: i64,
-}
-
-impl fmt::Display for Endpoint {
-    /// The URL without credentials: safe to log.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis://{}:{}", self.host, self.port)?;
-        if self.db != 0 {
-            write!(f, "/{}", self.db)?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
+    #[error(
+        "no Sentinel of {endpoint} answered ({failures}); check the hosts and --upstream-password"
+    )]
+    NoSentinel { endpoint: String, failures: String },
+    #[error(
+        "no Sentinel of {endpoint} knows a master named {master:?} ({failures}); check the name after the hosts"
+    )]
+    UnknownMaster {
+        endpoint: String,
+        master: String,
+        failures: String,
+    },
+    #[error(
+        "{addr}, named primary by the Sentinels of {endpoint}, says it is a {role} (a failover is under way)"
+    )]
+    NotPrimary {
+        endpoint: String,
+        addr: Addr,
+        role: String,
+    },
 }
 
 impl Endpoint {
-    pub fn parse(url: &str) -> Result<Self, EndpointError> {
-        let fail = |reason: &str| EndpointError {
-            url: redact(url),
-            reason: reason.to_owned(),
-        };
-        let info = url
-            .into_connection_info()
-            .map_err(|e| fail(&e.to_string()))?;
-        let (host, port) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-            ConnectionAddr::TcpTls { .. } => {
-                return Err(fail(
-                    "rediss:// (TLS) is not supported by this sidecar version yet; use redis:// inside the cluster network",
-                ));
-            }
-            _ => return Err(fail("expected redis://host:port")),
-        };
-        let settings = info.redis_settings();
-        Ok(Endpoint {
-            host,
-            port,
-            username: settings.username().map(str::to_owned),
-            password: settings.password().map(str::to_owned),
-            db: settings.db(),
-        })
+    /// Where the primary is right now: the URL's server, or the one the Sentinels name.
+    pub async fn resolve(&self) -> Result<Addr, UpstreamError> {
+        match &self.target {
+            Target::Direct(addr) => Ok(addr.clone()),
+            Target::Sentinel {
+                sentinels,
+                master,
+                preferred,
+            } => sentinel::primary(self, sentinels, master, preferred).await,
+        }
     }
 
-    /// Connects and performs the handshake: `HELLO 3` (with credentials) for a RESP3 link,
-    /// otherwise `AUTH`; then `SELECT` the URL's database, and name the connection so operators
-    /// can tell the sidecar's links apart in `CLIENT LIST`.
+    /// Resolves and connects: each client's pass-through link.
     pub async fn connect(
         &self,
         proto: Protocol,
         name: Option<&str>,
     ) -> Result<Link, UpstreamError> {
+        let addr = self.resolve().await?;
+        self.connect_to(&addr, proto, name).await
+    }
+
+    /// Connects to `addr` and performs the handshake: `HELLO 3` (with credentials) for a RESP3
+    /// link, otherwise `AUTH`; then `SELECT` the URL's database, and name the connection so
+    /// operators can tell the sidecar's links apart in `CLIENT LIST`. Behind Sentinel, also
+    /// checks `ROLE`: a demoted primary still accepts `PUBLISH` and `SUBSCRIBE` but would cut
+    /// this sidecar off from the fleet, so a replica is refused (the caller re-resolves).
+    pub async fn connect_to(
+        &self,
+        addr: &Addr,
+        proto: Protocol,
+        name: Option<&str>,
+    ) -> Result<Link, UpstreamError> {
         let endpoint = self.to_string();
         let connecting = async {
-            let stream = TcpStream::connect((self.host.as_str(), self.port))
+            let stream = TcpStream::connect((addr.host.as_str(), addr.port))
                 .await
                 .map_err(|source| UpstreamError::Connect {
-                    endpoint: endpoint.clone(),
+                    endpoint: format!("{endpoint} at {addr}"),
                     source,
                 })?;
             stream.set_nodelay(true)?;
@@ -134,8 +121,24 @@ impl Endpoint {
             for command in handshake {
                 if let Value::Error(e) = link.call(&command.raw).await? {
                     return Err(UpstreamError::Handshake {
-                        endpoint: endpoint.clone(),
+                        endpoint: format!("{endpoint} at {addr}"),
                         message: String::from_utf8_lossy(&e).into_owned(),
+                    });
+                }
+            }
+            if self.is_sentinel() {
+                let role = link.call(&command(&["ROLE"]).raw).await?;
+                let role = role
+                    .as_elements()
+                    .and_then(|r| r.first())
+                    .and_then(Value::as_bytes)
+                    .map(|r| String::from_utf8_lossy(r).into_owned())
+                    .unwrap_or_else(|| format!("{role:?}"));
+                if role != "master" {
+                    return Err(UpstreamError::NotPrimary {
+                        endpoint: endpoint.clone(),
+                        addr: addr.clone(),
+                        role,
                     });
                 }
             }
@@ -143,7 +146,7 @@ impl Endpoint {
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| UpstreamError::ConnectTimeout(self.to_string()))?
+            .map_err(|_| UpstreamError::ConnectTimeout(format!("{self} at {addr}")))?
     }
 }
 
@@ -153,16 +156,6 @@ pub fn command(args: &[&str]) -> Command {
         args.iter()
             .map(|a| bytes::Bytes::copy_from_slice(a.as_bytes())),
     )
-}
-
-/// Hides the password in a URL for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Reads whole reply frames from a stream. Cancel-safe: a partial frame stays in the buffer, so
@@ -212,7 +205,7 @@ pub struct Link {
 }
 
 impl Link {
-    fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: TcpStream) -> Self {
         let (r, w) = stream.into_split();
         // Replies to pass-through commands may be large (HGETALL, LRANGE): only a corrupt stream
         // should hit these.
@@ -233,31 +226,29 @@ impl Link {
         Ok(value::parse(&frame)?)
     }
 
+    /// The server's `run_id` (`INFO server`): tells one server from another across restarts and
+    /// failovers, which its address cannot.
+    pub async fn server_id(&mut self) -> Result<Bytes, UpstreamError> {
+        let info = self.call(&command(&["INFO", "server"]).raw).await?;
+        info.as_bytes()
+            .or(match &info {
+                Value::Other(b) => Some(b),
+                _ => None,
+            })
+            .and_then(|text| {
+                text.split(|&b| b == b'\n')
+                    .find_map(|line| line.strip_prefix(b"run_id:"))
+                    .map(|id| Bytes::copy_from_slice(id.trim_ascii()))
+            })
+            .ok_or_else(|| {
+                UpstreamError::Protocol(ProtocolError(format!(
+                    "INFO server has no run_id: {info:?}"
+                )))
+            })
+    }
+
     /// Splits into a frame reader and the write half, for the relay's long-lived links.
     pub fn into_parts(self) -> (FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
         (self.reader, self.writer)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_urls_and_never_shows_the_password() {
-        let e = Endpoint::parse("redis://:s3cret@backplane.apps.svc:6380/2").unwrap();
-        assert_eq!(e.to_string(), "redis://backplane.apps.svc:6380/2");
-        assert_eq!(e.password.as_deref(), Some("s3cret"));
-        assert!(!format!("{e:?}").contains("s3cret"));
-        let err = Endpoint::parse("http://user:s3cret@x")
-            .unwrap_err()
-            .to_string();
-        assert!(!err.contains("s3cret"), "{err}");
-        assert!(
-            Endpoint::parse("rediss://x:6379")
-                .unwrap_err()
-                .to_string()
-                .contains("TLS")
-        );
     }
 }

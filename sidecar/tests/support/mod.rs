@@ -8,8 +8,10 @@ pub mod client;
 pub mod oracle;
 pub mod process;
 pub mod resp;
+pub mod sentinel;
 
 pub use client::{REPLY_DEADLINE, RawClient, ReadError};
 pub use oracle::{Conn, Endpoint, Oracle, Side, Transcript, norm, self_check};
-pub use process::{RedisServer, Sidecar, SidecarOptions, http_get};
+pub use process::{RedisServer, Sidecar, SidecarOptions, TempDir, free_port, http_get, wait_for};
 pub use resp::{command, show};
+pub use sentinel::SentinelGroup;

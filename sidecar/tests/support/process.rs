@@ -72,6 +72,8 @@ fn kill(child: &mut Option<Child>) {
 pub struct RedisServer {
     port: u16,
     password: Option<String>,
+    /// Further `redis-server` arguments (`--replicaof`, `--masterauth`, …).
+    args: Vec<String>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -83,9 +85,15 @@ impl RedisServer {
 
     /// With `requirepass`, for comparing the sidecar's local authentication with Redis's own.
     pub fn start_with_password(password: Option<&str>) -> Self {
+        Self::start_with_args(password, &[])
+    }
+
+    /// With extra `redis-server` arguments, e.g. `["--replicaof", "127.0.0.1", "6380"]`.
+    pub fn start_with_args(password: Option<&str>, args: &[&str]) -> Self {
         let mut server = Self {
             port: free_port(),
             password: password.map(str::to_string),
+            args: args.iter().map(|a| a.to_string()).collect(),
             dir: TempDir::new("redis"),
             child: None,
         };
@@ -107,6 +115,11 @@ impl RedisServer {
             Some(p) => format!("redis://default:{p}@127.0.0.1:{}", self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The URL without credentials, as the operator's ConfigMap carries it.
+    pub fn url_without_password(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (as a crash would: no shutdown handshake). The port stays reserved for
@@ -136,6 +149,7 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        cmd.args(&self.args);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {REDIS_SERVER} (is it installed?): {e}"));
@@ -151,6 +165,11 @@ impl RedisServer {
     /// The running server's process id (the benchmark reads its CPU time).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.dir.path().join("redis.log"), lines)
     }
 
     fn wait_until_answering(&mut self, log: &Path) {
@@ -215,6 +234,10 @@ pub struct SidecarOptions {
     pub binary: Option<PathBuf>,
     /// `RUST_LOG` for the sidecar (default: the caller's `RUST_LOG`, else `info`).
     pub log: Option<String>,
+    /// `SWITCHBOARD_*` variables, as the operator sets them.
+    pub env: Vec<(String, String)>,
+    /// Return at once instead of waiting for `/readyz` (for a sidecar that must not get ready).
+    pub no_wait: bool,
 }
 
 impl SidecarOptions {
@@ -238,6 +261,16 @@ impl SidecarOptions {
     pub fn arg(mut self, flag: &str, value: &str) -> Self {
         self.extra_args
             .extend([flag.to_string(), value.to_string()]);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn no_wait(mut self) -> Self {
+        self.no_wait = true;
         self
     }
 
@@ -303,6 +336,7 @@ impl Sidecar {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         if let Some(url) = &options.upstream {
             cmd.args(["--upstream", url]);
         }
@@ -317,8 +351,15 @@ impl Sidecar {
             _dir: dir,
             child: Some(child),
         };
-        sidecar.wait_until_ready();
+        if !options.no_wait {
+            sidecar.wait_until_ready();
+        }
         sidecar
+    }
+
+    /// Everything the sidecar logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// Polls `/readyz` until it answers 200: the upstream is connected (or the sidecar is embedded).
@@ -407,4 +448,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
 /// Whether a read error means the peer is gone.
 pub fn is_closed(e: &ReadError) -> bool {
     matches!(e, ReadError::Closed(p) if p.is_empty())
+}
+
+/// Polls `done` every 20 ms until it holds; fails the test naming `what` after `deadline`.
+pub fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !done() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL_EVERY);
+    }
 }

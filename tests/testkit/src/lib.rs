@@ -331,6 +331,11 @@ impl ControlPlane {
             ),
             format!("--root-ca-file={}", path(&pki.ca_cert)),
             "--use-service-account-credentials=false".into(),
+            // kwok renews its nodes' heartbeats from one process; on a loaded 2-core machine a
+            // renewal can come late, and the node lifecycle controller would then mark every pod
+            // on the node NotReady for good (kwok does not make them Ready again). Five minutes
+            // of grace keeps a busy test machine from looking like a failed node.
+            "--node-monitor-grace-period=300s".into(),
         ]);
         let scheduler = common("kube-scheduler")?;
         self.spawn(binaries, "kube-controller-manager", kcm)?;

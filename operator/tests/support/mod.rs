@@ -1,0 +1,228 @@
+//! Shared by the API and controller tests (and the scale benchmark): one control plane with the CRD and a fake node, operator
+//! processes that are killed when dropped, and polling with a deadline.
+
+#![allow(dead_code)]
+
+use std::fmt::Debug;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use switchboard_testkit::{ControlPlane, Options};
+use tokio::sync::OnceCell;
+
+static CONTROL_PLANE: OnceCell<Option<ControlPlane>> = OnceCell::const_new();
+
+/// The shared control plane (controllers, scheduler, kwok node) with the CRD Established; `None`
+/// when skipped outside CI.
+pub async fn control_plane() -> Option<&'static ControlPlane> {
+    CONTROL_PLANE
+        .get_or_init(async || {
+            let control_plane =
+                switchboard_testkit::start_or_skip(Options { fake_node: true }).await?;
+            // The committed file, as users install it (a unit test keeps it equal to the types).
+            let crd: CustomResourceDefinition = serde_yaml::from_str(include_str!(
+                "../../../crds/realtimeclusters.switchboard.dev.yaml"
+            ))
+            .unwrap();
+            let crds: Api<CustomResourceDefinition> =
+                Api::all(control_plane.client().await.unwrap());
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("the generated CRD is accepted");
+            let established = await_condition(
+                crds,
+                "realtimeclusters.switchboard.dev",
+                conditions::is_crd_established(),
+            );
+            tokio::time::timeout(Duration::from_secs(30), established)
+                .await
+                .expect("CRD Established within 30s")
+                .unwrap();
+            Some(control_plane)
+        })
+        .await
+        .as_ref()
+}
+
+/// Creates `name` and waits for its default ServiceAccount (pods are refused until it exists).
+pub async fn namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    eventually(&format!("ServiceAccount {name}/default"), 60, async || {
+        accounts.get_opt("default").await.unwrap()
+    })
+    .await;
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, or panics after `seconds` naming `what`.
+pub async fn eventually<T>(
+    what: &str,
+    seconds: u64,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {seconds}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Like [`eventually`], for a condition that must hold; on timeout shows the last value seen.
+pub async fn until<T: Debug>(
+    what: &str,
+    seconds: u64,
+    mut read: impl AsyncFnMut() -> T,
+    mut ok: impl FnMut(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let value = read().await;
+        if ok(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {seconds}s waiting for {what}; last seen: {value:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A running `switchboard-operator` process; killed (SIGKILL) when dropped.
+pub struct Operator {
+    child: Child,
+    pub identity: String,
+    pub metrics_url: String,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator against `control_plane`, confined to `namespace`, electing on the Lease
+    /// `lease` in that namespace with short timings (4 s lease, 3 s renew deadline, 1 s retry).
+    pub fn start(
+        control_plane: &ControlPlane,
+        namespace: &str,
+        lease: &str,
+        identity: &str,
+    ) -> Self {
+        let port = free_port();
+        let log = control_plane.dir().join(format!("operator-{identity}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard-operator"))
+            .env("KUBECONFIG", control_plane.kubeconfig())
+            .env("RUST_LOG", "info,switchboard_operator=debug")
+            .args(["--http-listen", &format!("127.0.0.1:{port}")])
+            .args(["--watch-namespace", namespace])
+            .args(["--lease-namespace", namespace, "--lease-name", lease])
+            .args(["--identity", identity])
+            .args(["--lease-duration-seconds", "4"])
+            .args(["--renew-deadline-seconds", "3"])
+            .args(["--retry-period-seconds", "1"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the operator binary starts");
+        Self {
+            child,
+            identity: identity.into(),
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, and waits for the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operator did not exit within 30s of SIGTERM; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A metric's value (the first sample whose name and labels start with `series`), once the
+    /// HTTP server answers.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let body = http_get(&self.metrics_url).await?;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // A failing test shows what the operator was doing.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- operator {} log (last 60 lines) ----", self.identity);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET on loopback; `None` while nothing listens.
+async fn http_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/')?);
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some(body.to_owned())
+}

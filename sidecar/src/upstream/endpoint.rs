@@ -1,0 +1,331 @@
+//! Where a backplane shard is: parsed from its URL, with the credentials to use, and safe to log.
+//!
+//! Two schemes: `redis://[user[:password]@]host:port[/db]`, one server; and
+//! `redis+sentinel://[user[:password]@]host1:port1,host2:port2/<master>[/<db>]`, a primary found
+//! by asking the Sentinels (see `sentinel`). A password given with `--upstream-password`
+//! replaces the URL's, so URLs in ConfigMaps can carry none.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use redis::{ConnectionAddr, IntoConnectionInfo};
+
+/// The port Sentinels listen on when a `redis+sentinel://` URL names none.
+pub const SENTINEL_PORT: u16 = 26379;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid upstream URL {url:?}: {reason}")]
+pub struct EndpointError {
+    url: String,
+    reason: String,
+}
+
+/// A `host:port` to open a TCP connection to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How to find the server.
+#[derive(Clone)]
+pub enum Target {
+    /// One server at a fixed address.
+    Direct(Addr),
+    /// Whatever the Sentinels say is the primary of `master`, asked in turn.
+    Sentinel {
+        sentinels: Vec<Addr>,
+        master: String,
+        /// The Sentinel that answered last, asked first next time (shared by clones, so a dead
+        /// Sentinel costs one timeout, not one per connection).
+        preferred: Arc<AtomicUsize>,
+    },
+}
+
+/// A backplane shard: where it is and how to log in. `Display` and `Debug` never show the
+/// password.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub target: Target,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+}
+
+impl fmt::Display for Endpoint {
+    /// The URL without credentials: safe to log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Target::Direct(addr) => {
+                write!(f, "redis://{addr}")?;
+                if self.db != 0 {
+                    write!(f, "/{}", self.db)?;
+                }
+            }
+            Target::Sentinel {
+                sentinels, master, ..
+            } => {
+                let hosts: Vec<String> = sentinels.iter().map(Addr::to_string).collect();
+                write!(f, "redis+sentinel://{}/{master}", hosts.join(","))?;
+                if self.db != 0 {
+                    write!(f, "/{}", self.db)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, EndpointError> {
+        let fail = |reason: &str| EndpointError {
+            url: redact(url),
+            reason: reason.to_owned(),
+        };
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            return parse_sentinel(rest).map_err(|reason| fail(&reason));
+        }
+        let info = url
+            .into_connection_info()
+            .map_err(|e| fail(&e.to_string()))?;
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            ConnectionAddr::TcpTls { .. } => {
+                return Err(fail(
+                    "rediss:// (TLS) is not supported by this sidecar version yet; use redis:// inside the cluster network",
+                ));
+            }
+            _ => {
+                return Err(fail(
+                    "expected redis://host:port or redis+sentinel://host:port,.../<master>",
+                ));
+            }
+        };
+        let settings = info.redis_settings();
+        Ok(Endpoint {
+            target: Target::Direct(Addr { host, port }),
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+        })
+    }
+
+    /// Replaces the URL's password (`--upstream-password`), if one is given.
+    pub fn with_password(mut self, password: Option<&str>) -> Self {
+        if let Some(p) = password {
+            self.password = Some(p.to_owned());
+        }
+        self
+    }
+
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.target, Target::Sentinel { .. })
+    }
+}
+
+/// `[user[:password]@]host[:port],host[:port]/<master>[/<db>]`, after the scheme.
+fn parse_sentinel(rest: &str) -> Result<Endpoint, String> {
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => {
+            let (user, pass) = match info.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (info, None),
+            };
+            let user = percent_decode(user)?;
+            let pass = pass.map(percent_decode).transpose()?;
+            ((!user.is_empty()).then_some(user), pass)
+        }
+    };
+    let (hosts, path) = rest
+        .split_once('/')
+        .ok_or("name the master after the Sentinels: redis+sentinel://host:26379,.../<master>")?;
+    let sentinels = hosts
+        .split(',')
+        .map(parse_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut segments = path.split('/');
+    let master = segments.next().unwrap_or_default();
+    if master.is_empty() {
+        return Err(
+            "name the master after the Sentinels: redis+sentinel://host:26379,.../<master>".into(),
+        );
+    }
+    let db =
+        match segments.next() {
+            None | Some("") => 0,
+            Some(db) => db.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
+                format!("the database after the master must be a number, not {db:?}")
+            })?,
+        };
+    if segments.next().is_some() {
+        return Err("expected at most /<master>/<db> after the Sentinels".into());
+    }
+    Ok(Endpoint {
+        target: Target::Sentinel {
+            sentinels,
+            master: percent_decode(master)?,
+            preferred: Arc::new(AtomicUsize::new(0)),
+        },
+        username,
+        password,
+        db,
+    })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to Sentinel's.
+fn parse_addr(s: &str) -> Result<Addr, String> {
+    let bad = || format!("{s:?} is not a Sentinel address (host:port)");
+    let (host, port) = if let Some(v6) = s.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let port = match port {
+        None => SENTINEL_PORT,
+        Some(p) => p.parse().map_err(|_| bad())?,
+    };
+    Ok(Addr {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+            let v = std::str::from_utf8(&hex)
+                .ok()
+                .filter(|h| h.len() == 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad %-escape in the URL's user or password")?;
+            out.push(v);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the URL's user or password is not UTF-8".into())
+}
+
+/// Hides the password in a URL for error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_redis_urls_and_never_shows_the_password() {
+        let e = Endpoint::parse("redis://:s3cret@backplane.apps.svc:6380/2").unwrap();
+        assert_eq!(e.to_string(), "redis://backplane.apps.svc:6380/2");
+        assert_eq!(e.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{e:?}").contains("s3cret"));
+        let err = Endpoint::parse("http://user:s3cret@x")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(
+            Endpoint::parse("rediss://x:6379")
+                .unwrap_err()
+                .to_string()
+                .contains("TLS")
+        );
+    }
+
+    #[test]
+    fn the_upstream_password_overrides_the_urls() {
+        let e = Endpoint::parse("redis://app:fromurl@h:6379")
+            .unwrap()
+            .with_password(Some("fromsecret"));
+        assert_eq!(e.password.as_deref(), Some("fromsecret"));
+        assert_eq!(e.username.as_deref(), Some("app"));
+        let kept = Endpoint::parse("redis://:fromurl@h:6379")
+            .unwrap()
+            .with_password(None);
+        assert_eq!(kept.password.as_deref(), Some("fromurl"));
+        let e = Endpoint::parse("redis+sentinel://h1,h2:1/m")
+            .unwrap()
+            .with_password(Some("pw"));
+        assert_eq!(e.password.as_deref(), Some("pw"));
+        assert!(!e.to_string().contains("pw"));
+    }
+
+    #[test]
+    fn parses_sentinel_urls() {
+        let e = Endpoint::parse(
+            "redis+sentinel://u:p%40ss@s1.apps.svc:26380,s2,[::1]:5000/chat-redis/3",
+        )
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "redis+sentinel://s1.apps.svc:26380,s2:26379,[::1]:5000/chat-redis/3"
+        );
+        assert_eq!(e.username.as_deref(), Some("u"));
+        assert_eq!(e.password.as_deref(), Some("p@ss"));
+        assert_eq!(e.db, 3);
+        let Target::Sentinel {
+            sentinels, master, ..
+        } = &e.target
+        else {
+            panic!("not a Sentinel target")
+        };
+        assert_eq!(master, "chat-redis");
+        assert_eq!(
+            sentinels[2],
+            Addr {
+                host: "::1".into(),
+                port: 5000
+            }
+        );
+        for bad in [
+            "redis+sentinel://h1:26379,h2:26379",
+            "redis+sentinel://h1:26379/",
+            "redis+sentinel://h1:x/m",
+            "redis+sentinel://h1,,h2/m",
+            "redis+sentinel://h1/m/notadb",
+            "redis+sentinel://:s3cret@h1/m/1/2",
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("invalid upstream URL"), "{bad}: {err}");
+        }
+    }
+}

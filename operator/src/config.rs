@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::leader::LeaseSettings;
+use crate::webhook::run::WebhookSettings;
 
 pub const EXIT_USAGE: i32 = 64;
 
@@ -66,6 +67,63 @@ pub struct Config {
     )]
     pub retry_period_seconds: u64,
 
+    /// Where the sidecar injection webhook listens (HTTPS).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OPERATOR_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:9443"
+    )]
+    pub webhook_listen: SocketAddr,
+
+    /// Run without the injection webhook (pods then need the sidecar added by hand).
+    #[arg(long, env = "SWITCHBOARD_OPERATOR_DISABLE_WEBHOOK")]
+    pub disable_webhook: bool,
+
+    /// The Secret (in the operator's namespace) holding the webhook's certificate.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OPERATOR_WEBHOOK_SECRET",
+        default_value = "switchboard-webhook-tls"
+    )]
+    pub webhook_secret: String,
+
+    /// The Service the API server calls the webhook through; its DNS names go in the certificate.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OPERATOR_WEBHOOK_SERVICE",
+        default_value = "switchboard-webhook"
+    )]
+    pub webhook_service: String,
+
+    /// More names for the webhook certificate (repeatable), e.g. `localhost`.
+    #[arg(
+        long = "webhook-host",
+        env = "SWITCHBOARD_OPERATOR_WEBHOOK_HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_hosts: Vec<String>,
+
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OPERATOR_WEBHOOK_CONFIGURATION",
+        default_value = "switchboard-sidecar-injector"
+    )]
+    pub webhook_configuration: String,
+
+    /// cert-manager issues the webhook certificate and injects the caBundle; the operator only
+    /// reads the Secret.
+    #[arg(long, env = "SWITCHBOARD_OPERATOR_WEBHOOK_CERT_MANAGER")]
+    pub webhook_cert_manager: bool,
+
+    /// The sidecar image injected when a RealtimeCluster's `spec.sidecar.image` is unset.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OPERATOR_SIDECAR_IMAGE",
+        default_value = concat!("ghcr.io/switchboard-dev/switchboard-sidecar:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub sidecar_image: String,
+
     /// Log lines as `text` or `json`.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -108,6 +166,18 @@ impl Config {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "switchboard-operator".into());
             format!("{host}-{}", std::process::id())
+        })
+    }
+
+    pub fn webhook(&self) -> Option<WebhookSettings> {
+        (!self.disable_webhook).then(|| WebhookSettings {
+            listen: self.webhook_listen,
+            namespace: self.lease_namespace.clone(),
+            secret: self.webhook_secret.clone(),
+            service: self.webhook_service.clone(),
+            extra_names: self.webhook_hosts.clone(),
+            configuration: self.webhook_configuration.clone(),
+            cert_manager: self.webhook_cert_manager,
         })
     }
 

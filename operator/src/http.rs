@@ -1,7 +1,7 @@
 //! Health and metrics over HTTP, for the kubelet's probes and Prometheus, served with warp.
 //!
 //! `/healthz` answers while the process serves. `/readyz` answers once the operator has reached
-//! the API server, on the leader and on standbys alike: a standby is healthy, and gating readiness
+//! the API server and its injection webhook serves, on the leader and on standbys alike: a standby is healthy, and gating readiness
 //! on leadership would stall every rolling update of a two-replica Deployment.
 
 use std::net::SocketAddr;
@@ -14,14 +14,26 @@ use warp::http::StatusCode;
 use crate::metrics::Metrics;
 
 /// What the probes read.
-#[derive(Default)]
 pub struct Health {
     api_reachable: AtomicBool,
+    /// True when the webhook is disabled, else once it serves with a certificate.
+    webhook_ready: AtomicBool,
 }
 
 impl Health {
+    pub fn new(webhook_enabled: bool) -> Self {
+        Self {
+            api_reachable: AtomicBool::new(false),
+            webhook_ready: AtomicBool::new(!webhook_enabled),
+        }
+    }
+
     pub fn set_api_reachable(&self) {
         self.api_reachable.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_webhook_ready(&self) {
+        self.webhook_ready.store(true, Ordering::Relaxed);
     }
 }
 
@@ -33,13 +45,18 @@ pub async fn bind(
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
     let healthz = warp::path!("healthz").map(|| "ok\n".to_string());
     let readyz = warp::path!("readyz").map(move || {
-        if health.api_reachable.load(Ordering::Relaxed) {
-            warp::reply::with_status("ready\n".to_string(), StatusCode::OK)
-        } else {
+        if !health.api_reachable.load(Ordering::Relaxed) {
             warp::reply::with_status(
                 "not ready: the API server has not answered yet\n".to_string(),
                 StatusCode::SERVICE_UNAVAILABLE,
             )
+        } else if !health.webhook_ready.load(Ordering::Relaxed) {
+            warp::reply::with_status(
+                "not ready: the injection webhook has no certificate yet\n".to_string(),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+        } else {
+            warp::reply::with_status("ready\n".to_string(), StatusCode::OK)
         }
     });
     let metrics = warp::path!("metrics").map(move || {

@@ -11,5 +11,6 @@ mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod webhook;
 
 pub use error::{Error, Result};

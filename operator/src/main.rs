@@ -5,11 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::version::Info;
 use switchboard_operator::config::Config;
 use switchboard_operator::controller::{Context, run};
 use switchboard_operator::http::{self, Health};
 use switchboard_operator::leader::Elector;
 use switchboard_operator::metrics::Metrics;
+use switchboard_operator::webhook;
+use switchboard_operator::webhook::handler::Injector;
+use switchboard_operator::webhook::mutate::InjectSettings;
+use switchboard_operator::webhook::run::{WebhookSettings, keep_certificates};
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -23,7 +28,8 @@ async fn main() {
         )),
     };
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
+    let webhook = config.webhook();
+    let health = Arc::new(Health::new(webhook.is_some()));
     let (addr, server) = match http::bind(config.http_listen, health.clone(), metrics.clone()).await
     {
         Ok(bound) => bound,
@@ -42,7 +48,10 @@ async fn main() {
         let _ = stop_tx.send(true);
     });
 
-    wait_for_api(&client, &health, stop.clone()).await;
+    let version = wait_for_api(&client, &health, stop.clone()).await;
+    if let Some(settings) = &webhook {
+        start_webhook(&client, settings, &config, &version, &metrics, &health).await;
+    }
     let mut elector = Elector::new(client.clone(), config.lease());
     tokio::select! {
         _ = elector.acquire() => {}
@@ -62,6 +71,9 @@ async fn main() {
             elector
         })
     };
+    if let Some(settings) = webhook {
+        tokio::spawn(keep_certificates(client.clone(), settings));
+    }
     let ctx = Arc::new(Context::new(client, metrics.clone(), config.identity()));
     let shutdown = {
         let (stop, lost) = (stop.clone(), lost.clone());
@@ -83,14 +95,59 @@ async fn main() {
     elector.release().await;
 }
 
+/// Starts the injection webhook on this replica (leader or not): a RealtimeCluster cache, the
+/// HTTPS server once the certificate exists. Failing to bind is fatal: the port is configuration.
+async fn start_webhook(
+    client: &kube::Client,
+    settings: &WebhookSettings,
+    config: &Config,
+    version: &Info,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) {
+    let injector = Arc::new(Injector {
+        client: client.clone(),
+        clusters: webhook::run::cluster_cache(client.clone(), config.watch_namespace.as_deref()),
+        recorder: Context::new(client.clone(), metrics.clone(), config.identity()).recorder,
+        settings: InjectSettings {
+            sidecar_image: config.sidecar_image.clone(),
+            native_sidecars: supports_native_sidecars(version),
+            operator_namespace: settings.namespace.clone(),
+        },
+        metrics: metrics.clone(),
+    });
+    tracing::info!(
+        native_sidecars = injector.settings.native_sidecars,
+        image = %injector.settings.sidecar_image,
+        "sidecar injection enabled"
+    );
+    let serving = webhook::run::serve(client.clone(), settings.clone(), injector, health.clone());
+    let listen = settings.listen;
+    tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            fail(&format!("cannot listen on --webhook-listen {listen}: {e}"));
+        }
+    });
+}
+
+/// Native sidecars (init containers with `restartPolicy: Always`) are on by default from 1.29.
+fn supports_native_sidecars(version: &Info) -> bool {
+    let minor: u32 = version
+        .minor
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(0);
+    version.major == "1" && minor >= 29
+}
+
 /// Polls the API server until it answers, so `/readyz` means "can talk to the cluster".
-async fn wait_for_api(client: &kube::Client, health: &Health, stop: watch::Receiver<bool>) {
+async fn wait_for_api(client: &kube::Client, health: &Health, stop: watch::Receiver<bool>) -> Info {
     loop {
         match client.apiserver_version().await {
             Ok(version) => {
                 tracing::info!(version = %version.git_version, "connected to the API server");
                 health.set_api_reachable();
-                return;
+                return version;
             }
             Err(e) => tracing::warn!(error = %e, "the API server does not answer yet; retrying"),
         }

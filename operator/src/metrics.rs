@@ -19,11 +19,20 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InjectionLabels {
+    /// `injected`, `skipped` or `failed`.
+    pub outcome: &'static str,
+    /// Why a pod was skipped (empty when injected).
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
+    pub injections: Family<InjectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -36,6 +45,7 @@ impl Default for Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 13),
             ),
             leader: Gauge::default(),
+            injections: Family::default(),
         }
     }
 }
@@ -53,6 +63,12 @@ impl Metrics {
     pub fn reconcile_failed(&self, reason: &'static str) {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { reason })
+            .inc();
+    }
+
+    pub fn injection(&self, outcome: &'static str, reason: &'static str) {
+        self.injections
+            .get_or_create(&InjectionLabels { outcome, reason })
             .inc();
     }
 
@@ -78,6 +94,11 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader Lease and runs the controller",
             self.leader.clone(),
+        );
+        r.register(
+            "injections",
+            "Pods the admission webhook saw that a RealtimeCluster selects, by outcome",
+            self.injections.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -220,7 +220,13 @@ async fn a_cluster_is_built_updated_and_collected() {
     assert!(has(&rtc, "IngressReady", "False", "AwaitingAddress"));
     let sidecars = condition(&rtc, "SidecarsReady").unwrap();
     assert_eq!(sidecars.reason, "SidecarsMissing");
-    assert!(sidecars.message.starts_with("1 of 2 selected pods"));
+    assert!(
+        sidecars
+            .message
+            .starts_with("1 of 2 selected pods run without the switchboard sidecar (chat-b)"),
+        "{}",
+        sidecars.message
+    );
     let ready = condition(&rtc, "Ready").unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -498,7 +504,7 @@ async fn an_invalid_spec_is_reported_and_waits_for_an_edit() {
 }
 
 async fn holder(client: &Client, ns: &str) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), ns)
+    Api::<Lease>::namespaced(client.clone(), &support::operator_namespace(ns))
         .get_opt("switchboard-operator")
         .await
         .unwrap()

@@ -56,22 +56,39 @@ pub fn selector_text(rtc: &RealtimeCluster) -> String {
         .unwrap_or_default()
 }
 
-/// How many of `pods` are running, have the sidecar, and are ready with it.
-pub fn pod_counts(pods: &[Pod]) -> PodCounts {
-    let live = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none());
-    let mut counts = PodCounts::default();
-    for pod in live {
-        counts.matched += 1;
-        let Some(spec) = &pod.spec else { continue };
-        let injected = spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER)
+fn live(pods: &[Pod]) -> impl Iterator<Item = &Pod> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+}
+
+fn injected(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER)
             || spec
                 .init_containers
                 .iter()
                 .flatten()
-                .any(|c| c.name == SIDECAR_CONTAINER);
-        if !injected {
+                .any(|c| c.name == SIDECAR_CONTAINER)
+    })
+}
+
+/// Names of the live pods that run without the sidecar (created while the webhook was down, or
+/// before the RealtimeCluster existed), sorted.
+pub fn uninjected(pods: &[Pod]) -> Vec<String> {
+    let mut names: Vec<String> = live(pods)
+        .filter(|p| !injected(p))
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// How many of `pods` are running, have the sidecar, and are ready with it.
+pub fn pod_counts(pods: &[Pod]) -> PodCounts {
+    let mut counts = PodCounts::default();
+    for pod in live(pods) {
+        counts.matched += 1;
+        if !injected(pod) {
             continue;
         }
         counts.injected += 1;

@@ -88,6 +88,7 @@ impl Reconciler {
             ingress,
             pods: observe::pod_counts(&pods),
             selector: observe::selector_text(&self.rtc),
+            uninjected: observe::uninjected(&pods),
         };
         let status = status::status(
             self.rtc.metadata.generation,

@@ -61,6 +61,8 @@ pub struct Observed {
     pub pods: PodCounts,
     /// `spec.selector` rendered for messages, e.g. `app=chat`.
     pub selector: String,
+    /// Selected pods without the sidecar, by name (sorted).
+    pub uninjected: Vec<String>,
 }
 
 /// The status for `observed`, carrying over transition times from `previous`.
@@ -73,7 +75,7 @@ pub fn status(
     let parts = [
         backplane_condition(&observed.backplane),
         ingress_condition(&observed.ingress),
-        sidecars_condition(&observed.pods, &observed.selector),
+        sidecars_condition(observed),
     ];
     let ready = match parts.iter().find(|c| c.status != "True") {
         None => draft(
@@ -248,7 +250,11 @@ fn ingress_condition(ingress: &Ingress) -> Condition {
     }
 }
 
-fn sidecars_condition(pods: &PodCounts, selector: &str) -> Condition {
+/// At most this many pod names in a message; the count says how many more.
+const NAMES_SHOWN: usize = 5;
+
+fn sidecars_condition(observed: &Observed) -> Condition {
+    let (pods, selector) = (&observed.pods, &observed.selector);
     let (ok, reason, message) = if pods.matched == 0 {
         (
             false,
@@ -260,9 +266,10 @@ fn sidecars_condition(pods: &PodCounts, selector: &str) -> Condition {
             false,
             "SidecarsMissing",
             format!(
-                "{} of {} selected pods run without the switchboard sidecar; restart them (kubectl rollout restart) so it is injected",
+                "{} of {} selected pods run without the switchboard sidecar ({}); they were created while the injector was unavailable or before this RealtimeCluster existed: restart them (kubectl rollout restart deployment/<name>) so it is injected",
                 pods.matched - pods.injected,
-                pods.matched
+                pods.matched,
+                names(&observed.uninjected)
             ),
         )
     } else if pods.ready < pods.injected {
@@ -282,6 +289,19 @@ fn sidecars_condition(pods: &PodCounts, selector: &str) -> Condition {
         )
     };
     draft(SIDECARS_READY, ok, reason, message)
+}
+
+fn names(names: &[String]) -> String {
+    let mut shown = names
+        .iter()
+        .take(NAMES_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > NAMES_SHOWN {
+        shown.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
+    }
+    shown
 }
 
 fn draft(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
@@ -325,6 +345,7 @@ mod tests {
                 ready: 3,
             },
             selector: "app=chat".into(),
+            uninjected: Vec::new(),
         }
     }
 
@@ -365,14 +386,20 @@ mod tests {
     fn pods_without_sidecars_are_counted_and_explained() {
         let mut o = observed();
         o.pods = PodCounts {
-            matched: 3,
+            matched: 8,
             injected: 1,
             ready: 1,
         };
+        o.uninjected = (1..=7).map(|i| format!("chat-{i}")).collect();
         let s = status(Some(1), &o, None, Timestamp::now());
         let c = condition(&s, SIDECARS_READY);
         assert_eq!(c.reason, "SidecarsMissing");
-        assert!(c.message.starts_with("2 of 3 selected pods"), "{c:?}");
+        assert!(
+            c.message
+                .starts_with("7 of 8 selected pods run without the switchboard sidecar (chat-1, chat-2, chat-3, chat-4, chat-5 and 2 more)"),
+            "{c:?}"
+        );
+        assert!(c.message.contains("kubectl rollout restart"));
         o.pods = PodCounts::default();
         let s = status(Some(1), &o, None, Timestamp::now());
         assert!(condition(&s, SIDECARS_READY).message.contains("app=chat"));

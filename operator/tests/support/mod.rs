@@ -51,15 +51,24 @@ pub async fn control_plane() -> Option<&'static ControlPlane> {
         .as_ref()
 }
 
-/// Creates `name` and waits for its default ServiceAccount (pods are refused until it exists).
+/// The namespace an operator started by [`Operator::start`] for `namespace` calls its own (its
+/// Lease and webhook certificate live there, and it never injects there).
+pub fn operator_namespace(namespace: &str) -> String {
+    format!("{namespace}-operator")
+}
+
+/// Creates `name` (and its operator's namespace) and waits for its default ServiceAccount (pods
+/// are refused until it exists).
 pub async fn namespace(client: &Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    for name in [name.to_owned(), operator_namespace(name)] {
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
     eventually(&format!("ServiceAccount {name}/default"), 60, async || {
         accounts.get_opt("default").await.unwrap()
@@ -112,12 +121,15 @@ pub struct Operator {
     child: Child,
     pub identity: String,
     pub metrics_url: String,
+    pub readyz_url: String,
+    /// Where the API server reaches this operator's injection webhook.
+    pub webhook_url: String,
     log: PathBuf,
 }
 
 impl Operator {
     /// Starts the operator against `control_plane`, confined to `namespace`, electing on the Lease
-    /// `lease` in that namespace with short timings (4 s lease, 3 s renew deadline, 1 s retry).
+    /// `lease` in [`operator_namespace`] with short timings (4 s lease, 3 s renew deadline, 1 s retry).
     pub fn start(
         control_plane: &ControlPlane,
         namespace: &str,
@@ -125,14 +137,25 @@ impl Operator {
         identity: &str,
     ) -> Self {
         let port = free_port();
+        let webhook_port = free_port();
         let log = control_plane.dir().join(format!("operator-{identity}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard-operator"))
             .env("KUBECONFIG", control_plane.kubeconfig())
             .env("RUST_LOG", "info,switchboard_operator=debug")
             .args(["--http-listen", &format!("127.0.0.1:{port}")])
             .args(["--watch-namespace", namespace])
-            .args(["--lease-namespace", namespace, "--lease-name", lease])
+            .args(["--lease-namespace", &operator_namespace(namespace)])
+            .args(["--lease-name", lease])
             .args(["--identity", identity])
+            // The API server calls a test's webhook by URL on loopback; each namespace has its own
+            // MutatingWebhookConfiguration, so parallel tests do not call each other's operators.
+            .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+            .args(["--webhook-host", "localhost"])
+            .args([
+                "--webhook-configuration",
+                &format!("switchboard-sidecar-injector-{namespace}"),
+            ])
+            .args(["--sidecar-image", "switchboard-sidecar:test"])
             .args(["--lease-duration-seconds", "4"])
             .args(["--renew-deadline-seconds", "3"])
             .args(["--retry-period-seconds", "1"])
@@ -144,6 +167,8 @@ impl Operator {
             child,
             identity: identity.into(),
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            readyz_url: format!("http://127.0.0.1:{port}/readyz"),
+            webhook_url: format!("https://localhost:{webhook_port}/mutate"),
             log,
         }
     }
@@ -180,6 +205,13 @@ impl Operator {
             .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// True once `/readyz` answers `ready` (API reachable, webhook serving).
+    pub async fn is_ready(&self) -> bool {
+        http_get(&self.readyz_url)
+            .await
+            .is_some_and(|body| body.starts_with("ready"))
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,188 @@
+//! What injection adds to a Pod: the `switchboard-sidecar` container, and the variables that point
+//! each application container at it. Pure builders; [`mutate`](super::mutate) decides whether and
+//! where they go.
+//!
+//! The sidecar's configuration has three sources, each for a reason:
+//! - `envFrom` the cluster's ConfigMap (`<rtc>-sidecar`, built by
+//!   [`sidecar_config`]): what the spec says, shared by every pod, hashed to roll pods on change.
+//!   Not `optional`: until the controller has written it the pod waits in
+//!   `CreateContainerConfigError`, rather than start a sidecar in embedded mode that would
+//!   silently split the pods into separate brokers.
+//! - `env` from a Secret ([`sidecar_config::upstream_secret_env`]): the credential, which never
+//!   goes into the ConfigMap. In `env` because `env` wins over `envFrom` for the same name (an
+//!   external backplane's `SWITCHBOARD_UPSTREAM_URL`).
+//! - literal `env`: what only the pod shape decides (where to listen, the sidecar's id, log
+//!   format).
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::mutate::InjectSettings;
+use crate::api::RealtimeCluster;
+use crate::controller::observe::SIDECAR_CONTAINER;
+use crate::controller::sidecar_config;
+
+/// Where the sidecar listens for the application: loopback only, so only the pod's own containers
+/// reach it (and so its `hostNetwork` is refused: loopback would be the node's).
+pub const LISTEN: &str = "127.0.0.1:6379";
+/// The URL every application container is given, in each of `spec.redis_url_env()`.
+pub const LOCAL_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// `/healthz`, `/readyz` and `/metrics`, on every interface: the kubelet probes the pod IP and
+/// Prometheus scrapes it.
+pub const HTTP_PORT: i32 = 9091;
+/// The name of [`HTTP_PORT`] on the container, for probes and `PodMonitor`s.
+pub const HTTP_PORT_NAME: &str = "sb-metrics";
+/// The non-root user the sidecar runs as (distroless `nonroot`).
+pub const RUN_AS_USER: i64 = 65532;
+
+pub const ENV_LISTEN: &str = "SWITCHBOARD_LISTEN";
+pub const ENV_HTTP_LISTEN: &str = "SWITCHBOARD_HTTP_LISTEN";
+pub const ENV_SIDECAR_ID: &str = "SWITCHBOARD_SIDECAR_ID";
+pub const ENV_LOG_FORMAT: &str = "SWITCHBOARD_LOG_FORMAT";
+
+/// The sidecar container for a pod of `rtc`. With `settings.native_sidecars` it is meant to be
+/// the first init container and carries `restartPolicy: Always`; otherwise it is a plain
+/// container appended after the application's.
+pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container {
+    let spec = &rtc.spec.sidecar;
+    let mut env = vec![
+        literal(ENV_LISTEN, LISTEN),
+        literal(ENV_HTTP_LISTEN, &format!("0.0.0.0:{HTTP_PORT}")),
+        // The pod's name is unique among the cluster's live pods and readable in the registry;
+        // it is resolved by the kubelet, so a `generateName` pod gets its final name.
+        EnvVar {
+            name: ENV_SIDECAR_ID.to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        literal(ENV_LOG_FORMAT, "json"),
+    ];
+    env.extend(sidecar_config::upstream_secret_env(rtc));
+    Container {
+        name: SIDECAR_CONTAINER.to_owned(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| settings.sidecar_image.clone()),
+        ),
+        image_pull_policy: Some("IfNotPresent".into()),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: sidecar_config::config_map_name(rtc),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(HTTP_PORT_NAME.into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Ready only while every shard of the backplane is connected: a pod whose sidecar
+        // cannot relay would accept sockets whose messages never reach the other pods.
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        // Passes once the sidecar listens. For a native sidecar the kubelet starts the next
+        // container only after it passes, so the app never dials a closed port at start. The
+        // sidecar listens within a second; probing every second for a minute lets the app start
+        // early without failing a sidecar on a CPU-throttled node.
+        startup_probe: Some(http_probe("/healthz", 1, 60)),
+        restart_policy: settings.native_sidecars.then(|| "Always".to_owned()),
+        resources: spec.resources.clone(),
+        security_context: Some(restricted()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+/// The variables each application container should have: every name of
+/// `spec.redis_url_env()` set to [`LOCAL_REDIS_URL`], then the framework preset's `required_env`.
+/// A name appears once (a custom `redisUrlEnv` could repeat a preset name; the URL wins).
+pub fn app_env(rtc: &RealtimeCluster) -> Vec<EnvVar> {
+    let urls = rtc
+        .spec
+        .redis_url_env()
+        .into_iter()
+        .map(|name| (name, LOCAL_REDIS_URL.to_owned()));
+    let required = rtc
+        .spec
+        .framework
+        .preset()
+        .required_env
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()));
+    let mut env: Vec<EnvVar> = Vec::new();
+    for (name, value) in urls.chain(required) {
+        if !env.iter().any(|e| e.name == name) {
+            env.push(literal(&name, &value));
+        }
+    }
+    env
+}
+
+/// The entries of `wanted` that `container` does not set itself in `env`: what the user wrote
+/// wins. Only `env` can be inspected; a name the container gets from `envFrom` (a ConfigMap or
+/// Secret the webhook does not read) is overridden by the injected `env` entry, so to keep such
+/// a value, set it in `env`, or opt the pod out.
+pub fn missing_env(container: &Container, wanted: &[EnvVar]) -> Vec<EnvVar> {
+    let set = container.env.as_deref().unwrap_or_default();
+    wanted
+        .iter()
+        .filter(|w| !set.iter().any(|e| e.name == w.name))
+        .cloned()
+        .collect()
+}
+
+fn literal(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(HTTP_PORT_NAME.into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+/// The restricted Pod Security Standard, on the container itself: the app's pod may be less
+/// strict, and the sidecar should not inherit that.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}

@@ -1,0 +1,263 @@
+//! Sidecar injection through the real admission chain: the test registers a
+//! MutatingWebhookConfiguration whose URL is the operator's webhook on loopback, the operator
+//! issues the certificate and fills in the caBundle, and kube-controller-manager creates a
+//! Deployment's pods through the API server, which calls the webhook.
+
+mod support;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use support::{Operator, eventually, until};
+use switchboard_operator::api::RealtimeCluster;
+
+const SIDECAR: &str = "switchboard-sidecar";
+
+fn webhook_configuration(namespace: &str, url: &str) -> MutatingWebhookConfiguration {
+    serde_json::from_value(json!({
+        "metadata": { "name": format!("switchboard-sidecar-injector-{namespace}") },
+        "webhooks": [{
+            "name": "inject.switchboard.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "IfNeeded",
+            "clientConfig": { "url": url },
+            "rules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["pods"],
+            }],
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": namespace } },
+        }],
+    }))
+    .unwrap()
+}
+
+fn sidecar(pod: &Pod) -> Option<&Container> {
+    pod.spec
+        .as_ref()?
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == SIDECAR)
+}
+
+fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+fn bare_pod(name: &str, labels: serde_json::Value, annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels, "annotations": annotations },
+        "spec": { "containers": [{ "name": "app", "image": "chat:never-pulled" }] },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn selected_pods_get_a_native_sidecar_and_the_rest_is_reported() {
+    let Some(cp) = support::control_plane().await else {
+        return;
+    };
+    let client = cp.client().await.unwrap();
+    let ns = "inject";
+    support::namespace(&client, ns).await;
+    let operator = Operator::start(cp, ns, "switchboard-operator", "op-inject");
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    configurations
+        .create(
+            &PostParams::default(),
+            &webhook_configuration(ns, &operator.webhook_url),
+        )
+        .await
+        .unwrap();
+    // The operator issues its certificate, puts its CA into the configuration, and serves.
+    eventually("the caBundle filled in by the operator", 60, async || {
+        let configuration = configurations
+            .get(&format!("switchboard-sidecar-injector-{ns}"))
+            .await
+            .unwrap();
+        configuration.webhooks?[0].client_config.ca_bundle.clone()
+    })
+    .await;
+    eventually("the webhook serving", 60, async || {
+        operator.is_ready().await.then_some(())
+    })
+    .await;
+
+    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let rtc: RealtimeCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "RealtimeCluster",
+        "metadata": { "name": "chat" },
+        "spec": { "selector": { "matchLabels": { "app": "chat" } }, "framework": "open-webui" },
+    }))
+    .unwrap();
+    clusters.create(&PostParams::default(), &rtc).await.unwrap();
+    eventually("the sidecar ConfigMap", 30, async || {
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt("chat-sidecar")
+            .await
+            .unwrap()
+    })
+    .await;
+
+    // A Deployment's pods, created by kube-controller-manager, arrive injected; a value the user
+    // set is kept.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "chat" },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "chat" } },
+            "template": {
+                "metadata": { "labels": { "app": "chat" } },
+                "spec": { "containers": [{
+                    "name": "app", "image": "open-webui:never-pulled",
+                    "env": [{ "name": "REDIS_URL", "value": "redis://my-own-redis:6379" }],
+                }] },
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let injected = until(
+        "two pods of the Deployment",
+        60,
+        async || {
+            pods.list(&ListParams::default().labels("app=chat"))
+                .await
+                .unwrap()
+                .items
+        },
+        |pods| pods.len() == 2,
+    )
+    .await;
+    for pod in &injected {
+        let sidecar = sidecar(pod).unwrap_or_else(|| panic!("no native sidecar in {pod:#?}"));
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(sidecar.image.as_deref(), Some("switchboard-sidecar:test"));
+        let app = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(env(app, "REDIS_URL"), Some("redis://my-own-redis:6379"));
+        assert_eq!(
+            env(app, "WEBSOCKET_REDIS_URL"),
+            Some("redis://127.0.0.1:6379")
+        );
+        assert_eq!(env(app, "WEBSOCKET_MANAGER"), Some("redis"));
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("switchboard.dev/injected-by"))
+                .map(String::as_str),
+            Some("chat")
+        );
+    }
+
+    // Not selected: untouched. Opted out: untouched, with an Event saying so.
+    pods.create(
+        &PostParams::default(),
+        &bare_pod("other", json!({ "app": "other" }), json!({})),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &bare_pod(
+            "chat-opted-out",
+            json!({ "app": "chat" }),
+            json!({ "switchboard.dev/inject": "false" }),
+        ),
+    )
+    .await
+    .unwrap();
+    for name in ["other", "chat-opted-out"] {
+        let pod = pods.get(name).await.unwrap();
+        assert!(sidecar(&pod).is_none(), "{name} was injected");
+        assert_eq!(pod.spec.unwrap().containers.len(), 1, "{name}");
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let skipped = eventually("a SidecarSkipped Event", 30, async || {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SidecarSkipped"))
+    })
+    .await;
+    assert_eq!(
+        skipped.regarding.and_then(|r| r.name).as_deref(),
+        Some("chat-opted-out")
+    );
+    assert!(
+        skipped
+            .note
+            .unwrap_or_default()
+            .contains("switchboard.dev/inject")
+    );
+    eventually(
+        "a SidecarInjected Event on the ReplicaSet",
+        30,
+        async || {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("SidecarInjected")
+                        && e.regarding.as_ref().and_then(|r| r.kind.as_deref())
+                            == Some("ReplicaSet")
+                })
+        },
+    )
+    .await;
+
+    // The webhook goes away (failurePolicy: Ignore): a pod created meanwhile starts without the
+    // sidecar, and the status names it.
+    drop(operator);
+    pods.create(
+        &PostParams::default(),
+        &bare_pod("chat-late", json!({ "app": "chat" }), json!({})),
+    )
+    .await
+    .unwrap();
+    assert!(sidecar(&pods.get("chat-late").await.unwrap()).is_none());
+    let _operator = Operator::start(cp, ns, "switchboard-operator", "op-inject-2");
+    let rtc = until(
+        "SidecarsMissing naming chat-late",
+        90,
+        async || clusters.get("chat").await.unwrap(),
+        |rtc| {
+            rtc.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "SidecarsReady"
+                        && c.reason == "SidecarsMissing"
+                        && c.message.contains("chat-late")
+                })
+            })
+        },
+    )
+    .await;
+    let status = rtc.status.unwrap();
+    assert_eq!(
+        (status.pods.matched, status.pods.injected),
+        (4, 2),
+        "two injected replicas, the opted-out pod and the late one: {status:?}"
+    );
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust workspace (unit tests, byte-for-byte oracle tests against a real
-# redis-server, API tests against a real kube-apiserver) and the interop suite (real
-# python-socketio and Node socket.io apps, each behind its own sidecar, one shared redis-server).
+# redis-server, API tests against a real kube-apiserver), the interop suite (real python-socketio
+# and Node socket.io apps, each behind its own sidecar, one shared redis-server), the example chat
+# apps, and the install path (Helm chart + operator + examples) on the local control plane.
 #
 # Needs redis-server on PATH, and for the API tests the control plane from
 # tests/controlplane/build.sh (SWITCHBOARD_CONTROLPLANE_BIN, or its default cache path); without
@@ -21,3 +22,9 @@ cargo test --workspace
 
 echo "==> interop: python-socketio and Node socket.io through sidecars"
 bash tests/interop/run.sh
+
+echo "==> examples: both chat servers across two pods on real sidecars and Redis"
+bash tests/e2e/examples.sh
+
+echo "==> install path: Helm chart, operator with the chart's RBAC, examples on the local control plane"
+bash tests/e2e/local.sh

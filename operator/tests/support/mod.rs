@@ -173,6 +173,41 @@ impl Operator {
         }
     }
 
+    /// Starts the operator with exactly `args` (plus loopback listen addresses on `http_port` and
+    /// `webhook_port`, and `localhost` in the webhook certificate) and `env`, against the
+    /// cluster `kubeconfig` names: for running it as the Helm chart configures it, under the
+    /// chart's ServiceAccount.
+    pub fn start_with(
+        control_plane: &ControlPlane,
+        kubeconfig: &std::path::Path,
+        identity: &str,
+        args: &[String],
+        env: &[(String, String)],
+        (http_port, webhook_port): (u16, u16),
+    ) -> Self {
+        let log = control_plane.dir().join(format!("operator-{identity}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard-operator"))
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+            .args(["--webhook-host", "localhost"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the operator binary starts");
+        Self {
+            child,
+            identity: identity.into(),
+            metrics_url: format!("http://127.0.0.1:{http_port}/metrics"),
+            readyz_url: format!("http://127.0.0.1:{http_port}/readyz"),
+            webhook_url: format!("https://localhost:{webhook_port}/mutate"),
+            log,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -233,6 +268,28 @@ impl Drop for Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback port nothing listens on right now (for a process the test starts).
+pub fn unused_port() -> u16 {
+    free_port()
+}
+
+/// The `helm` binary `tests/controlplane/build.sh` builds next to the control plane; `None`
+/// (skip, loudly) when it is missing outside CI.
+pub fn helm() -> Option<PathBuf> {
+    let found = switchboard_testkit::Binaries::locate()
+        .map(|binaries| binaries.path("helm"))
+        .ok()
+        .filter(|helm| helm.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true and helm is missing from the control-plane binaries (tests/controlplane/build.sh builds it)"
+        );
+        eprintln!("\n#### SKIPPING: helm is missing from the control-plane binaries\n");
+    }
+    found
 }
 
 fn free_port() -> u16 {

@@ -9,7 +9,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{Operator, eventually, until};
 use switchboard_operator::api::RealtimeCluster;
@@ -165,6 +165,37 @@ async fn selected_pods_get_a_native_sidecar_and_the_rest_is_reported() {
             Some("chat")
         );
     }
+
+    // A new sidecar configuration reaches pods only when they are recreated: the status names
+    // the pods still running the old one.
+    let mut names: Vec<String> = injected
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    names.sort();
+    clusters
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "backplane": { "channelPrefix": "v2:" } } })),
+        )
+        .await
+        .unwrap();
+    until(
+        "SidecarsReady=False ConfigurationOutdated naming both pods",
+        60,
+        async || clusters.get("chat").await.unwrap(),
+        |rtc| {
+            rtc.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "SidecarsReady"
+                        && c.reason == "ConfigurationOutdated"
+                        && c.message.contains(&format!("({}, {})", names[0], names[1]))
+                })
+            })
+        },
+    )
+    .await;
 
     // Not selected: untouched. Opted out: untouched, with an Event saying so.
     pods.create(

@@ -8,6 +8,7 @@ use kube::api::{Api, ListParams};
 use kube::core::Selector;
 use kube::{Client, ResourceExt};
 
+use super::sidecar_config::CONFIG_HASH_ANNOTATION;
 use crate::api::{PodCounts, RealtimeCluster};
 use crate::error::{Error, Result};
 
@@ -77,6 +78,23 @@ fn injected(pod: &Pod) -> bool {
 pub fn uninjected(pods: &[Pod]) -> Vec<String> {
     let mut names: Vec<String> = live(pods)
         .filter(|p| !injected(p))
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Names of the live injected pods that started with another sidecar configuration than
+/// `current_hash` (their `switchboard.dev/sidecar-config-hash` differs), sorted. Pods without the
+/// annotation (the sidecar added by hand) are not judged.
+pub fn outdated(pods: &[Pod], current_hash: &str) -> Vec<String> {
+    let mut names: Vec<String> = live(pods)
+        .filter(|p| injected(p))
+        .filter(|p| {
+            p.annotations()
+                .get(CONFIG_HASH_ANNOTATION)
+                .is_some_and(|hash| hash != current_hash)
+        })
         .map(|p| p.name_any())
         .collect();
     names.sort();

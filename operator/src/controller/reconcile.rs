@@ -80,7 +80,7 @@ impl Reconciler {
             self.update_status(status).await?;
             return Err(invalid.into());
         }
-        let backplane = self.apply_backplane().await?;
+        let (backplane, config_hash) = self.apply_backplane().await?;
         let ingress = self.apply_ingress().await?;
         let pods = observe::selected_pods(&self.ctx.client, &self.rtc).await?;
         let observed = Observed {
@@ -89,6 +89,9 @@ impl Reconciler {
             pods: observe::pod_counts(&pods),
             selector: observe::selector_text(&self.rtc),
             uninjected: observe::uninjected(&pods),
+            outdated: config_hash
+                .map(|hash| observe::outdated(&pods, &hash))
+                .unwrap_or_default(),
         };
         let status = status::status(
             self.rtc.metadata.generation,
@@ -108,8 +111,9 @@ impl Reconciler {
         }))
     }
 
-    /// The Redis objects (managed) or the external URL (external), and the sidecar ConfigMap.
-    async fn apply_backplane(&self) -> Result<status::Backplane> {
+    /// The Redis objects (managed) or the external URL (external), and the sidecar ConfigMap,
+    /// whose content hash it returns when it could write one.
+    async fn apply_backplane(&self) -> Result<(status::Backplane, Option<String>)> {
         let client = &self.ctx.client;
         let rtc = &*self.rtc;
         let (observed, upstream) = match &rtc.spec.backplane.external {
@@ -178,12 +182,13 @@ impl Reconciler {
         };
         // Without a usable upstream the existing ConfigMap stays as it is: pods started meanwhile
         // keep the last good configuration instead of none.
-        if let Some(upstream) = upstream {
-            let config_map = sidecar_config::config_map(rtc, &upstream);
-            apply::apply(client, &config_map).await?;
-            apply::prune::<ConfigMap>(client, rtc, &[config_map.name_any()]).await?;
-        }
-        Ok(observed)
+        let Some(upstream) = upstream else {
+            return Ok((observed, None));
+        };
+        let config_map = sidecar_config::config_map(rtc, &upstream);
+        apply::apply(client, &config_map).await?;
+        apply::prune::<ConfigMap>(client, rtc, &[config_map.name_any()]).await?;
+        Ok((observed, Some(sidecar_config::config_hash(&config_map))))
     }
 
     /// Services are pruned once, with the backplane's and the app's names together.

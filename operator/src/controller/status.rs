@@ -63,6 +63,8 @@ pub struct Observed {
     pub selector: String,
     /// Selected pods without the sidecar, by name (sorted).
     pub uninjected: Vec<String>,
+    /// Injected pods that started with an older sidecar ConfigMap, by name (sorted).
+    pub outdated: Vec<String>,
 }
 
 /// The status for `observed`, carrying over transition times from `previous`.
@@ -281,6 +283,19 @@ fn sidecars_condition(observed: &Observed) -> Condition {
                 pods.ready, pods.injected
             ),
         )
+    } else if !observed.outdated.is_empty() {
+        // The sidecar reads its configuration at start: a changed ConfigMap reaches a pod only
+        // when the pod is recreated. The operator does not restart workloads it does not own.
+        (
+            false,
+            "ConfigurationOutdated",
+            format!(
+                "{} of {} pods run with an older sidecar configuration ({}); restart them (kubectl rollout restart deployment/<name>) to apply the current one",
+                observed.outdated.len(),
+                pods.matched,
+                names(&observed.outdated)
+            ),
+        )
     } else {
         (
             true,
@@ -346,6 +361,7 @@ mod tests {
             },
             selector: "app=chat".into(),
             uninjected: Vec::new(),
+            outdated: Vec::new(),
         }
     }
 
@@ -403,6 +419,24 @@ mod tests {
         o.pods = PodCounts::default();
         let s = status(Some(1), &o, None, Timestamp::now());
         assert!(condition(&s, SIDECARS_READY).message.contains("app=chat"));
+    }
+
+    #[test]
+    fn pods_on_an_older_configuration_are_named() {
+        let mut o = observed();
+        o.outdated = vec!["chat-1".into(), "chat-2".into()];
+        let s = status(Some(2), &o, None, Timestamp::now());
+        let c = condition(&s, SIDECARS_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ConfigurationOutdated")
+        );
+        assert!(
+            c.message.starts_with(
+                "2 of 3 pods run with an older sidecar configuration (chat-1, chat-2)"
+            ),
+            "{c:?}"
+        );
     }
 
     #[test]

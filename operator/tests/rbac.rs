@@ -600,6 +600,25 @@ async fn the_charts_rbac_is_enough_for_every_path_and_no_wider() {
         .create(&PostParams::default(), &url)
         .await
         .unwrap();
+    // The sidecar ConfigMap changed (another upstream): the running pods are named as outdated
+    // until they are recreated, which goes through the webhook again with the new configuration.
+    conditions_hold(
+        &operator,
+        &clusters,
+        "the app's pods reported on the old configuration",
+        &[
+            ("BackplaneReady", "True", "External"),
+            ("SidecarsReady", "False", "ConfigurationOutdated"),
+        ],
+    )
+    .await;
+    Api::<Pod>::namespaced(admin.clone(), APPS)
+        .delete_collection(
+            &kube::api::DeleteParams::default(),
+            &ListParams::default().labels("app=chat"),
+        )
+        .await
+        .unwrap();
     conditions_hold(
         &operator,
         &clusters,

@@ -20,10 +20,10 @@ BUILD_ARGS = --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION)
 images: image-operator image-sidecar
 
 image-operator:
-	$(DOCKER) build -f operator/Dockerfile $(BUILD_ARGS) -t $(OPERATOR_IMAGE) .
+	$(DOCKER) build --target operator $(BUILD_ARGS) -t $(OPERATOR_IMAGE) .
 
 image-sidecar:
-	$(DOCKER) build -f sidecar/Dockerfile $(BUILD_ARGS) -t $(SIDECAR_IMAGE) .
+	$(DOCKER) build --target sidecar $(BUILD_ARGS) -t $(SIDECAR_IMAGE) .
 
 kind-load:
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(OPERATOR_IMAGE) $(SIDECAR_IMAGE)

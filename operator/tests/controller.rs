@@ -18,11 +18,10 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{Operator, eventually, until};
+use support::{Operator, condition, eventually, get, has, until};
 use switchboard_operator::api::RealtimeCluster;
 
 const SIDECAR: &str = "switchboard-sidecar";
@@ -37,19 +36,6 @@ fn cluster(name: &str, spec: Value) -> RealtimeCluster {
     .unwrap()
 }
 
-fn condition(rtc: &RealtimeCluster, type_: &str) -> Option<Condition> {
-    rtc.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
-}
-
-fn has(rtc: &RealtimeCluster, type_: &str, status: &str, reason: &str) -> bool {
-    condition(rtc, type_).is_some_and(|c| c.status == status && c.reason == reason)
-}
-
 /// A pod that kwok will run; `with_sidecar` adds a container named like the injected one.
 fn pod(name: &str, labels: Value, with_sidecar: bool) -> Pod {
     let mut containers = vec![json!({ "name": "app", "image": "chat:never-pulled" })];
@@ -61,19 +47,6 @@ fn pod(name: &str, labels: Value, with_sidecar: bool) -> Pod {
         "spec": { "containers": containers },
     }))
     .unwrap()
-}
-
-async fn get<K>(client: &Client, namespace: &str, name: &str) -> Option<K>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    Api::<K>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .unwrap()
 }
 
 /// How many objects of kind `K` carry `instance`'s recommended label.

@@ -19,7 +19,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -30,7 +30,7 @@ use kube::discovery::{self, Scope};
 use kube::runtime::wait::{await_condition, conditions};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{Operator, eventually, until};
+use support::{Operator, create_namespace, eventually, has, until};
 use switchboard_operator::api::RealtimeCluster;
 use switchboard_testkit::ControlPlane;
 
@@ -151,28 +151,6 @@ fn operator_command(deployment: &Value) -> (Vec<String>, Vec<(String, String)>) 
         })
         .collect();
     (args, env)
-}
-
-async fn create_namespace(client: &Client, name: &str, labels: Value) {
-    let namespace: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
-    eventually(&format!("ServiceAccount {name}/default"), 60, async || {
-        accounts.get_opt("default").await.unwrap()
-    })
-    .await;
-}
-
-fn has(rtc: &RealtimeCluster, type_: &str, status: &str, reason: &str) -> bool {
-    rtc.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == status && c.reason == reason)
-    })
 }
 
 /// Fails at once, naming the refused requests, when the operator's log shows one: a missing

@@ -22,11 +22,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -34,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::meta::{child_meta, labels};
+use super::meta::{child_meta, labels, restricted_container};
 use crate::api::{ManagedBackplane, RealtimeCluster};
 
 pub const REDIS_PORT: i32 = 6379;
@@ -397,20 +397,6 @@ fn tcp_probe(port: &str, initial_delay: i32, period: i32) -> Probe {
     }
 }
 
-/// The restricted Pod Security Standard, per container.
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        ..SecurityContext::default()
-    }
-}
-
 fn container_port(name: &str, number: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.into()),
@@ -449,7 +435,7 @@ fn redis_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32
         readiness_probe: Some(tcp_probe("redis", 2, 5)),
         liveness_probe: Some(tcp_probe("redis", 15, 10)),
         resources: managed.resources.clone(),
-        security_context: Some(restricted()),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![VolumeMount {
             name: DATA_VOLUME.into(),
             mount_path: "/data".into(),
@@ -482,7 +468,7 @@ fn sentinel_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: 
         liveness_probe: Some(tcp_probe("sentinel", 15, 10)),
         // No resources: `managed.resources` sizes Redis; a Sentinel needs a few MB and little
         // CPU, and a namespace's LimitRange still applies its defaults.
-        security_context: Some(restricted()),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![VolumeMount {
             name: SENTINEL_VOLUME.into(),
             mount_path: SENTINEL_DIR.into(),

@@ -24,6 +24,7 @@ pub mod validate;
 
 pub use context::Context;
 
+pub(crate) use meta::restricted_container;
 pub use meta::{FIELD_MANAGER, MANAGED_BY, PART_OF};
 
 #[cfg(test)]

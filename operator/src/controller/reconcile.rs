@@ -119,24 +119,17 @@ impl Reconciler {
         let (observed, upstream) = match &rtc.spec.backplane.external {
             None => {
                 self.ensure_password_secret().await?;
-                let mut shards = Vec::new();
-                let built = backplane::shards(rtc);
-                let keep =
-                    |f: fn(&backplane::Shard) -> String| built.iter().map(f).collect::<Vec<_>>();
-                let (sets, services, budgets) = (
-                    keep(|s| s.stateful_set.name_any()),
-                    built
-                        .iter()
-                        .flat_map(|s| [s.service.name_any(), s.headless_service.name_any()])
-                        .collect::<Vec<_>>(),
-                    keep(|s| s.disruption_budget.name_any()),
-                );
-                for shard in &built {
+                let (mut shards, mut sets, mut services, mut budgets) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for shard in backplane::shards(rtc) {
                     apply::apply(client, &shard.headless_service).await?;
                     apply::apply(client, &shard.service).await?;
                     let set = apply::apply(client, &shard.stateful_set).await?;
                     apply::apply(client, &shard.disruption_budget).await?;
                     shards.push(observe::shard_readiness(&set));
+                    sets.push(set.name_any());
+                    services.extend([shard.service.name_any(), shard.headless_service.name_any()]);
+                    budgets.push(shard.disruption_budget.name_any());
                 }
                 apply::prune::<StatefulSet>(client, rtc, &sets).await?;
                 apply::prune::<PodDisruptionBudget>(client, rtc, &budgets).await?;

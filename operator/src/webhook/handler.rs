@@ -13,7 +13,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
-use super::mutate::{Decision, InjectSettings, SkipReason, mutate};
+use super::mutate::{Decision, InjectSettings, SkipReason, mutate, select};
 use crate::api::RealtimeCluster;
 use crate::controller::sidecar_config;
 use crate::metrics::Metrics;
@@ -40,21 +40,20 @@ impl Injector {
         let (Some(pod), Some(namespace)) = (&request.object, &request.namespace) else {
             return response.into_review();
         };
-        let clusters: Vec<RealtimeCluster> = self
-            .clusters
-            .state()
-            .iter()
-            .filter(|rtc| rtc.namespace().as_deref() == Some(namespace))
-            .map(|rtc| (**rtc).clone())
-            .collect();
-        let mut decision = mutate(pod, namespace, &clusters, &self.settings, None);
-        if let Decision::Inject { cluster, .. } = &decision {
-            // The pod carries the hash of the configuration it started with, so a stale pod can be
-            // told apart after the ConfigMap changes.
-            if let Some(hash) = self.config_hash(namespace, cluster).await {
-                decision = mutate(pod, namespace, &clusters, &self.settings, Some(&hash));
-            }
-        }
+        let clusters = self.clusters.state();
+        // The pod carries the hash of the configuration it starts with, so a pod left on an
+        // older one can be named after the ConfigMap changes.
+        let config_hash = match select(pod, namespace, &clusters) {
+            Ok(Some(rtc)) => self.config_hash(namespace, &rtc.name_any()).await,
+            _ => None,
+        };
+        let decision = mutate(
+            pod,
+            namespace,
+            &clusters,
+            &self.settings,
+            config_hash.as_deref(),
+        );
         let owner = owner_reference(pod, namespace);
         match decision {
             Decision::NotSelected => response.into_review(),

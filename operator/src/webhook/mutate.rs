@@ -12,6 +12,7 @@
 //! the Pod as it was sent, which may carry fields this build's Pod type does not know about; an
 //! array diff would shift such fields onto the wrong element.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use json_patch::jsonptr::PointerBuf;
@@ -129,10 +130,10 @@ pub enum Decision {
 /// [`config_hash`](crate::controller::sidecar_config::config_hash) of the chosen cluster's
 /// sidecar ConfigMap, when it exists. A pod without a spec is left to the API server's
 /// validation, which refuses it.
-pub fn mutate(
+pub fn mutate<C: Borrow<RealtimeCluster>>(
     pod: &Pod,
     namespace: &str,
-    clusters: &[RealtimeCluster],
+    clusters: &[C],
     settings: &InjectSettings,
     config_hash: Option<&str>,
 ) -> Decision {
@@ -160,18 +161,22 @@ pub fn mutate(
     Decision::Inject { cluster, patch }
 }
 
-/// The RealtimeCluster `pod` belongs to, if any. Clusters of other namespaces and clusters being
-/// deleted (their ConfigMap is about to be collected, which would keep the pod from starting)
-/// do not count.
-fn select<'a>(
+/// The RealtimeCluster `pod` belongs to, if any (the same choice [`mutate`] makes), so the
+/// caller can look up that cluster's ConfigMap hash before deciding. Clusters of other
+/// namespaces and clusters being deleted (their ConfigMap is about to be collected, which would
+/// keep the pod from starting) do not count.
+pub fn select<'a, C: Borrow<RealtimeCluster>>(
     pod: &Pod,
     namespace: &str,
-    clusters: &'a [RealtimeCluster],
+    clusters: &'a [C],
 ) -> Result<Option<&'a RealtimeCluster>, SkipReason> {
-    let mut candidates = clusters.iter().filter(|rtc| {
-        rtc.metadata.namespace.as_deref() == Some(namespace)
-            && rtc.metadata.deletion_timestamp.is_none()
-    });
+    let mut candidates = clusters
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|rtc: &&RealtimeCluster| {
+            rtc.metadata.namespace.as_deref() == Some(namespace)
+                && rtc.metadata.deletion_timestamp.is_none()
+        });
     let labels = pod.labels();
     if let Some(name) = labels.get(CLUSTER_LABEL) {
         return candidates

@@ -15,15 +15,15 @@
 //!   format).
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe, SeccompProfile, SecurityContext,
+    ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Probe, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::mutate::InjectSettings;
 use crate::api::RealtimeCluster;
 use crate::controller::observe::SIDECAR_CONTAINER;
-use crate::controller::sidecar_config;
+use crate::controller::{restricted_container, sidecar_config};
 
 /// Where the sidecar listens for the application: loopback only, so only the pod's own containers
 /// reach it (and so its `hostNetwork` is refused: loopback would be the node's).
@@ -170,19 +170,12 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
 /// strict, and the sidecar should not inherit that.
 fn restricted() -> SecurityContext {
     SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS_USER),
         run_as_group: Some(RUN_AS_USER),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..SeccompProfile::default()
         }),
-        ..SecurityContext::default()
+        ..restricted_container()
     }
 }

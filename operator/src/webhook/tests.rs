@@ -634,7 +634,13 @@ fn pods_that_no_cluster_selects_are_not_selected() {
     );
     assert_eq!(decision, Decision::NotSelected);
     assert_eq!(
-        mutate(&pod(BARE_POD), NS, &[], &settings(false), None),
+        mutate(
+            &pod(BARE_POD),
+            NS,
+            &[] as &[RealtimeCluster],
+            &settings(false),
+            None
+        ),
         Decision::NotSelected
     );
 }

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
+use switchboard_operator::api::RealtimeCluster;
 use switchboard_testkit::{ControlPlane, Options};
 use tokio::sync::OnceCell;
 
@@ -57,18 +59,24 @@ pub fn operator_namespace(namespace: &str) -> String {
     format!("{namespace}-operator")
 }
 
-/// Creates `name` (and its operator's namespace) and waits for its default ServiceAccount (pods
-/// are refused until it exists).
+/// Creates `name` (and its operator's namespace) and waits for their default ServiceAccounts.
 pub async fn namespace(client: &Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     for name in [name.to_owned(), operator_namespace(name)] {
-        let ns: Namespace =
-            serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
+        create_namespace(client, &name, serde_json::json!({})).await;
     }
+}
+
+/// Creates the namespace `name` with `labels` and waits for its default ServiceAccount (pods are
+/// refused until kube-controller-manager has made it).
+pub async fn create_namespace(client: &Client, name: &str, labels: serde_json::Value) {
+    let ns: Namespace = serde_json::from_value(
+        serde_json::json!({ "metadata": { "name": name, "labels": labels } }),
+    )
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
     eventually(&format!("ServiceAccount {name}/default"), 60, async || {
         accounts.get_opt("default").await.unwrap()
@@ -116,6 +124,35 @@ pub async fn until<T: Debug>(
     }
 }
 
+/// The condition `type_` of `rtc`'s status, if reported.
+pub fn condition(rtc: &RealtimeCluster, type_: &str) -> Option<Condition> {
+    rtc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Whether `rtc` reports the condition `type_` with this status and reason.
+pub fn has(rtc: &RealtimeCluster, type_: &str, status: &str, reason: &str) -> bool {
+    condition(rtc, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+/// The namespaced object `name` of kind `K`, if it exists.
+pub async fn get<K>(client: &Client, namespace: &str, name: &str) -> Option<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
 /// A running `switchboard-operator` process; killed (SIGKILL) when dropped.
 pub struct Operator {
     child: Child,
@@ -129,48 +166,47 @@ pub struct Operator {
 
 impl Operator {
     /// Starts the operator against `control_plane`, confined to `namespace`, electing on the Lease
-    /// `lease` in [`operator_namespace`] with short timings (4 s lease, 3 s renew deadline, 1 s retry).
+    /// `lease` in [`operator_namespace`] with short timings (4 s lease, 3 s renew deadline, 1 s
+    /// retry). Each namespace has its own MutatingWebhookConfiguration name, so parallel tests
+    /// do not call each other's webhooks.
     pub fn start(
         control_plane: &ControlPlane,
         namespace: &str,
         lease: &str,
         identity: &str,
     ) -> Self {
-        let port = free_port();
-        let webhook_port = free_port();
-        let log = control_plane.dir().join(format!("operator-{identity}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_switchboard-operator"))
-            .env("KUBECONFIG", control_plane.kubeconfig())
-            .env("RUST_LOG", "info,switchboard_operator=debug")
-            .args(["--http-listen", &format!("127.0.0.1:{port}")])
-            .args(["--watch-namespace", namespace])
-            .args(["--lease-namespace", &operator_namespace(namespace)])
-            .args(["--lease-name", lease])
-            .args(["--identity", identity])
-            // The API server calls a test's webhook by URL on loopback; each namespace has its own
-            // MutatingWebhookConfiguration, so parallel tests do not call each other's operators.
-            .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
-            .args(["--webhook-host", "localhost"])
-            .args([
-                "--webhook-configuration",
-                &format!("switchboard-sidecar-injector-{namespace}"),
-            ])
-            .args(["--sidecar-image", "switchboard-sidecar:test"])
-            .args(["--lease-duration-seconds", "4"])
-            .args(["--renew-deadline-seconds", "3"])
-            .args(["--retry-period-seconds", "1"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the operator binary starts");
-        Self {
-            child,
-            identity: identity.into(),
-            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-            readyz_url: format!("http://127.0.0.1:{port}/readyz"),
-            webhook_url: format!("https://localhost:{webhook_port}/mutate"),
-            log,
-        }
+        let args: Vec<String> = [
+            "--watch-namespace",
+            namespace,
+            "--lease-namespace",
+            &operator_namespace(namespace),
+            "--lease-name",
+            lease,
+            "--identity",
+            identity,
+            "--webhook-configuration",
+            &format!("switchboard-sidecar-injector-{namespace}"),
+            "--sidecar-image",
+            "switchboard-sidecar:test",
+            "--lease-duration-seconds",
+            "4",
+            "--renew-deadline-seconds",
+            "3",
+            "--retry-period-seconds",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let env = [("RUST_LOG", "info,switchboard_operator=debug")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Self::start_with(
+            control_plane,
+            control_plane.kubeconfig(),
+            identity,
+            &args,
+            &env,
+            (unused_port(), unused_port()),
+        )
     }
 
     /// Starts the operator with exactly `args` (plus loopback listen addresses on `http_port` and
@@ -270,11 +306,6 @@ impl Drop for Operator {
     }
 }
 
-/// A loopback port nothing listens on right now (for a process the test starts).
-pub fn unused_port() -> u16 {
-    free_port()
-}
-
 /// The `helm` binary `tests/controlplane/build.sh` builds next to the control plane; `None`
 /// (skip, loudly) when it is missing outside CI.
 pub fn helm() -> Option<PathBuf> {
@@ -292,7 +323,8 @@ pub fn helm() -> Option<PathBuf> {
     found
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now (for a process the test starts).
+pub fn unused_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

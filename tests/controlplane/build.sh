@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the real control-plane binaries the tests run:
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm, and for the real
+#   node (tests/node/) kubelet and kube-proxy, built in the same go build so they share its packages
 # into ${SWITCHBOARD_CACHE:-$HOME/.cache/switchboard}/controlplane/<k8s-version>/bin/.
 # Kubernetes and etcd versions come from go.mod beside this script; kwok and helm
 # are pinned below. A warm run (binaries present, stamp matching) takes seconds.
@@ -24,7 +25,7 @@ staging_version="v0.${k8s_minor}.${BASH_REMATCH[2]}"
 
 root="${SWITCHBOARD_CACHE:-$HOME/.cache/switchboard}/controlplane/$k8s_version"
 bin="$root/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kwok helm)
 stamp_want="kubernetes=$k8s_version etcd=$etcd_version kwok=$KWOK_VERSION helm=$HELM_VERSION go=$(go env GOVERSION) gomod=$(sha256sum "$here/go.mod" | cut -c1-16)"
 
 all_present() { local b; for b in "${binaries[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
@@ -71,11 +72,13 @@ done
 log "go mod download (module graph)"
 go mod download k8s.io/kubernetes go.etcd.io/etcd/server/v3
 
-log "building kube-apiserver, kube-controller-manager, kube-scheduler $k8s_version"
+log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy $k8s_version"
 go build -v -trimpath -tags=selinux,notest -ldflags "$ldflags" -o "$bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler 2>&1 | progress kubernetes
+  k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy 2>&1 | progress kubernetes
 
 log "building etcd $etcd_version"
 go build -v -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3 2>&1 | progress etcd

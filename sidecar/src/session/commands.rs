@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::{Flow, Session};
-use crate::relay::topic::Kind;
+use crate::pubsub::Kind;
 use crate::resp::{Command, Protocol, Reply};
 
 /// The Redis version the sidecar reports in HELLO and INFO.
@@ -564,7 +564,7 @@ const PUBSUB_HELP: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::kind_of;
-    use crate::relay::topic::Kind;
+    use crate::pubsub::Kind;
 
     #[test]
     fn command_kinds() {

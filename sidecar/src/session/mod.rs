@@ -4,7 +4,6 @@
 //! blocking commands behave exactly as on Redis.
 
 pub mod commands;
-pub mod outbox;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +15,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use self::outbox::Outbox;
 use crate::metrics::Metrics;
-use crate::relay::{Relay, Subscriptions};
+use crate::pubsub::{Outbox, Subscriptions};
+use crate::relay::Relay;
 use crate::resp::request::{Decoded, decode};
 use crate::resp::{Limits, Protocol};
 use crate::upstream::{Endpoint, Link};

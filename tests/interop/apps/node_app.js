@@ -46,6 +46,11 @@ io.on("connection", (socket) => {
     io.emit(event, payload);
     ack("ok");
   });
+  // The benchmark's broadcast (tests/bench): no log line, so logging is not what it measures.
+  socket.on("bench_emit", (room, sentAt, ack) => {
+    io.to(room).emit("tick", sentAt);
+    ack("ok");
+  });
   socket.on("whoami", (ack) => ack({ name: pod, pid: process.pid }));
   socket.on("server_count", async (ack) => ack(await io.of("/").adapter.serverCount()));
   socket.on("fetch_sockets", async (ack) => {

@@ -93,6 +93,9 @@ if [ ! -r "$sources" ]; then
   sources="deb http://deb.debian.org/debian $suite main"
 fi
 
+# Reproducible builds: mmdebstrap clamps timestamps to it, and Python compiles .pyc files that
+# check their source by hash (not by mtime, which pack.py sets to this same value).
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1700000000}"
 mkdir -p "$cache"/{rootfs,debs,wheels,node,stage}
 started=$SECONDS
 log() { printf '==> [%4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
@@ -121,13 +124,16 @@ rootfs() {
   local name=$1 users=$2
   shift 2
   local key
-  key="$(hash_of rootfs-v3 "$suite" "$(cat "$sources" 2>/dev/null || echo "$sources")" "$users" "$purge" "$@")"
+  key="$(hash_of rootfs-v4 "$SOURCE_DATE_EPOCH" "$suite" "$(cat "$sources" 2>/dev/null || echo "$sources")" "$users" "$purge" "$@")"
   local dir="$cache/rootfs/$name-$key"
   if [ -e "$dir/.complete" ]; then
     echo "$dir"
     return
   fi
   log "rootfs $name: mmdebstrap $suite + $* (cold)"
+  # One .deb cache per image: the root filesystems are built in parallel.
+  local debs="$cache/debs/$name"
+  mkdir -p "$debs"
   rm -rf "$dir" "$dir.partial"
   local user_hook="" u uname uid gid home
   for u in $users; do
@@ -152,13 +158,18 @@ rootfs() {
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/lintian/*' \
     --skip=essential/unlink \
     --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
-    --setup-hook="sync-in '$cache/debs' /var/cache/apt/archives/" \
+    --setup-hook="sync-in '$debs' /var/cache/apt/archives/" \
     --essential-hook="$user_hook" \
-    --customize-hook="sync-out /var/cache/apt/archives '$cache/debs'" \
+    --customize-hook="sync-out /var/cache/apt/archives '$debs'" \
     --customize-hook="chroot \"\$1\" dpkg --purge --force-depends $purge >/dev/null 2>&1" \
     --customize-hook='rm -rf "$1"/var/log/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old' \
-    "$suite" "$dir.partial" "$sources" >&2
-  rm -f "$cache/debs/lock"
+    "$suite" "$dir.partial" "$sources" >&2 || {
+    # Checked here, not by errexit: the parallel prebuild below runs this where errexit is off.
+    rm -rf "$dir.partial"
+    echo "build.sh: mmdebstrap failed for $name" >&2
+    return 1
+  }
+  rm -f "$debs/lock"
   touch "$dir.partial/.complete"
   mv "$dir.partial" "$dir"
   echo "$dir"
@@ -207,7 +218,7 @@ python_packages() {
     version="${version#python}"
   done
   [ -n "$version" ] || die "no python3.X in $root"
-  key="$(hash_of wheels-v1 "$version" "$(cat "$requirements")")"
+  key="$(hash_of wheels-v2 "$SOURCE_DATE_EPOCH" "$version" "$(cat "$requirements")")"
   local dir="$cache/wheels/$key"
   if [ ! -e "$dir/.complete" ]; then
     log "chat-python: pip install -r requirements.txt for Python $version (cold)"
@@ -270,6 +281,20 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1)"
 labels=(--label "org.opencontainers.image.source=https://github.com/switchboard-dev/switchboard"
   --label "org.opencontainers.image.licenses=Apache-2.0" --label "org.opencontainers.image.version=${version:-dev}")
 
+# The Debian root filesystems (and the users and packages in them), by image.
+redis_rootfs() { rootfs redis "redis:999:999:/data" redis-server redis-sentinel redis-tools; }
+python_rootfs() { rootfs chat-python "app:10001:10001:/app" python3 python-is-python3; }
+node_rootfs() { rootfs chat-node "node:1000:1000:/home/node" nodejs; }
+# Cold, each takes a minute or two, mostly dpkg unpacking the essential set: build them side by
+# side (and beside cargo), then use them below, cached by then; a failure shows again there.
+rootfs_jobs=()
+wants redis && { redis_rootfs >/dev/null || true; } &
+rootfs_jobs+=($!)
+wants chat-python && { python_rootfs >/dev/null || true; } &
+rootfs_jobs+=($!)
+wants chat-node && { node_rootfs >/dev/null || true; } &
+rootfs_jobs+=($!)
+
 if wants operator || wants sidecar; then
   release="$(release_dir)"
   for bin in switchboard-operator switchboard-sidecar; do
@@ -295,8 +320,11 @@ if wants operator || wants sidecar; then
   done
 fi
 
+
+wait "${rootfs_jobs[@]}"
+
 if wants redis; then
-  root="$(rootfs redis "redis:999:999:/data" redis-server redis-sentinel redis-tools)"
+  root="$(redis_rootfs)"
   mkdir -p "$root/data"
   # No Entrypoint: the operator's pods give `command` (redis-server, or `sh -c` with Sentinel).
   image redis "$root" --layer-dir "$root" --keep-owner --chown /data=999:999 --chmod /data=0770 \
@@ -305,7 +333,7 @@ if wants redis; then
 fi
 
 if wants chat-python; then
-  root="$(rootfs chat-python "app:10001:10001:/app" python3 python-is-python3)"
+  root="$(python_rootfs)"
   packages="$(python_packages "$root")"
   image chat-python "$root $packages" --layer-dir "$root" --keep-owner --layer-dir "$packages" \
     --cmd '["python"]' --user 10001:10001 --workdir /app --expose 5000 \
@@ -314,7 +342,7 @@ if wants chat-python; then
 fi
 
 if wants chat-node; then
-  root="$(rootfs chat-node "node:1000:1000:/home/node" nodejs)"
+  root="$(node_rootfs)"
   packages="$(node_packages)"
   image chat-node "$root $packages" --layer-dir "$root" --keep-owner --layer-dir "$packages" \
     --cmd '["node"]' --user 1000:1000 --workdir /app --expose 3000 --env NODE_ENV=production \

@@ -275,7 +275,8 @@ ok "failover to $(primary_pod): no disconnect, no message lost"
 step "$app_ns: kubectl rollout restart while clients talk"
 "$venv/bin/python" "$repo/tests/e2e/node_clients.py" --url http://chat-python.localhost:8000 \
   --resolve "chat-python.localhost:$traefik_ip" --after 40 \
-  --during "kubectl -n $app_ns rollout restart deployment/chat >/dev/null && kubectl -n $app_ns rollout status deployment/chat --timeout=5m >/dev/null" |
+  --during "kubectl -n $app_ns rollout restart deployment/chat >/dev/null && kubectl -n $app_ns rollout status deployment/chat --timeout=5m >/dev/null" \
+  --current-pods "kubectl -n $app_ns get pods -l app=chat -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{.metadata.name}} {{end}}{{end}}'" |
   sed 's/^/    /'
 # A pod on an older sidecar configuration would make it False, ConfigurationOutdated, naming it.
 until_ok 60 "SidecarsReady True: the status names no outdated pod" condition_is "$app_ns" SidecarsReady True

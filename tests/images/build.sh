@@ -183,7 +183,9 @@ release_dir() {
     return
   fi
   log "cargo build --release (operator, sidecar)"
-  (cd "$repo" && cargo build --release --locked --quiet \
+  # Without SOURCE_DATE_EPOCH: some build scripts watch it, and cargo would rebuild everything
+  # that a plain `cargo build --release` built.
+  (cd "$repo" && env -u SOURCE_DATE_EPOCH cargo build --release --locked --quiet \
     -p switchboard-operator --bin switchboard-operator \
     -p switchboard-sidecar --bin switchboard-sidecar) >&2
   echo "${CARGO_TARGET_DIR:-$repo/target}/release"

@@ -20,6 +20,9 @@ fi
 echo "==> cargo test --workspace"
 cargo test --workspace
 
+echo "==> images: pack.py writes docker-archive images that read back as written"
+python3 -m unittest discover -s tests/images -t tests/images
+
 echo "==> interop: python-socketio and Node socket.io through sidecars"
 bash tests/interop/run.sh
 

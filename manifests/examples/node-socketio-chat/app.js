@@ -12,6 +12,7 @@
 //   say    {room, text}   -> {pod}                   broadcasts "message" to the room
 //   message (server)      <- {room, text, from, pod}
 //   servers               -> {servers, pod}          socket.io servers in the fleet (serverCount)
+//   members room          -> {room, members, pod}    socket ids in the room on every pod (fetchSockets)
 // GET /healthz answers "ok" for probes.
 "use strict";
 
@@ -63,6 +64,16 @@ io.on("connection", (socket) => {
     // Reaches the room's members on every pod: the adapter publishes it through Redis.
     io.to(room).emit("message", { room, text, from: socket.id, pod: POD });
     reply(ack)({ pod: POD });
+  });
+  socket.on("members", async (room, ack) => {
+    room = String(room).slice(0, 100);
+    try {
+      // Asks every pod through the adapter, which waits for as many replies as it counts servers.
+      const sockets = await io.in(room).fetchSockets();
+      reply(ack)({ room, members: sockets.map((s) => s.id).sort(), pod: POD });
+    } catch (err) {
+      reply(ack)({ error: String(err?.message ?? err), pod: POD });
+    }
   });
   socket.on("servers", async (ack) => {
     try {

@@ -6,15 +6,15 @@
 #   bash tests/e2e/kind/run.sh            # create, test, delete the cluster
 #   bash tests/e2e/kind/run.sh --keep     # leave the cluster running afterwards
 #
-# Steps: kind cluster (host port E2E_HTTP_PORT -> ingress) -> build both images and `kind load`
-# them -> ingress-nginx (pinned manifest) -> helm install charts/switchboard -> apply
-# manifests/examples/<example> -> RealtimeCluster Ready -> tests/e2e/chat_check.py:
-# client A and client B, each with its own cookie jar (client B long-polling only, which fails
-# unless the affinity cookie pins it), on two different pods (each reply names its pod); A's
-# message must reach B.
+# Steps: kind cluster (host port E2E_HTTP_PORT -> ingress) -> build both images and the chat
+# example's image (its Dockerfile) and `kind load` them -> ingress-nginx (pinned manifest) ->
+# helm install charts/switchboard -> apply manifests/examples/<example> -> RealtimeCluster Ready
+# -> tests/e2e/chat_check.py: client A and client B, each with its own cookie jar (client B
+# long-polling only, which fails unless the affinity cookie pins it), on two different pods
+# (each reply names its pod); A's message must reach B.
 #
-# Needs docker, kind (>= 0.20), kubectl, helm, python3 and curl; the chat pods download their
-# packages (PyPI or npm) when they start. Settings (environment):
+# Needs docker, kind (>= 0.20), kubectl, helm, python3 and curl; the chat image has its packages
+# baked in (the pods download nothing). Settings (environment):
 #   KIND_CLUSTER           cluster name                      (switchboard-e2e)
 #   KIND_NODE_IMAGE        kind node image, Kubernetes >= 1.29 (kind's default)
 #   E2E_HTTP_PORT          host port of the ingress          (8080)
@@ -34,8 +34,8 @@ tag="${TAG:-e2e}"
 operator_ns=switchboard-system
 rtc=chat
 case "${E2E_EXAMPLE:-python}" in
-  python) example=python-socketio-chat app_ns=chat-python host=chat-python.localhost ;;
-  node) example=node-socketio-chat app_ns=chat-node host=chat-node.localhost ;;
+  python) example=python-socketio-chat app_ns=chat-python host=chat-python.localhost chat_image=chat-python ;;
+  node) example=node-socketio-chat app_ns=chat-node host=chat-node.localhost chat_image=chat-node ;;
   *)
     echo "E2E_EXAMPLE must be python or node, not '$E2E_EXAMPLE'" >&2
     exit 64
@@ -145,6 +145,14 @@ if [ "${SKIP_BUILD:-}" != 1 ]; then
   make -C "$repo" images REGISTRY="$registry" TAG="$tag"
 fi
 make -C "$repo" kind-load REGISTRY="$registry" TAG="$tag" KIND_CLUSTER="$cluster"
+
+# The name the example's kustomization.yaml gives its app image (`images:`).
+chat_ref="switchboard.local/$chat_image:dev"
+step "image $chat_ref (manifests/examples/$example/Dockerfile)"
+if [ "${SKIP_BUILD:-}" != 1 ]; then
+  docker build -t "$chat_ref" "$repo/manifests/examples/$example"
+fi
+kind load docker-image --name "$cluster" "$chat_ref"
 
 step "ingress-nginx $ingress_nginx_version"
 kubectl apply -f "$ingress_nginx_manifest" >/dev/null

@@ -213,7 +213,7 @@ async fn a_killed_run_still_leaves_the_machine_as_it_was() {
     let env = std::fs::read_to_string(&env_file).unwrap();
     let var = |key: &str| {
         env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}='")))
+            .find_map(|l| l.strip_prefix(&format!("export {key}='")))
             .map(|v| v.trim_end_matches('\'').to_owned())
             .unwrap_or_else(|| panic!("{key} missing from {env}"))
     };

@@ -22,7 +22,7 @@
 //! deleted and the machine is put back as it was (bridge, iptables, sysctls, cgroups, mounts).
 //!
 //! `--env-file F` (written before the kubeconfig, so waiting for the kubeconfig is enough) holds
-//! shell-sourceable lines for scripts: `KUBECONFIG`, `SWITCHBOARD_NODE_NAME`, `SWITCHBOARD_NODE_IP`,
+//! shell-sourceable `export KEY='value'` lines for scripts: `KUBECONFIG`, `SWITCHBOARD_NODE_NAME`, `SWITCHBOARD_NODE_IP`,
 //! `SWITCHBOARD_CONTAINERD_ADDRESS` (for `ctr --address … -n k8s.io images import`),
 //! `SWITCHBOARD_CTR`, `SWITCHBOARD_NODE_BIN`, `SWITCHBOARD_NODE_RUN_DIR` (logs), the pod and Service
 //! ranges, and the image names. In a script:
@@ -71,7 +71,7 @@ enum Action {
         /// Run a real node (containerd, kubelet, kube-proxy, CoreDNS) on this machine; root only.
         #[arg(long)]
         node: bool,
-        /// With --node: where to write the node's facts as shell `KEY='value'` lines.
+        /// With --node: where to write the node's facts as shell `export KEY='value'` lines.
         #[arg(long, requires = "node")]
         env_file: Option<PathBuf>,
     },

@@ -220,7 +220,7 @@ impl Node {
         image::import(&self.ctr(), &self.containerd_address(), tarball)
     }
 
-    /// Shell-sourceable `KEY=value` lines describing this node (see the CLI's `--env-file`).
+    /// Shell-sourceable `export KEY='value'` lines describing this node (see the CLI's `--env-file`).
     pub fn env_file(&self, kubeconfig: &Path, run_dir: &Path) -> String {
         let mut lines = vec![
             ("KUBECONFIG", kubeconfig.display().to_string()),
@@ -240,7 +240,8 @@ impl Node {
             ("SWITCHBOARD_IMAGE_TRAEFIK", IMAGE_TRAEFIK.to_owned()),
         ]
         .into_iter()
-        .map(|(k, v)| format!("{k}='{v}'"))
+        // Exported, so `. node.env` is enough for kubectl and ctr in the sourcing shell.
+        .map(|(k, v)| format!("export {k}='{v}'"))
         .collect::<Vec<_>>();
         lines.push(String::new());
         lines.join("\n")
@@ -654,7 +655,7 @@ mod tests {
             saved_sysctls: Vec::new(),
         };
         let text = node.env_file(Path::new("/tmp/kc"), Path::new("/tmp/r"));
-        assert!(text.contains("SWITCHBOARD_NODE_IP='10.244.0.1'"));
+        assert!(text.contains("export SWITCHBOARD_NODE_IP='10.244.0.1'"));
         assert!(
             text.contains("SWITCHBOARD_CONTAINERD_ADDRESS='/tmp/r/containerd/containerd.sock'")
         );

@@ -1,6 +1,7 @@
 //! A real Kubernetes control plane for tests: etcd and kube-apiserver on free loopback ports, and
 //! optionally kube-controller-manager, kube-scheduler and kwok with one fake node, so Deployments get
-//! Running pods without a kubelet or a container engine.
+//! Running pods without a kubelet or a container engine. Or, with [`ControlPlane::start_node`], a
+//! real node: containerd, kubelet, kube-proxy and CoreDNS on a bridge of its own (see [`node`]).
 //!
 //! The binaries come from `tests/controlplane/build.sh` (found through `SWITCHBOARD_CONTROLPLANE_BIN`
 //! or the build cache). Everything lives in a temporary directory that is removed on `Drop`, and a
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod node;
 mod pki;
 mod process;
 
@@ -16,13 +18,14 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node as NodeObject, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub use node::{Node, NodeBinaries};
 use pki::Pki;
-use process::{Component, Guardian};
+use process::{Component, Guardian, Lock};
 
 /// Directory holding the binaries; overrides the build cache.
 pub const ENV_BIN: &str = "SWITCHBOARD_CONTROLPLANE_BIN";
@@ -67,6 +70,8 @@ pub enum Error {
     Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error("talking to the API server: {0}")]
     Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Node(String),
 }
 
 impl Error {
@@ -146,13 +151,15 @@ pub struct Options {
     pub fake_node: bool,
 }
 
-/// A running control plane. Dropping it stops every process and removes its directory.
+/// A running control plane. Dropping it stops every process and removes its directory; in node
+/// mode it first runs the teardown that puts the machine back as it was.
 pub struct ControlPlane {
     root: PathBuf,
     kubeconfig: PathBuf,
     server: String,
     components: Vec<Component>,
     guardian: Guardian,
+    node: Option<Node>,
 }
 
 /// Outside CI a missing control plane skips the test, loudly; in CI (`CI=true`) it fails it.
@@ -171,38 +178,108 @@ pub async fn start_or_skip(options: Options) -> Option<ControlPlane> {
     }
 }
 
+/// As [`start_or_skip`], for [`ControlPlane::start_node`]: skipped (loudly) when this machine
+/// cannot run a node (not root, tools or binaries missing), failed instead under `CI=true`.
+pub async fn start_node_or_skip() -> Option<ControlPlane> {
+    let located = node::unsupported()
+        .map_or(Ok(()), |why| Err(Error::Node(why)))
+        .and_then(|()| Ok((Binaries::locate()?, NodeBinaries::locate()?)));
+    let (binaries, node_binaries) = match located {
+        Ok(found) => found,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true and {e}"),
+        Err(e) => {
+            eprintln!("\n#### SKIPPING: {e}\n");
+            return None;
+        }
+    };
+    match ControlPlane::start_node(&binaries, &node_binaries).await {
+        Ok(control_plane) => Some(control_plane),
+        Err(e) => panic!("starting the test node: {e}"),
+    }
+}
+
 impl ControlPlane {
     pub async fn start(binaries: &Binaries, options: Options) -> Result<Self, Error> {
+        Self::start_inner(binaries, options, None).await
+    }
+
+    /// The control plane (API server served on the node address too, Node and RBAC authorization,
+    /// controllers, scheduler) and a real node: see [`node`]. Root only; waits for the machine-wide
+    /// node lock ([`node::LOCK_PATH`]) if another run holds it.
+    pub async fn start_node(binaries: &Binaries, node: &NodeBinaries) -> Result<Self, Error> {
+        Self::start_inner(binaries, Options { fake_node: false }, Some(node)).await
+    }
+
+    async fn start_inner(
+        binaries: &Binaries,
+        options: Options,
+        node_binaries: Option<&NodeBinaries>,
+    ) -> Result<Self, Error> {
         let root = make_root()?;
-        let guardian = Guardian::start(&root)?;
-        let pki = Pki::generate(&root)?;
+        let lock = node_binaries.map(|_| Lock {
+            path: Path::new(node::LOCK_PATH),
+            wait: node::LOCK_WAIT,
+        });
+        // Waiting for the node lock can take minutes: off the async threads, so signals and
+        // timeouts still get through.
+        let guardian_root = root.clone();
+        let guardian = tokio::task::spawn_blocking(move || Guardian::start(&guardian_root, lock))
+            .await
+            .map_err(|e| Error::io("starting the cleanup guardian", std::io::Error::other(e)))??;
+        let kubeconfig = root.join("kubeconfig");
+        let mut control_plane = Self {
+            root: root.clone(),
+            kubeconfig: kubeconfig.clone(),
+            server: String::new(),
+            components: Vec::new(),
+            guardian,
+            node: None,
+        };
+        // From here on a failure drops `control_plane`, and so runs the teardown.
+        if let Some(node_binaries) = node_binaries {
+            let node = node::prepare(&root, binaries, node_binaries, &kubeconfig)?;
+            control_plane.node = Some(node.clone());
+            node::create_network()?;
+        }
+        let host = match node_binaries {
+            Some(_) => node::NODE_IP,
+            None => Ipv4Addr::LOCALHOST,
+        };
+        let extra_ips: &[Ipv4Addr] = match node_binaries {
+            Some(_) => &[node::NODE_IP, node::KUBERNETES_SERVICE_IP],
+            None => &[],
+        };
+        let pki = Pki::generate(&root, extra_ips)?;
         let token = format!("{:032x}", rand::random::<u128>());
         let port = free_port()?;
-        let server = format!("https://127.0.0.1:{port}");
-        let kubeconfig = root.join("kubeconfig");
+        let server = format!("https://{host}:{port}");
         write_file(&kubeconfig, &kubeconfig_yaml(&server, &pki.ca_cert, &token))?;
         // Admin through a static token: one line, no client certificate to sign.
         write_file(
             &root.join("tokens.csv"),
             &format!("{token},admin,admin,\"system:masters\"\n"),
         )?;
-        let mut control_plane = Self {
-            root,
-            kubeconfig,
-            server,
-            components: Vec::new(),
-            guardian,
-        };
+        control_plane.server = server;
         let etcd = control_plane.start_etcd(binaries).await?;
         control_plane
-            .start_apiserver(binaries, &pki, &etcd, port)
+            .start_apiserver(binaries, &pki, &etcd, host, port)
             .await?;
-        if options.fake_node {
+        if options.fake_node || node_binaries.is_some() {
             control_plane
-                .start_workload_components(binaries, &pki)
+                .start_workload_components(binaries, &pki, options.fake_node)
+                .await?;
+        }
+        if let Some(node) = control_plane.node.clone() {
+            control_plane
+                .start_node_components(binaries, &pki, &node)
                 .await?;
         }
         Ok(control_plane)
+    }
+
+    /// The real node, when started with [`ControlPlane::start_node`].
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
     }
 
     /// The admin kubeconfig (`kubectl --kubeconfig`); valid while this control plane runs.
@@ -210,7 +287,7 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>`, or `https://<node IP>:<port>` in node mode.
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -260,20 +337,29 @@ impl ControlPlane {
         binaries: &Binaries,
         pki: &Pki,
         etcd: &str,
+        host: Ipv4Addr,
         port: u16,
     ) -> Result<(), Error> {
         let path = |p: &Path| p.display().to_string();
-        let args = vec![
+        let mut args = vec![
             format!("--etcd-servers={etcd}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            // In node mode the bridge address, so pods reach it through the `kubernetes` Service.
+            format!("--bind-address={host}"),
+            format!("--advertise-address={host}"),
             format!("--secure-port={port}"),
             format!("--cert-dir={}", path(&self.root.join("apiserver"))),
             format!("--tls-cert-file={}", path(&pki.serving_cert)),
             format!("--tls-private-key-file={}", path(&pki.serving_key)),
             format!("--client-ca-file={}", path(&pki.ca_cert)),
             format!("--token-auth-file={}", path(&self.root.join("tokens.csv"))),
-            "--authorization-mode=RBAC".into(),
+            format!(
+                "--authorization-mode={}",
+                if self.node.is_some() {
+                    "Node,RBAC"
+                } else {
+                    "RBAC"
+                }
+            ),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!(
                 "--service-account-key-file={}",
@@ -288,6 +374,21 @@ impl ControlPlane {
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
         ];
+        if self.node.is_some() {
+            // `kubectl logs/exec` go to the kubelet by its InternalIP (the node name is in no DNS),
+            // as a client the kubelet's webhook authorizer lets in.
+            let (cert, key) = pki.client_cert(
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                &["system:masters"],
+            )?;
+            args.extend([
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-client-certificate={}", path(&cert)),
+                format!("--kubelet-client-key={}", path(&key)),
+                "--enable-admission-plugins=NodeRestriction".into(),
+            ]);
+        }
         self.spawn(binaries, "kube-apiserver", args)?;
         let client = self.client().await?;
         self.poll("kube-apiserver /readyz", async || {
@@ -306,6 +407,7 @@ impl ControlPlane {
         &mut self,
         binaries: &Binaries,
         pki: &Pki,
+        fake_node: bool,
     ) -> Result<(), Error> {
         let path = |p: &Path| p.display().to_string();
         let kubeconfig = path(&self.kubeconfig);
@@ -340,6 +442,26 @@ impl ControlPlane {
         let scheduler = common("kube-scheduler")?;
         self.spawn(binaries, "kube-controller-manager", kcm)?;
         self.spawn(binaries, "kube-scheduler", scheduler)?;
+        let client = self.client().await?;
+        if fake_node {
+            self.start_kwok(binaries, &kubeconfig, &client).await?;
+        }
+        // Pods are refused until the namespace's default ServiceAccount exists (kube-controller-manager
+        // creates it), so tests that create workloads right away would race without this.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
+        self.poll("ServiceAccount default/default", async || {
+            Ok(accounts.get_opt("default").await?.is_some())
+        })
+        .await
+    }
+
+    async fn start_kwok(
+        &mut self,
+        binaries: &Binaries,
+        kubeconfig: &str,
+        client: &Client,
+    ) -> Result<(), Error> {
+        let path = |p: &Path| p.display().to_string();
         // An explicit (empty) configuration, so a developer's ~/.kwok/kwok.yaml is not picked up;
         // kwok's built-in stages then make nodes Ready and pods Running.
         let kwok_config = self.root.join("kwok.yaml");
@@ -356,8 +478,7 @@ impl ControlPlane {
         ];
         self.spawn(binaries, "kwok", kwok)?;
 
-        let client = self.client().await?;
-        let nodes: Api<Node> = Api::all(client.clone());
+        let nodes: Api<NodeObject> = Api::all(client.clone());
         nodes.create(&PostParams::default(), &fake_node()).await?;
         self.poll(&format!("node {FAKE_NODE} Ready (kwok)"), async || {
             let node = nodes.get(FAKE_NODE).await?;
@@ -369,13 +490,6 @@ impl ControlPlane {
                         .iter()
                         .any(|c| c.type_ == "Ready" && c.status == "True")
                 }))
-        })
-        .await?;
-        // Pods are refused until the namespace's default ServiceAccount exists (kube-controller-manager
-        // creates it), so tests that create workloads right away would race without this.
-        let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
-        self.poll("ServiceAccount default/default", async || {
-            Ok(accounts.get_opt("default").await?.is_some())
         })
         .await
     }
@@ -432,6 +546,16 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        // The node's teardown needs the API server and the kubelet still running (it deletes the
+        // pods through them), so it goes before anything is stopped.
+        if self.node.is_some()
+            && let Err(e) = self.guardian.teardown()
+        {
+            eprintln!(
+                "switchboard-testkit: the node teardown failed: {e}; see {}",
+                self.root.join("teardown.log").display()
+            );
+        }
         // Newest first: controllers before the API server, the API server before etcd.
         for component in self.components.iter_mut().rev() {
             component.stop();
@@ -447,7 +571,7 @@ impl Drop for ControlPlane {
     }
 }
 
-fn fake_node() -> Node {
+fn fake_node() -> NodeObject {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -486,6 +610,34 @@ contexts:
 current-context: switchboard-test
 ",
         ca = ca.display()
+    )
+}
+
+/// A kubeconfig authenticating with a client certificate (the kubelet's).
+fn kubeconfig_cert_yaml(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: switchboard-test
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: client
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: switchboard-test
+  context:
+    cluster: switchboard-test
+    user: client
+current-context: switchboard-test
+",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display()
     )
 }
 

@@ -5,14 +5,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::Error;
 
 /// Where the generated files were written.
 pub struct Pki {
+    dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
     pub ca_cert: PathBuf,
     pub serving_cert: PathBuf,
     pub serving_key: PathBuf,
@@ -21,7 +23,9 @@ pub struct Pki {
 }
 
 impl Pki {
-    pub fn generate(dir: &Path) -> Result<Self, Error> {
+    /// `extra_ips`: addresses the API server is also served on (the node's bridge address and the
+    /// `kubernetes` Service's ClusterIP in node mode), added to its certificate.
+    pub fn generate(dir: &Path, extra_ips: &[Ipv4Addr]) -> Result<Self, Error> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -44,20 +48,27 @@ impl Pki {
         serving
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        for ip in extra_ips {
+            serving
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(*ip)));
+        }
         serving
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
         let serving_key = KeyPair::generate()?;
         let serving_cert = serving.signed_by(&serving_key, &ca)?;
+        write(&dir.join("ca.crt"), &ca.pem())?;
 
         let pki = Pki {
+            dir: dir.to_owned(),
+            ca,
             ca_cert: dir.join("ca.crt"),
             serving_cert: dir.join("apiserver.crt"),
             serving_key: dir.join("apiserver.key"),
             service_account_key: dir.join("service-account.key"),
             service_account_public_key: dir.join("service-account.pub"),
         };
-        write(&pki.ca_cert, &ca.pem())?;
         write(&pki.serving_cert, &serving_cert.pem())?;
         write(&pki.serving_key, &serving_key.serialize_pem())?;
         // ECDSA P-256: the API server signs tokens with it (ES256). The verifying side wants the public
@@ -69,6 +80,33 @@ impl Pki {
             &service_account.public_key_pem(),
         )?;
         Ok(pki)
+    }
+
+    /// A client certificate for `user` in `groups` (the API server maps CN to the user name and O to
+    /// groups), written as `<file>.crt` and `<file>.key`; returns both paths.
+    pub fn client_cert(
+        &self,
+        file: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<(PathBuf, PathBuf), Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        for group in groups {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *group);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+        );
+        write(&cert_path, &cert.pem())?;
+        write(&key_path, &key.serialize_pem())?;
+        Ok((cert_path, key_path))
     }
 }
 

@@ -1,0 +1,3 @@
+module switchboard.test/pause
+
+go 1.26

@@ -1,0 +1,3 @@
+module switchboard.test/probe
+
+go 1.26

@@ -155,12 +155,7 @@ SWITCHBOARD_CTR="$SWITCHBOARD_CTR" bash "$repo/tests/images/build.sh" --import "
 ok "imported: $("$SWITCHBOARD_CTR" --address "$SWITCHBOARD_CONTAINERD_ADDRESS" -n k8s.io images ls -q | grep -c '^switchboard.local/') switchboard.local images"
 
 step "Traefik, the ingress"
-kubectl apply -f "${SWITCHBOARD_TRAEFIK_MANIFEST:-$repo/tests/node/traefik.yaml}" >/dev/null
-# Publish an address in the Ingresses' status, as a cloud load balancer would, so that the
-# operator's IngressReady (and so Ready) can become true.
-kubectl -n traefik patch deployment traefik --type=json -p '[{"op": "add",
-  "path": "/spec/template/spec/containers/0/args/-",
-  "value": "--providers.kubernetesingress.ingressendpoint.hostname=traefik.traefik.svc"}]' >/dev/null
+kubectl apply -f "$repo/tests/node/traefik.yaml" >/dev/null
 kubectl -n traefik rollout status deployment/traefik --timeout=2m >/dev/null
 # The new pod's address, not the one of the pod the patch replaced (still terminating).
 traefik_ip="$(kubectl -n traefik get pods -l app=traefik -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{.status.podIP}} {{end}}{{end}}' | awk '{ print $1 }')"

@@ -1,8 +1,11 @@
 //! Connections to the backplane Redis: where it is ([`endpoint`], found through Sentinel when the
 //! URL says so, see [`sentinel`]), the handshake, and a framed reader of its replies. The relay's
-//! subscriber and control links and each client's pass-through link are all built from these.
+//! subscriber and control links and the pass-through links ([`pool`] of [`pipeline`]s) are all
+//! built from these.
 
 pub mod endpoint;
+pub mod pipeline;
+pub mod pool;
 mod sentinel;
 
 pub use endpoint::{Addr, Endpoint, EndpointError, Target};

@@ -82,7 +82,7 @@ bench() { # port test pipeline
   esac
   redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$REQUESTS" -P "$pipeline" \
     -r 100000 --csv "${args[@]}" 2>/dev/null |
-    awk -F'","' 'NR == 2 { gsub(/"/, ""); print $2, $5, $7 }'
+    awk -F, 'NR == 2 { for (i = 1; i <= NF; i++) gsub(/"/, "", $i); print $2, $5, $7 }'
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -116,7 +116,8 @@ done
 echo
 echo "backplane connections while $MANY_CLIENTS local connections do GET through the sidecar"
 connected() { redis-cli -p "$redis_port" INFO clients | tr -d '\r' | awk -F: '$1 == "connected_clients" { print $2 }'; }
-# The poller's own connection counts once in every reading.
+# The poller's own connection counts once in every reading. The relay's subscriber and control
+# links, and whatever pass-through links the runs above opened, are there already.
 idle=$(($(connected) - 1))
 redis-benchmark -h 127.0.0.1 -p "$sidecar_port" -c "$MANY_CLIENTS" -n $((MANY_CLIENTS * 200)) -t get -r 100000 -q >"$work/many" 2>&1 &
 many=$!
@@ -127,7 +128,9 @@ while kill -0 "$many" 2>/dev/null; do
   sleep 0.1
 done
 wait "$many" || true
-pool=$(curl -s "http://127.0.0.1:$http_port/metrics" 2>/dev/null | awk '/^switchboard_sidecar_upstream_connections\{kind="pool"\}/ { print $2 }')
-echo "  before: $idle (the relay's subscriber and control links); peak during the run: $peak"
-echo "  pass-through links: $((peak - idle)) (pool size $POOL_SIZE; sidecar metric upstream_connections{kind=\"pool\"}: ${pool:-n/a})"
+links() { curl -s "http://127.0.0.1:$http_port/metrics" 2>/dev/null | awk -v kind="$1" '$1 == "switchboard_sidecar_upstream_connections{kind=\""kind"\"}" { print $2 }'; }
+echo "  backplane connections before: $idle; peak during the run: $peak (target: at most the pool size + the relay's 2 links = $((POOL_SIZE + 2)))"
+pool=$(links pool)
+dedicated=$(links dedicated)
+echo "  sidecar metric upstream_connections after the run: pool ${pool:-n/a}, dedicated ${dedicated:-n/a}"
 echo "  GET through the sidecar with $MANY_CLIENTS clients: $(tr '\r' '\n' <"$work/many" | grep -E 'requests per second' | tail -1 | sed 's/^ *//')"

@@ -124,11 +124,15 @@ const BLOCKING: &[&str] = &[
 
 impl Request {
     pub fn parse(command: &Command) -> Request {
+        Self::parse_named(command, &command.name())
+    }
+
+    /// [`Request::parse`] when the caller already has the lower-cased name.
+    pub fn parse_named(command: &Command, name: &str) -> Request {
         let args = &command.args;
-        let name = command.name();
         let n = args.len();
-        let arity = || Request::Invalid(Reply::wrong_arity(&name));
-        match name.as_str() {
+        let arity = || Request::Invalid(Reply::wrong_arity(name));
+        match name {
             "ping" if n <= 2 => Request::Ping(args.get(1).cloned()),
             "echo" if n == 2 => Request::Echo(args[1].clone()),
             "ping" | "echo" => arity(),
@@ -168,22 +172,22 @@ impl Request {
             },
             "publish" | "spublish" => arity(),
             "subscribe" | "psubscribe" | "ssubscribe" if n >= 2 => Request::Subscribe {
-                kind: kind_of(&name),
+                kind: kind_of(name),
                 topics: args[1..].to_vec(),
             },
             "subscribe" | "psubscribe" | "ssubscribe" => arity(),
             "unsubscribe" | "punsubscribe" | "sunsubscribe" => Request::Unsubscribe {
-                kind: kind_of(&name),
+                kind: kind_of(name),
                 topics: args[1..].to_vec(),
             },
             "pubsub" => parse_pubsub(args),
-            _ if UNSUPPORTED.contains(&name.as_str()) => Request::Unsupported(name),
+            _ if UNSUPPORTED.contains(&name) => Request::Unsupported(name.to_owned()),
             "multi" => Request::Forward(Forward::Multi),
             "exec" => Request::Forward(Forward::Exec),
             "discard" => Request::Forward(Forward::Discard),
             "watch" => Request::Forward(Forward::Watch),
             "unwatch" => Request::Forward(Forward::Unwatch),
-            _ if BLOCKING.contains(&name.as_str()) => Request::Forward(Forward::Blocking),
+            _ if BLOCKING.contains(&name) => Request::Forward(Forward::Blocking),
             "xread" | "xreadgroup" if has_block_option(args) => Request::Forward(Forward::Blocking),
             _ => Request::Forward(Forward::Pooled),
         }

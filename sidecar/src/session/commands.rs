@@ -15,7 +15,7 @@ impl Session {
     /// Handles one command; replies go to the outbox.
     pub async fn handle(&mut self, command: Command) -> Flow {
         let name = command.name();
-        let request = Request::parse(&command);
+        let request = Request::parse_named(&command, &name);
         if let Some(reply) = self.refuse(&name, &command.args) {
             return self.local_reply(reply).await;
         }

@@ -224,20 +224,29 @@ impl Session {
     /// Sends on the link this client uses now, without waiting for the reply: it goes straight
     /// to the outbox when it comes.
     async fn pipelined(&mut self, raw: Bytes, blocking: bool) -> Result<(), Gone> {
-        let dedicated = blocking || self.pass.holds_state() || self.busy_on_dedicated();
-        let Some(link) = self.link(dedicated).await? else {
-            return Ok(());
-        };
         self.settle_until(self.ctx.max_in_flight.saturating_sub(1))
             .await?;
+        let dedicated = blocking || self.pass.holds_state() || self.busy_on_dedicated();
+        // The usual case, one client on the same link as its last command, costs no clone.
+        let usable = match &self.pass.dedicated {
+            Some(link) => dedicated && link.is_alive(),
+            None => !dedicated && self.pass.pooled.as_ref().is_some_and(Pipeline::is_alive),
+        };
+        if !usable && self.link(dedicated).await?.is_none() {
+            return Ok(());
+        }
         let silent = self.take_silence();
+        let link = match &self.pass.dedicated {
+            Some(link) => link,
+            None => self.pass.pooled.as_ref().expect("link() chose one"),
+        };
         self.pass.port.in_flight.fetch_add(1, Ordering::AcqRel);
         let sink = Sink::Client {
             to: self.pass.port.clone(),
             silent,
         };
         // Lost between the check and the send: never written.
-        if let Err(Sink::Client { to, silent }) = link.send(raw.clone(), sink) {
+        if let Err((raw, Sink::Client { to, silent })) = link.send(raw, sink) {
             to.deliver(
                 not_run_error(&raw, "the backplane connection was lost"),
                 silent,

@@ -209,28 +209,32 @@ impl Pipeline {
         Pipeline { tx, state }
     }
 
-    /// Queues a command; its reply goes to `sink`. A dead link hands the sink back, unanswered:
+    /// Queues a command; its reply goes to `sink`. A dead link hands both back, unanswered:
     /// the command was not sent.
-    pub fn send(&self, raw: Bytes, sink: Sink) -> Result<(), Sink> {
+    pub fn send(&self, raw: Bytes, sink: Sink) -> Result<(), (Bytes, Sink)> {
         if !self.is_alive() {
-            return Err(sink);
+            return Err((raw, sink));
         }
         self.state.load.fetch_add(1, Ordering::Relaxed);
         self.tx.send(Call { raw, sink }).map_err(|e| {
             self.state.load.fetch_sub(1, Ordering::Relaxed);
-            e.0.sink
+            (e.0.raw, e.0.sink)
         })
     }
 
     /// Sends a command and waits for its reply frame (`Err`: the link was lost, as an error frame).
     pub async fn call(&self, raw: Bytes) -> Result<Bytes, Bytes> {
         let (tx, rx) = oneshot::channel();
-        if let Err(sink) = self.send(raw.clone(), Sink::Caller(tx)) {
-            drop(sink);
+        let name = name_of(&raw);
+        if let Err((raw, _)) = self.send(raw, Sink::Caller(tx)) {
             return Err(not_run_error(&raw, "the backplane connection was lost"));
         }
-        rx.await
-            .unwrap_or_else(|_| Err(in_flight_error(&raw, "the link closed")))
+        rx.await.unwrap_or_else(|_| {
+            Err(Reply::error(format!(
+                "ERR switchboard: lost the backplane connection while running '{name}'; it may or may not have run: the link closed"
+            ))
+            .to_bytes(crate::resp::Protocol::Resp2))
+        })
     }
 
     pub fn is_alive(&self) -> bool {

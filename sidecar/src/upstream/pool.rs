@@ -53,17 +53,21 @@ impl Pool {
             Protocol::Resp2 => &self.resp2,
             Protocol::Resp3 => &self.resp3,
         };
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // Prefer a live link without waiting on a slot another client is reconnecting.
-        for i in 0..slots.len() {
-            let slot = &slots[(start + i) % slots.len()];
-            if let Ok(guard) = slot.try_lock()
-                && let Some(link) = guard.as_ref().filter(|l| l.is_alive())
-            {
-                return Ok(link.clone());
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % slots.len();
+        let mut slot = match slots[start].try_lock() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Another client is (re)connecting this one: take any live link meanwhile.
+                if let Some(link) = slots.iter().find_map(|s| {
+                    s.try_lock()
+                        .ok()
+                        .and_then(|g| g.as_ref().filter(|l| l.is_alive()).cloned())
+                }) {
+                    return Ok(link);
+                }
+                slots[start].lock().await
             }
-        }
-        let mut slot = slots[start % slots.len()].lock().await;
+        };
         if let Some(link) = slot.as_ref().filter(|l| l.is_alive()) {
             return Ok(link.clone());
         }

@@ -613,6 +613,27 @@ mod report {
             format!("{:.2} s", sidecar.sidecar_cpu.as_secs_f64()),
             String::new(),
         );
+        // CPU per delivered message: what each process spends to get one message to one
+        // subscriber. The target: both sidecars together no more than redis-server alone directly.
+        let per =
+            |cpu: Duration, run: &FanoutRun| cpu.as_secs_f64() * 1e9 / run.delivered.max(1) as f64;
+        let (redis_direct, redis_relayed, sidecars) = (
+            per(direct.redis_cpu, d),
+            per(sidecar.redis_cpu, s),
+            per(sidecar.sidecar_cpu, s),
+        );
+        row(
+            "CPU/delivery, redis-server",
+            format!("{redis_direct:.0} ns"),
+            format!("{redis_relayed:.0} ns"),
+            ratio(redis_relayed, redis_direct),
+        );
+        row(
+            "CPU/delivery, sidecars",
+            "-".into(),
+            format!("{sidecars:.0} ns"),
+            format!("{} of redis", ratio(sidecars, redis_direct)),
+        );
         println!("  all rounds, deliveries/s: direct {direct_all}; sidecar {sidecar_all}");
         warn_incomplete(&incomplete.iter().collect::<Vec<_>>());
         println!();
@@ -983,8 +1004,7 @@ mod resp {
 // ---------------------------------------------------------------------------------------------
 
 /// The real processes, started by the same support code the integration tests use.
-#[path = "../tests/support/mod.rs"]
-mod support;
+use switchboard_sidecar_support as support;
 
 mod procs {
     use std::path::PathBuf;

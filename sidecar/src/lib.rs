@@ -2,21 +2,25 @@
 //! application's unmodified Redis adapter to a shared pub/sub backplane.
 //!
 //! - [`resp`]: the protocol (decoding, encoding), pure and fuzzed;
-//! - [`session`]: one local connection: local commands, pass-through of the rest;
-//! - [`relay`]: pub/sub across the fleet: one upstream subscription per topic, fleet-wide
+//! - `pubsub`: the leaf both of the next two use: topics, a connection's subscriptions and outbox;
+//! - `session`: one local connection: local commands, pass-through of the rest;
+//! - `relay`: pub/sub across the fleet: one upstream subscription per topic, fleet-wide
 //!   counts, surviving backplane outages;
-//! - [`upstream`]: connections to the backplane;
-//! - [`http`], [`metrics`]: health, readiness and Prometheus metrics;
+//! - `upstream`: connections to the backplane;
+//! - `http`, `metrics`: health, readiness and Prometheus metrics;
 //! - [`config`]: flags and `SWITCHBOARD_*` variables, read once at start.
 
+// The operator parses what it renders with the sidecar's own flag parser, and the protocol is
+// public for fuzzing; everything else is this crate's own.
 pub mod config;
-pub mod glob;
-pub mod http;
-pub mod metrics;
-pub mod relay;
+pub(crate) mod glob;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod pubsub;
+pub(crate) mod relay;
 pub mod resp;
-pub mod session;
-pub mod upstream;
+pub(crate) mod session;
+pub(crate) mod upstream;
 
 use std::sync::Arc;
 

@@ -32,7 +32,7 @@
 //! - Redis does not check the two bytes after a bulk string's payload: `*1\r\n$4\r\nPINGxx` is a
 //!   PING. Not asserted: a sidecar that rejects it is stricter, not wrong.
 
-mod support;
+use switchboard_sidecar_support as support;
 
 use std::time::Duration;
 

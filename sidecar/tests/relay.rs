@@ -2,7 +2,7 @@
 //! stays bounded when a local subscriber stops reading, and publishes made while the backplane
 //! is down are buffered up to the limit, counted beyond it, and delivered in order afterwards.
 
-mod support;
+use switchboard_sidecar_support as support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! primary found through Sentinel and followed across a failover, and channels spread over
 //! shards. Every test runs real `redis-server` / `redis-sentinel` processes on loopback ports.
 
-mod support;
+use switchboard_sidecar_support as support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

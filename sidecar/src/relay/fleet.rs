@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use super::topic::{Kind, Topic};
 use crate::glob;
+use crate::pubsub::{Kind, Topic};
 use crate::resp::Value;
 
 /// Counts per topic for each live sidecar, by sidecar id.
@@ -142,10 +142,11 @@ pub struct Totals {
 impl Totals {
     /// How many application connections a publish to `channel` reaches: its subscribers plus
     /// those of every matching pattern (this is what `PUBLISH` replies).
-    pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
+    pub fn receivers(&self, kind: Kind, channel: &Bytes) -> i64 {
+        // A clone of the name is a reference count: the lookup allocates nothing.
         let direct = self
             .by_topic
-            .get(&Topic::new(kind, Bytes::copy_from_slice(channel)))
+            .get(&Topic::new(kind, channel.clone()))
             .copied()
             .unwrap_or(0);
         if kind != Kind::Channel {
@@ -190,8 +191,8 @@ mod tests {
         assert_eq!(fleet.numsub(Kind::Channel, &x), 3);
         assert_eq!(fleet.numsub(Kind::Shard, &x), 0);
         assert_eq!(fleet.numpat(), 1);
-        assert_eq!(fleet.totals().receivers(Kind::Channel, b"x"), 7);
-        assert_eq!(fleet.totals().receivers(Kind::Shard, b"x"), 0);
+        assert_eq!(fleet.totals().receivers(Kind::Channel, &x), 7);
+        assert_eq!(fleet.totals().receivers(Kind::Shard, &x), 0);
         assert_eq!(
             fleet.channels(Kind::Channel, Some(b"y*")),
             Vec::<Bytes>::new()

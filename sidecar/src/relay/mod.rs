@@ -14,9 +14,7 @@ pub mod fleet;
 pub mod registry;
 pub mod shard;
 pub mod table;
-pub mod topic;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,46 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use self::backplane::{Request, Shared};
 use self::fleet::Fleet;
 use self::shard::Router;
-use self::topic::{Kind, Topic};
 use crate::metrics::Metrics;
+use crate::pubsub::{Kind, Outbox, Subscriptions, Topic};
 use crate::resp::Reply;
-use crate::session::outbox::Outbox;
-
-/// What one local connection is subscribed to, as Redis counts it for confirmations.
-#[derive(Debug, Default)]
-pub struct Subscriptions {
-    channels: HashSet<Bytes>,
-    patterns: HashSet<Bytes>,
-    shards: HashSet<Bytes>,
-}
-
-impl Subscriptions {
-    fn set(&mut self, kind: Kind) -> &mut HashSet<Bytes> {
-        match kind {
-            Kind::Channel => &mut self.channels,
-            Kind::Pattern => &mut self.patterns,
-            Kind::Shard => &mut self.shards,
-        }
-    }
-
-    /// The count a confirmation carries: channels and patterns together, shard channels apart.
-    pub fn count(&self, kind: Kind) -> i64 {
-        match kind {
-            Kind::Shard => self.shards.len() as i64,
-            _ => (self.channels.len() + self.patterns.len()) as i64,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty()
-    }
-
-    fn sorted(&mut self, kind: Kind) -> Vec<Bytes> {
-        let mut names: Vec<Bytes> = self.set(kind).iter().cloned().collect();
-        names.sort();
-        names
-    }
-}
 
 /// A (un)subscribe confirmation: `[subscribe, channel, count]`, a push frame in RESP3.
 fn confirmation(
@@ -220,7 +181,7 @@ impl Relay {
         let mut fresh: Vec<Topic> = Vec::new();
         for name in names {
             let topic = Topic::new(kind, name.clone());
-            if !subs.set(kind).contains(name) && !fresh.contains(&topic) {
+            if !subs.contains(kind, name) && !fresh.contains(&topic) {
                 fresh.push(topic);
             }
         }
@@ -234,7 +195,7 @@ impl Relay {
             )));
         }
         for name in names {
-            if subs.set(kind).insert(name.clone()) {
+            if subs.insert(kind, name.clone()) {
                 let frame = confirmation(outbox, kind, true, Some(name), subs.count(kind));
                 self.shared
                     .table
@@ -273,7 +234,7 @@ impl Relay {
         let mut leaving: Vec<Topic> = Vec::new();
         for name in &names {
             let topic = Topic::new(kind, name.clone());
-            if subs.set(kind).contains(name) && !leaving.contains(&topic) {
+            if subs.contains(kind, name) && !leaving.contains(&topic) {
                 leaving.push(topic);
             }
         }
@@ -281,7 +242,7 @@ impl Relay {
             self.release(&leaving).await;
         }
         for name in &names {
-            if subs.set(kind).remove(name) {
+            if subs.remove(kind, name) {
                 let frame = confirmation(outbox, kind, false, Some(name), subs.count(kind));
                 self.shared
                     .table
@@ -314,7 +275,7 @@ impl Relay {
                 self.shared.table.remove(topic, outbox, None);
                 self.shared.metrics.local_subscriptions.dec();
             }
-            subs.set(kind).clear();
+            subs.clear(kind);
         }
     }
 

@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 
-use super::topic::Topic;
+use crate::pubsub::Topic;
 use crate::resp::Command;
 
 /// Replaces this sidecar's entry with a full snapshot and (re)lists it.

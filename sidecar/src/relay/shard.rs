@@ -13,7 +13,7 @@
 //! any shard, so a pattern is subscribed on every shard. The fleet registry and pass-through
 //! commands stay on shard 0.
 
-use super::topic::{Kind, Topic};
+use crate::pubsub::{Kind, Topic};
 
 /// Redis Cluster's number of hash slots.
 const SLOTS: usize = 16384;
@@ -29,10 +29,6 @@ impl Router {
     pub fn new(prefix: bytes::Bytes, shards: usize) -> Self {
         assert!(shards > 0, "a bridged relay has at least one shard");
         Router { prefix, shards }
-    }
-
-    pub fn shards(&self) -> usize {
-        self.shards
     }
 
     /// The shard of a channel or shard channel, named as the application names it.

@@ -9,10 +9,10 @@ use std::sync::{OnceLock, RwLock};
 
 use bytes::{Bytes, BytesMut};
 
-use super::topic::{Kind, Topic};
 use crate::glob;
+use crate::pubsub::Outbox;
+use crate::pubsub::{Kind, Topic};
 use crate::resp::Protocol;
-use crate::session::outbox::Outbox;
 
 /// Subscribers of one topic, by connection id.
 pub type Subscribers = HashMap<u64, Outbox>;
@@ -55,6 +55,14 @@ impl<'a> Delivery<'a> {
             payload,
             encoded: Default::default(),
         }
+    }
+
+    /// This message already encoded for RESP2 subscribers (the frame as it came from upstream).
+    pub fn with_resp2(self, frame: Option<Bytes>) -> Self {
+        if let Some(frame) = frame {
+            let _ = self.encoded[0].set(frame);
+        }
+        self
     }
 
     fn frame(&self, proto: Protocol) -> Bytes {
@@ -165,10 +173,10 @@ impl Table {
     }
 
     /// How many local connections a publish to `channel` reaches (channel plus patterns).
-    pub fn receivers(&self, kind: Kind, channel: &[u8]) -> i64 {
+    pub fn receivers(&self, kind: Kind, channel: &Bytes) -> i64 {
         let topics = self.topics.read().expect("table lock poisoned");
         let count = |t: &Topic| topics.by_topic.get(t).map_or(0, |s| s.len());
-        let direct = count(&Topic::new(kind, Bytes::copy_from_slice(channel)));
+        let direct = count(&Topic::new(kind, channel.clone()));
         let patterns: usize = if kind == Kind::Channel {
             topics
                 .patterns
@@ -180,10 +188,5 @@ impl Table {
             0
         };
         (direct + patterns) as i64
-    }
-
-    pub fn count(&self, topic: &Topic) -> i64 {
-        let topics = self.topics.read().expect("table lock poisoned");
-        topics.by_topic.get(topic).map_or(0, |s| s.len() as i64)
     }
 }

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use crate::relay::topic::Kind;
+use crate::pubsub::Kind;
 use crate::resp::{Command, Reply};
 
 /// What a local client asked for.
@@ -123,12 +123,8 @@ const BLOCKING: &[&str] = &[
 ];
 
 impl Request {
-    pub fn parse(command: &Command) -> Request {
-        Self::parse_named(command, &command.name())
-    }
-
-    /// [`Request::parse`] when the caller already has the lower-cased name.
-    pub fn parse_named(command: &Command, name: &str) -> Request {
+    /// Parses `command`, whose lower-cased name (`Command::name`) the caller has already made.
+    pub fn parse(command: &Command, name: &str) -> Request {
         let args = &command.args;
         let n = args.len();
         let arity = || Request::Invalid(Reply::wrong_arity(name));
@@ -370,10 +366,11 @@ mod tests {
     use super::*;
 
     fn parse(line: &str) -> Request {
-        Request::parse(&Command::from_args(
+        let command = Command::from_args(
             line.split(' ')
                 .map(|a| Bytes::copy_from_slice(a.as_bytes())),
-        ))
+        );
+        Request::parse(&command, &command.name())
     }
 
     fn b(s: &str) -> Bytes {
@@ -558,7 +555,8 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_arguments_parse(args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 1..6)) {
-            let _ = Request::parse(&Command::from_args(args));
+            let command = Command::from_args(args);
+            let _ = Request::parse(&command, &command.name());
         }
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::command::{self, Client, Hello, Pubsub, ReplyMode, Request};
 use super::{Flow, Session};
-use crate::relay::topic::Kind;
+use crate::pubsub::Kind;
 use crate::resp::{Command, Protocol, Reply};
 
 /// The Redis version the sidecar reports in HELLO and INFO.
@@ -15,7 +15,7 @@ impl Session {
     /// Handles one command; replies go to the outbox.
     pub async fn handle(&mut self, command: Command) -> Flow {
         let name = command.name();
-        let request = Request::parse_named(&command, &name);
+        let request = Request::parse(&command, &name);
         if let Some(reply) = self.refuse(&name, &command.args) {
             return self.local_reply(reply).await;
         }

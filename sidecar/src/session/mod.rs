@@ -7,7 +7,6 @@
 
 pub mod command;
 pub mod commands;
-pub mod outbox;
 pub mod passthrough;
 
 use std::sync::Arc;
@@ -20,9 +19,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use self::outbox::Outbox;
 use crate::metrics::Metrics;
-use crate::relay::{Relay, Subscriptions};
+use crate::pubsub::{Outbox, Subscriptions};
+use crate::relay::Relay;
 use crate::resp::request::{Decoded, decode};
 use crate::resp::{Limits, Protocol};
 use crate::upstream::pool::Pool;

@@ -38,8 +38,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::command::Forward;
-use super::outbox::Outbox;
 use super::{Flow, Gone, Session};
+use crate::pubsub::Outbox;
 use crate::resp::{Command, Reply};
 use crate::upstream::pipeline::{Pipeline, Recipient, Sink, not_run_error};
 

@@ -43,10 +43,6 @@ impl Pool {
         }
     }
 
-    pub fn size(&self) -> usize {
-        self.resp2.len()
-    }
-
     /// A pooled link in `proto`: the next one in turn, (re)connected if need be.
     pub async fn pooled(&self, proto: Protocol) -> Result<Pipeline, UpstreamError> {
         let slots = match proto {

@@ -289,6 +289,35 @@ impl SidecarOptions {
     }
 }
 
+/// Overrides where [`sidecar_binary`] looks (any build of the sidecar).
+pub const SIDECAR_BIN_ENV: &str = "SWITCHBOARD_SIDECAR_BIN";
+
+/// The `switchboard-sidecar` binary cargo built for the running test or bench:
+/// `target/<profile>/switchboard-sidecar`, the parent of the `deps/` directory the test executable
+/// runs from (`SWITCHBOARD_SIDECAR_BIN` overrides it). Panics, naming the path, if it is not there.
+pub fn sidecar_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(SIDECAR_BIN_ENV) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the path of the running test executable");
+    let profile_dir = exe
+        .parent()
+        .filter(|d| d.ends_with("deps"))
+        .and_then(Path::parent)
+        .or_else(|| exe.parent())
+        .expect("the test executable has a directory");
+    let binary = profile_dir.join(format!(
+        "switchboard-sidecar{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    assert!(
+        binary.is_file(),
+        "no sidecar binary at {} (run the tests through `cargo test -p switchboard-sidecar`, which builds it, or set {SIDECAR_BIN_ENV})",
+        binary.display()
+    );
+    binary
+}
+
 /// The sidecar binary under test, listening on free loopback ports.
 pub struct Sidecar {
     pub addr: SocketAddr,
@@ -307,10 +336,7 @@ impl Sidecar {
         // Logs go to stdout or stderr depending on the subscriber; keep both, in order.
         let stderr = File::create(&stderr_path).expect("create the sidecar's stderr file");
         let stdout = stderr.try_clone().expect("clone the log file handle");
-        let binary = options
-            .binary
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard-sidecar")));
+        let binary = options.binary.clone().unwrap_or_else(sidecar_binary);
         let mut cmd = Command::new(binary);
         cmd.args([
             "--listen",

@@ -1,0 +1,933 @@
+//! The logic of one backplane shard, without I/O: frames and requests in, bytes to write and
+//! messages to deliver out. The driver (see the parent module) owns the sockets and the timers
+//! and feeds this machine; nothing here awaits, sleeps or reads the clock, so a test can play a
+//! whole outage frame by frame (see `tests`).
+//!
+//! It owns the subscription refcounts (which upstream subscriptions exist), the replies each
+//! link still owes, the outage buffer and its flush (held until the peers from before the outage
+//! are subscribed again on the same server, or the grace period ends), the heartbeats and the
+//! failover checks (`READONLY`, `ROLE`), and on shard 0 this sidecar's registry entry.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Request, Settings, Shared};
+use crate::pubsub::{Kind, Topic};
+use crate::relay::buffer::PublishBuffer;
+use crate::relay::fleet::Fleet;
+use crate::relay::registry::Registry;
+use crate::resp::{Command, ProtocolError, Value, value};
+
+/// Why the links must be dropped and rebuilt (the server was demoted, stopped answering...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lost(pub(crate) String);
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message that arrived on the subscriber link, for the local table. Its parts are slices of
+/// the frame it came in, not copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) kind: Kind,
+    /// The pattern that matched, for `pmessage`, without the channel prefix.
+    pub(crate) pattern: Option<Bytes>,
+    /// Without the channel prefix.
+    pub(crate) channel: Bytes,
+    pub(crate) payload: Bytes,
+    /// The frame as it arrived, when it is already what a RESP2 subscriber must receive (no
+    /// channel prefix to take off): delivered as is, without encoding it again.
+    pub(crate) resp2: Option<Bytes>,
+}
+
+impl Message {
+    /// The topic whose local subscribers receive it (the pattern itself for `pmessage`).
+    pub(crate) fn topic(&self) -> Topic {
+        match &self.pattern {
+            Some(p) => Topic::new(Kind::Pattern, p.clone()),
+            None => Topic::new(self.kind, self.channel.clone()),
+        }
+    }
+}
+
+/// What the machine needs from outside that is not a write on its own links.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A request for shard 0's task (shards other than 0).
+    Registry(Request),
+    /// A registry read from shard 0 for the peer check; answer with
+    /// [`Machine::peers_answered`] (shards other than 0).
+    PeerCheck,
+}
+
+/// Replies the subscriber link owes, in order: one per channel for (un)subscribes, one per PING.
+#[derive(Debug)]
+struct SubPending {
+    replies: usize,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+    heartbeat: bool,
+    /// The PING after the reconnect's resubscriptions: once answered, they are all in place.
+    restored: bool,
+}
+
+/// Replies the control link owes, in order.
+#[derive(Debug)]
+enum CtlPending {
+    Publish(Bytes),
+    Adjust(Option<oneshot::Sender<()>>),
+    Snapshot,
+    Touch,
+    /// The heartbeat of shards without the registry; behind Sentinel, also checks the server
+    /// is still the primary.
+    Role,
+    RefreshPeers,
+    PeerCheck,
+    ReadFleet(oneshot::Sender<Result<Fleet, String>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// The state of one connected pair of links.
+struct Live {
+    /// The server both links are on (its `run_id`).
+    server: Bytes,
+    sub_out: BytesMut,
+    sub_pending: VecDeque<SubPending>,
+    ctl_out: BytesMut,
+    ctl_pending: VecDeque<CtlPending>,
+    /// While set, publishes still go to the buffer: it is flushed once peers are back or at
+    /// this deadline.
+    flush_deadline: Option<Instant>,
+    next_peer_check: Option<Instant>,
+    /// A peer check is waiting for shard 0's answer (shards other than 0).
+    peer_check_asked: bool,
+    heartbeats_unanswered: usize,
+    heartbeat_deadline: Option<Instant>,
+}
+
+pub(crate) struct Machine {
+    /// Which shard this is; shard 0 keeps the registry.
+    shard: usize,
+    settings: Settings,
+    registry: Registry,
+    /// Behind Sentinel, the heartbeat also checks the server is still the primary.
+    sentinel: bool,
+    shared: Arc<Shared>,
+    /// Local subscribers per topic on this shard: drives upstream (un)subscribes.
+    refcounts: HashMap<Topic, i64>,
+    /// Upstream subscriptions last added to the gauge (every shard adds its own).
+    gauged: i64,
+    buffer: PublishBuffer,
+    /// Peers seen before the last outage; flushing waits for them to come back.
+    awaited_peers: HashSet<String>,
+    /// Shard 0: this sidecar's registry entry, local subscribers per topic of every shard.
+    registered: HashMap<Topic, i64>,
+    /// Shard 0: this sidecar's server marks in the registry (see `registry`), by shard.
+    marks: HashMap<usize, Bytes>,
+    live: Option<Live>,
+    outbound: Vec<Outbound>,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        shard: usize,
+        settings: Settings,
+        registry: Registry,
+        sentinel: bool,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let buffer = PublishBuffer::new(settings.buffer_bytes, settings.buffer_messages);
+        Machine {
+            shard,
+            settings,
+            registry,
+            sentinel,
+            shared,
+            refcounts: HashMap::new(),
+            gauged: 0,
+            buffer,
+            awaited_peers: HashSet::new(),
+            registered: HashMap::new(),
+            marks: HashMap::new(),
+            live: None,
+            outbound: Vec::new(),
+        }
+    }
+
+    fn keeps_registry(&self) -> bool {
+        self.shard == 0
+    }
+
+    /// Upstream subscriptions this shard holds (or will restore on reconnect).
+    pub(crate) fn subscriptions(&self) -> usize {
+        self.refcounts.len()
+    }
+
+    /// Publishes held until the backplane is back (and the peers are).
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Bytes to write on the subscriber link, taken (empty when there are none).
+    pub(crate) fn take_sub_writes(&mut self) -> BytesMut {
+        self.live
+            .as_mut()
+            .map(|l| l.sub_out.split())
+            .unwrap_or_default()
+    }
+
+    /// Bytes to write on the control link, taken (empty when there are none).
+    pub(crate) fn take_ctl_writes(&mut self) -> BytesMut {
+        self.live
+            .as_mut()
+            .map(|l| l.ctl_out.split())
+            .unwrap_or_default()
+    }
+
+    /// What must reach shard 0's task, taken.
+    pub(crate) fn take_outbound(&mut self) -> Vec<Outbound> {
+        std::mem::take(&mut self.outbound)
+    }
+
+    /// When the next peer check is due, if one is.
+    pub(crate) fn next_peer_check(&self) -> Option<Instant> {
+        self.live.as_ref().and_then(|l| l.next_peer_check)
+    }
+
+    /// Both links are open on `server`: re-establishes every subscription and this sidecar's
+    /// registry entry, and arranges the flush of what the outage buffered.
+    pub(crate) fn connected(&mut self, server: Bytes, now: Instant) {
+        let mut live = Live {
+            server,
+            sub_out: BytesMut::new(),
+            sub_pending: VecDeque::new(),
+            ctl_out: BytesMut::new(),
+            ctl_pending: VecDeque::new(),
+            flush_deadline: None,
+            next_peer_check: None,
+            peer_check_asked: false,
+            heartbeats_unanswered: 0,
+            heartbeat_deadline: None,
+        };
+        for kind in Kind::ALL {
+            let mut names: Vec<Bytes> = self
+                .refcounts
+                .keys()
+                .filter(|t| t.kind == kind)
+                .map(|t| t.name.clone())
+                .collect();
+            names.sort();
+            for chunk in names.chunks(1024) {
+                self.write_sub(&mut live, kind.subscribe_command(), chunk, None);
+            }
+        }
+        live.sub_out
+            .extend_from_slice(&crate::upstream::command(&["PING"]).raw);
+        live.sub_pending.push_back(SubPending {
+            replies: 1,
+            done: None,
+            heartbeat: false,
+            restored: true,
+        });
+        if self.keeps_registry() {
+            self.resnapshot_quietly(&mut live);
+        }
+        // Peers from before the outage may not be subscribed again yet (after a failover they
+        // all reconnect at once): hold even fresh publishes until they are, or they miss them.
+        if self.buffer.is_empty() && self.awaited_peers.is_empty() {
+            if self.keeps_registry() {
+                push_ctl(&mut live, &self.registry.read(), CtlPending::RefreshPeers);
+            }
+        } else {
+            live.flush_deadline = Some(now + self.settings.flush_grace);
+            live.next_peer_check = Some(now);
+        }
+        self.live = Some(live);
+        self.shared.set_connected(true);
+        self.update_gauges();
+    }
+
+    /// The links are gone: keeps what can be kept (publishes in flight go back in front of the
+    /// buffer, subscriptions stay counted for the reconnect) and answers what cannot wait.
+    pub(crate) fn disconnected(&mut self) {
+        let Some(live) = self.live.take() else {
+            return;
+        };
+        self.shared.set_connected(false);
+        let mut in_flight = Vec::new();
+        for pending in live.ctl_pending {
+            match pending {
+                CtlPending::Publish(raw) => in_flight.push(raw),
+                CtlPending::Adjust(Some(done)) => {
+                    let _ = done.send(());
+                }
+                CtlPending::ReadFleet(done) => {
+                    let _ = done.send(Err("the backplane connection was lost".into()));
+                }
+                CtlPending::Leave(done) => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+        if !in_flight.is_empty() {
+            tracing::info!(
+                publishes = in_flight.len(),
+                "re-queued publishes the backplane never acknowledged"
+            );
+        }
+        self.buffer.requeue_front(in_flight);
+        for pending in live.sub_pending {
+            if let Some(done) = pending.done {
+                // Recorded in the refcounts: the reconnect subscribes it.
+                let _ = done.send(Ok(()));
+            }
+        }
+        self.awaited_peers = self.shared.peers.read().expect("peers lock poisoned").ids();
+        // Not subscribed anywhere until the reconnect restores it.
+        if self.keeps_registry() {
+            self.marks.remove(&0);
+        } else {
+            self.outbound.push(Outbound::Registry(Request::Mark {
+                shard: self.shard,
+                server: None,
+            }));
+        }
+        self.shared
+            .metrics
+            .publishes_buffered
+            .set(self.buffer.len() as i64);
+    }
+
+    /// A request from the relay, connected or not.
+    pub(crate) fn request(&mut self, request: Request) {
+        match self.live.take() {
+            Some(mut live) => {
+                self.online(&mut live, request);
+                self.live = Some(live);
+            }
+            None => self.offline(request),
+        }
+        self.update_gauges();
+    }
+
+    /// A raw frame from the subscriber link. Messages, nearly all its traffic, are read in
+    /// place (slices of `frame`, nothing parsed into values); anything else goes to
+    /// [`Machine::sub_frame`].
+    pub(crate) fn sub_raw(&mut self, frame: Bytes) -> Result<Option<Message>, ProtocolError> {
+        let Some((kind, parts)) = split_message(&frame) else {
+            return Ok(self.sub_frame(value::parse(&frame)?));
+        };
+        let [first, second, third] = parts;
+        let (pattern, channel, payload) = if kind == Kind::Pattern {
+            let Some(pattern) = self.unprefixed(&first) else {
+                return Ok(None);
+            };
+            (Some(pattern), second, third)
+        } else {
+            (None, first, second)
+        };
+        let Some(channel) = self.unprefixed(&channel) else {
+            return Ok(None);
+        };
+        let resp2 = self.settings.channel_prefix.is_empty().then_some(frame);
+        Ok(Some(Message {
+            kind,
+            pattern,
+            channel,
+            payload,
+            resp2,
+        }))
+    }
+
+    /// A frame from the subscriber link: a message for the local table, or a reply it owed.
+    pub(crate) fn sub_frame(&mut self, frame: Value) -> Option<Message> {
+        let mut live = self.live.take()?;
+        let message = self.on_sub_frame(&mut live, frame);
+        self.live = Some(live);
+        message
+    }
+
+    /// A frame from the control link.
+    pub(crate) fn ctl_frame(&mut self, frame: Value, now: Instant) -> Result<(), Lost> {
+        let Some(mut live) = self.live.take() else {
+            return Ok(());
+        };
+        let result = self.on_ctl_frame(&mut live, frame, now);
+        self.live = Some(live);
+        result
+    }
+
+    /// The heartbeat tick: pings both links, renews the registry entry (shard 0) or checks the
+    /// server is still the primary (other shards). Lost if the last heartbeat went unanswered
+    /// for too long.
+    pub(crate) fn heartbeat(&mut self, now: Instant) -> Result<(), Lost> {
+        let limit = self.heartbeat_limit();
+        let registry = self.keeps_registry();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        if live.heartbeats_unanswered > 0 {
+            if live.heartbeat_deadline.is_some_and(|d| now >= d) {
+                return Err(Lost(format!("no heartbeat reply within {limit:?}")));
+            }
+            return Ok(());
+        }
+        live.heartbeats_unanswered = 2;
+        live.heartbeat_deadline = Some(now + limit);
+        live.sub_out
+            .extend_from_slice(&crate::upstream::command(&["PING"]).raw);
+        live.sub_pending.push_back(SubPending {
+            replies: 1,
+            done: None,
+            heartbeat: true,
+            restored: false,
+        });
+        if registry {
+            push_ctl(live, &self.registry.touch(), CtlPending::Touch);
+            push_ctl(live, &self.registry.read(), CtlPending::RefreshPeers);
+        } else {
+            push_ctl(live, &crate::upstream::command(&["ROLE"]), CtlPending::Role);
+        }
+        Ok(())
+    }
+
+    /// The peer check is due: asks for a registry read, on our own control link on shard 0,
+    /// else from shard 0's task.
+    pub(crate) fn peer_check_due(&mut self) {
+        let registry = self.keeps_registry();
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.next_peer_check = None;
+        if registry {
+            push_ctl(live, &self.registry.read(), CtlPending::PeerCheck);
+        } else if !live.peer_check_asked {
+            live.peer_check_asked = true;
+            self.outbound.push(Outbound::PeerCheck);
+        }
+    }
+
+    /// Shard 0's answer to [`Outbound::PeerCheck`] (`None`: it could not read the registry).
+    pub(crate) fn peers_answered(&mut self, fleet: Option<Fleet>, now: Instant) {
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        live.peer_check_asked = false;
+        self.peers_checked(&mut live, fleet, now);
+        self.live = Some(live);
+    }
+
+    /// Flushes once every awaited peer is subscribed again on this shard's server (or the
+    /// grace period is over); otherwise looks again shortly.
+    fn peers_checked(&mut self, live: &mut Live, fleet: Option<Fleet>, now: Instant) {
+        let fleet = fleet.unwrap_or_default();
+        let missing = fleet.not_back_on(&self.awaited_peers, self.shard, &live.server);
+        let expired = live.flush_deadline.is_some_and(|d| now >= d);
+        if missing.is_empty() || expired {
+            if !missing.is_empty() {
+                tracing::warn!(
+                    shard = self.shard,
+                    ?missing,
+                    "flushing buffered publishes although some sidecars have not re-registered (gone, or still reconnecting)"
+                );
+            }
+            self.flush(live);
+        } else {
+            live.next_peer_check = Some(now + Duration::from_millis(100));
+        }
+    }
+
+    fn heartbeat_limit(&self) -> Duration {
+        (self.settings.heartbeat * 2).max(Duration::from_secs(3))
+    }
+
+    fn heartbeat_answered(live: &mut Live) {
+        live.heartbeats_unanswered = live.heartbeats_unanswered.saturating_sub(1);
+        if live.heartbeats_unanswered == 0 {
+            live.heartbeat_deadline = None;
+        }
+    }
+
+    fn online(&mut self, live: &mut Live, request: Request) {
+        match request {
+            Request::Acquire { topics, done } => {
+                let fresh = self.count(&topics, 1);
+                if let Some(kind) = fresh.first().map(|t| t.kind) {
+                    let names: Vec<Bytes> = fresh.iter().map(|t| t.name.clone()).collect();
+                    self.write_sub(live, kind.subscribe_command(), &names, Some(done));
+                } else {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Request::Release { topics, done } => {
+                let gone = self.count(&topics, -1);
+                if let Some(kind) = gone.first().map(|t| t.kind) {
+                    let names: Vec<Bytes> = gone.iter().map(|t| t.name.clone()).collect();
+                    self.write_sub(live, kind.unsubscribe_command(), &names, None);
+                }
+                let _ = done.send(());
+            }
+            Request::Register { deltas, done } => {
+                self.register(&deltas);
+                push_ctl(
+                    live,
+                    &self.registry.adjust(deltas.iter().map(|(t, d)| (t, *d))),
+                    CtlPending::Adjust(Some(done)),
+                );
+            }
+            Request::Mark { shard, server } => {
+                let command = self.registry.mark(shard, server.as_ref());
+                match server {
+                    Some(s) => self.marks.insert(shard, s),
+                    None => self.marks.remove(&shard),
+                };
+                push_ctl(live, &command, CtlPending::Adjust(None));
+            }
+            Request::Publish {
+                kind,
+                channel,
+                payload,
+            } => {
+                if live.flush_deadline.is_some() {
+                    let command = self.publish_command(kind, &channel, &payload);
+                    self.hold(command);
+                } else {
+                    self.shared.metrics.publishes_sent.inc();
+                    // Kept until acknowledged, to resend if the link dies first.
+                    let raw = self.publish_command(kind, &channel, &payload);
+                    live.ctl_out.extend_from_slice(&raw);
+                    live.ctl_pending.push_back(CtlPending::Publish(raw));
+                }
+            }
+            Request::ReadFleet { done } => {
+                push_ctl(live, &self.registry.read(), CtlPending::ReadFleet(done))
+            }
+            Request::Leave { done } => {
+                push_ctl(live, &self.registry.leave(), CtlPending::Leave(done))
+            }
+        }
+    }
+
+    /// A request while disconnected: record it so the reconnect restores it.
+    fn offline(&mut self, request: Request) {
+        match request {
+            Request::Acquire { topics, done } => {
+                self.count(&topics, 1);
+                let _ = done.send(Ok(()));
+            }
+            Request::Release { topics, done } => {
+                self.count(&topics, -1);
+                let _ = done.send(());
+            }
+            Request::Register { deltas, done } => {
+                self.register(&deltas);
+                let _ = done.send(());
+            }
+            Request::Mark { shard, server } => {
+                match server {
+                    Some(s) => self.marks.insert(shard, s),
+                    None => self.marks.remove(&shard),
+                };
+            }
+            Request::Publish {
+                kind,
+                channel,
+                payload,
+            } => {
+                let command = self.publish_command(kind, &channel, &payload);
+                self.hold(command);
+            }
+            Request::ReadFleet { done } => {
+                let _ = done.send(Err("the backplane is unreachable".into()));
+            }
+            Request::Leave { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Applies `delta` to each topic's count; returns the topics whose upstream subscription
+    /// changes (first subscriber arrived, or last one left).
+    fn count(&mut self, topics: &[Topic], delta: i64) -> Vec<Topic> {
+        let mut changed = Vec::new();
+        for topic in topics {
+            let n = self.refcounts.entry(topic.clone()).or_insert(0);
+            *n += delta;
+            if (delta > 0 && *n == 1) || (delta < 0 && *n <= 0) {
+                changed.push(topic.clone());
+            }
+            if *n <= 0 {
+                self.refcounts.remove(topic);
+            }
+        }
+        changed
+    }
+
+    /// Applies count changes to this sidecar's registry entry (shard 0).
+    fn register(&mut self, deltas: &[(Topic, i64)]) {
+        for (topic, d) in deltas {
+            let n = self.registered.entry(topic.clone()).or_insert(0);
+            *n += d;
+            if *n <= 0 {
+                self.registered.remove(topic);
+            }
+        }
+    }
+
+    /// `PUBLISH <prefix><channel> <payload>`, encoded in one allocation: no argument vector,
+    /// no prefixed copy of the channel.
+    fn publish_command(&self, kind: Kind, channel: &[u8], payload: &[u8]) -> Bytes {
+        let verb: &[u8] = if kind == Kind::Shard {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
+        let prefix = &self.settings.channel_prefix[..];
+        let mut out = BytesMut::with_capacity(payload.len() + channel.len() + prefix.len() + 48);
+        let out = &mut out;
+        out.extend_from_slice(b"*3\r\n");
+        write_bulk_header(out, verb.len());
+        out.extend_from_slice(verb);
+        out.extend_from_slice(b"\r\n");
+        write_bulk_header(out, prefix.len() + channel.len());
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(channel);
+        out.extend_from_slice(b"\r\n");
+        write_bulk_header(out, payload.len());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        out.split().freeze()
+    }
+
+    /// Holds a publish for later; counts and logs it if the buffer is full.
+    fn hold(&mut self, raw: Bytes) {
+        if self.buffer.push(raw) {
+            self.shared
+                .metrics
+                .publishes_buffered
+                .set(self.buffer.len() as i64);
+            return;
+        }
+        self.shared.metrics.publishes_dropped.inc();
+        let dropped = self.shared.metrics.publishes_dropped.get();
+        if dropped == 1 || dropped.is_multiple_of(1000) {
+            tracing::error!(
+                buffered = self.buffer.len(),
+                buffered_bytes = self.buffer.bytes(),
+                dropped_total = dropped,
+                "publish buffer full while the backplane is unreachable: dropping publishes (raise --publish-buffer-bytes / --publish-buffer-messages)"
+            );
+        }
+    }
+
+    fn prefixed(&self, name: &[u8]) -> Bytes {
+        if self.settings.channel_prefix.is_empty() {
+            return Bytes::copy_from_slice(name);
+        }
+        let mut v = self.settings.channel_prefix.to_vec();
+        v.extend_from_slice(name);
+        v.into()
+    }
+
+    fn unprefixed(&self, name: &Bytes) -> Option<Bytes> {
+        name.starts_with(&self.settings.channel_prefix)
+            .then(|| name.slice(self.settings.channel_prefix.len()..))
+    }
+
+    fn write_sub(
+        &self,
+        live: &mut Live,
+        verb: &str,
+        names: &[Bytes],
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
+        let mut args = vec![Bytes::copy_from_slice(verb.as_bytes())];
+        args.extend(names.iter().map(|n| self.prefixed(n)));
+        live.sub_out
+            .extend_from_slice(&Command::from_args(args).raw);
+        live.sub_pending.push_back(SubPending {
+            replies: names.len(),
+            done,
+            heartbeat: false,
+            restored: false,
+        });
+    }
+
+    fn on_sub_frame(&mut self, live: &mut Live, frame: Value) -> Option<Message> {
+        let items = match frame {
+            Value::Array(items) | Value::Push(items) => items,
+            Value::Simple(s) if &s[..] == b"PONG" => {
+                self.sub_answered(live, Ok(()));
+                return None;
+            }
+            Value::Error(e) => {
+                self.sub_answered(live, Err(String::from_utf8_lossy(&e).into_owned()));
+                return None;
+            }
+            _ => return None,
+        };
+        let word = items.first().and_then(Value::as_bytes).map(|b| &b[..]);
+        let bytes = |i: usize| items.get(i).and_then(Value::as_bytes);
+        match word {
+            Some(b"message" | b"smessage") => {
+                let kind = if word == Some(b"message") {
+                    Kind::Channel
+                } else {
+                    Kind::Shard
+                };
+                let channel = bytes(1).and_then(|c| self.unprefixed(c))?;
+                Some(Message {
+                    kind,
+                    pattern: None,
+                    channel,
+                    payload: bytes(2)?.clone(),
+                    resp2: None,
+                })
+            }
+            Some(b"pmessage") => Some(Message {
+                kind: Kind::Pattern,
+                pattern: Some(bytes(1).and_then(|p| self.unprefixed(p))?),
+                channel: bytes(2).and_then(|c| self.unprefixed(c))?,
+                payload: bytes(3)?.clone(),
+                resp2: None,
+            }),
+            Some(
+                b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+                | b"sunsubscribe" | b"pong",
+            ) => {
+                self.sub_answered(live, Ok(()));
+                None
+            }
+            _ => {
+                tracing::debug!(
+                    ?items,
+                    "ignoring an unexpected frame on the subscriber link"
+                );
+                None
+            }
+        }
+    }
+
+    fn sub_answered(&mut self, live: &mut Live, result: Result<(), String>) {
+        let Some(front) = live.sub_pending.front_mut() else {
+            return;
+        };
+        if result.is_ok() && front.replies > 1 {
+            front.replies -= 1;
+            return;
+        }
+        let done = live.sub_pending.pop_front().expect("front exists");
+        if done.heartbeat {
+            Self::heartbeat_answered(live);
+        }
+        if done.restored {
+            // Every resubscription before this PING is in place: tell the fleet.
+            let server = Some(live.server.clone());
+            if self.keeps_registry() {
+                self.online(live, Request::Mark { shard: 0, server });
+            } else {
+                self.outbound.push(Outbound::Registry(Request::Mark {
+                    shard: self.shard,
+                    server,
+                }));
+            }
+        }
+        if let Err(e) = &result {
+            // The relay releases what it acquired, so counts stay truthful.
+            tracing::warn!(shard = self.shard, error = %e, "the backplane refused a subscription command");
+        }
+        if let Some(tx) = done.done {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn on_ctl_frame(&mut self, live: &mut Live, frame: Value, now: Instant) -> Result<(), Lost> {
+        let refused = match &frame {
+            Value::Error(e) => Some(String::from_utf8_lossy(e).into_owned()),
+            _ => None,
+        };
+        if let Some(e) = refused.as_deref().filter(|e| e.starts_with("READONLY")) {
+            // This server was demoted (a failover it was not told to announce by closing our
+            // links): it would accept publishes and deliver them to no one. Re-resolve.
+            return Err(Lost(format!("the backplane became a replica: {e}")));
+        }
+        let Some(pending) = live.ctl_pending.pop_front() else {
+            return Ok(());
+        };
+        match pending {
+            CtlPending::Publish(_) => {
+                if let Some(e) = refused {
+                    tracing::warn!(error = %e, "the backplane refused a publish");
+                }
+            }
+            CtlPending::Adjust(done) => {
+                if frame == Value::Integer(0) {
+                    self.resnapshot(live);
+                } else if let Some(e) = refused {
+                    tracing::warn!(error = %e, "the backplane refused a registry update");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            CtlPending::Snapshot => {
+                if let Some(e) = refused {
+                    tracing::error!(error = %e, "cannot write this sidecar's registry entry; fleet-wide PUBSUB counts will be wrong (does the backplane allow EVAL?)");
+                }
+            }
+            CtlPending::Touch => {
+                Self::heartbeat_answered(live);
+                if frame == Value::Integer(0) {
+                    self.resnapshot(live);
+                }
+            }
+            CtlPending::Role => {
+                Self::heartbeat_answered(live);
+                let role = frame
+                    .as_elements()
+                    .and_then(|r| r.first()?.as_bytes().cloned());
+                if self.sentinel && role.as_deref() != Some(b"master") {
+                    return Err(Lost(format!(
+                        "the backplane is no longer the primary (ROLE: {frame:?})"
+                    )));
+                }
+            }
+            CtlPending::RefreshPeers => {
+                self.remember(&frame);
+            }
+            CtlPending::PeerCheck => {
+                let fleet = self.remember(&frame);
+                self.peers_checked(live, fleet, now);
+            }
+            CtlPending::ReadFleet(done) => {
+                let fleet = self
+                    .remember(&frame)
+                    .ok_or_else(|| refused.unwrap_or_else(|| "unexpected registry reply".into()));
+                let _ = done.send(fleet);
+            }
+            CtlPending::Leave(done) => {
+                let _ = done.send(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Caches a registry read (without this sidecar) and returns it.
+    fn remember(&mut self, frame: &Value) -> Option<Fleet> {
+        let mut fleet = Fleet::from_registry(frame)?;
+        fleet.peers.remove(self.registry.id());
+        *self
+            .shared
+            .peer_totals
+            .write()
+            .expect("peers lock poisoned") = fleet.totals();
+        *self.shared.peers.write().expect("peers lock poisoned") = fleet.clone();
+        Some(fleet)
+    }
+
+    fn resnapshot(&self, live: &mut Live) {
+        tracing::info!(
+            "this sidecar's registry entry was gone (backplane restarted or entry expired); rewriting it"
+        );
+        self.resnapshot_quietly(live);
+    }
+
+    fn resnapshot_quietly(&self, live: &mut Live) {
+        let snapshot = self.registry.snapshot(
+            self.registered.iter().map(|(t, n)| (t, *n)),
+            self.marks.iter().map(|(s, m)| (*s, m)),
+        );
+        push_ctl(live, &snapshot, CtlPending::Snapshot);
+    }
+
+    fn flush(&mut self, live: &mut Live) {
+        live.flush_deadline = None;
+        live.next_peer_check = None;
+        let n = self.buffer.len();
+        for raw in self.buffer.drain() {
+            live.ctl_out.extend_from_slice(&raw);
+            live.ctl_pending.push_back(CtlPending::Publish(raw));
+        }
+        self.shared.metrics.publishes_sent.inc_by(n as u64);
+        self.shared.metrics.publishes_buffered.set(0);
+        if n > 0 {
+            tracing::info!(
+                publishes = n,
+                "flushed the publishes held during the outage"
+            );
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        let now = self.refcounts.len() as i64;
+        self.shared
+            .metrics
+            .upstream_subscriptions
+            .inc_by(now - self.gauged);
+        self.gauged = now;
+    }
+}
+
+fn push_ctl(live: &mut Live, command: &Command, pending: CtlPending) {
+    live.ctl_out.extend_from_slice(&command.raw);
+    live.ctl_pending.push_back(pending);
+}
+
+/// `$<len>\r\n`, without going through `format!`.
+fn write_bulk_header(out: &mut BytesMut, len: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(b"$");
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Recognises `message`, `smessage` and `pmessage` frames (RESP2 arrays of bulk strings, which a
+/// frame reader has already checked whole) and slices out their parts: channel, payload and an
+/// empty slice, or for `pmessage` pattern, channel and payload. `None` for any other frame.
+fn split_message(frame: &Bytes) -> Option<(Kind, [Bytes; 3])> {
+    const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
+    const SMESSAGE: &[u8] = b"*3\r\n$8\r\nsmessage\r\n";
+    const PMESSAGE: &[u8] = b"*4\r\n$8\r\npmessage\r\n";
+    let (kind, mut at, count) = if frame.starts_with(MESSAGE) {
+        (Kind::Channel, MESSAGE.len(), 2)
+    } else if frame.starts_with(SMESSAGE) {
+        (Kind::Shard, SMESSAGE.len(), 2)
+    } else if frame.starts_with(PMESSAGE) {
+        (Kind::Pattern, PMESSAGE.len(), 3)
+    } else {
+        return None;
+    };
+    let mut parts: [Bytes; 3] = Default::default();
+    for part in parts.iter_mut().take(count) {
+        let rest = frame.get(at..)?;
+        let header = rest.strip_prefix(b"$")?;
+        let digits = header.iter().position(|&b| b == b'\r')?;
+        let len: usize = std::str::from_utf8(&header[..digits]).ok()?.parse().ok()?;
+        let start = at + 1 + digits + 2;
+        let end = start.checked_add(len)?;
+        if frame.get(end..end + 2)? != b"\r\n" {
+            return None;
+        }
+        *part = frame.slice(start..end);
+        at = end + 2;
+    }
+    (at == frame.len()).then_some((kind, parts))
+}

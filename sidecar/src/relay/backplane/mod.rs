@@ -1,0 +1,489 @@
+//! The sidecar's two links to one backplane shard, owned by one task per shard (so one shard's
+//! outage stalls no other):
+//!
+//! - the **subscriber link** holds ONE upstream subscription per topic that any local
+//!   connection wants (subscribed when the first local subscriber arrives, unsubscribed when the
+//!   last leaves) and hands every message to the local [`Table`];
+//! - the **control link** carries publishes (pipelined, in order) and, on shard 0 only, the fleet
+//!   registry: this sidecar's entry (its local counts and, per shard, the server its
+//!   subscriptions are on) and the reads of everyone's. Other shards ask shard 0's task.
+//!
+//! When either link fails, both are dropped and rebuilt with jittered exponential backoff.
+//! Meanwhile local connections notice nothing: subscriptions are recorded and restored on
+//! reconnect, publishes are held in a bounded [`PublishBuffer`], and publishes that were in
+//! flight when the link died are put back in front of them. After reconnecting, the buffer is
+//! flushed only once every sidecar that was alive before the outage has resubscribed on the same
+//! server (or `--flush-grace-ms` passed), so the other pods are subscribed again when the
+//! messages arrive; publishes made meanwhile wait behind them.
+//!
+//! The logic lives in [`machine`], which does no I/O; this module is its driver: it opens the
+//! links, reads frames and requests into the machine, writes what the machine queued, delivers
+//! the messages it returns to the local table, and runs the timers.
+
+mod machine;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+
+use self::machine::{Lost, Machine, Message, Outbound};
+use super::fleet::Fleet;
+use super::registry::Registry;
+use super::table::{Delivery, Table};
+use crate::metrics::Metrics;
+use crate::pubsub::{Kind, Topic};
+use crate::resp::Protocol;
+use crate::upstream::{Endpoint, FrameReader, UpstreamError};
+
+/// What the relay asks of the backplane task.
+#[derive(Debug)]
+pub enum Request {
+    /// Local connections now want these topics (one more subscriber each); answered once the
+    /// upstream subscription is confirmed.
+    Acquire {
+        topics: Vec<Topic>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// One subscriber fewer for each topic.
+    Release {
+        topics: Vec<Topic>,
+        done: oneshot::Sender<()>,
+    },
+    /// Shard 0: changes this sidecar's counts in the registry; answered once written.
+    Register {
+        deltas: Vec<(Topic, i64)>,
+        done: oneshot::Sender<()>,
+    },
+    /// Shard 0: shard `shard`'s subscriptions are in place on server `server` (`None`: they
+    /// are not, the shard is reconnecting).
+    Mark { shard: usize, server: Option<Bytes> },
+    Publish {
+        kind: Kind,
+        channel: Bytes,
+        payload: Bytes,
+    },
+    /// A fresh read of the fleet registry (for `PUBSUB` counts).
+    ReadFleet {
+        done: oneshot::Sender<Result<Fleet, String>>,
+    },
+    /// Graceful shutdown: leave the registry.
+    Leave { done: oneshot::Sender<()> },
+}
+
+/// Timing and limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub channel_prefix: Bytes,
+    pub heartbeat: Duration,
+    pub flush_grace: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub buffer_bytes: usize,
+    pub buffer_messages: usize,
+    pub max_bulk: usize,
+}
+
+/// State shared with the relay and the health endpoint.
+pub struct Shared {
+    pub table: Arc<Table>,
+    /// The last registry read, without this sidecar (its own counts are always local).
+    pub peers: RwLock<Fleet>,
+    /// `peers` summed, for PUBLISH's reply.
+    pub peer_totals: RwLock<super::fleet::Totals>,
+    /// Shards connected right now, out of `shards`.
+    connected: AtomicUsize,
+    shards: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Ready once every one of `shards` backplane shards is connected (embedded: 0 shards,
+    /// ready from the start).
+    pub fn new(shards: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Shared {
+            table: Arc::new(Table::default()),
+            peers: Default::default(),
+            peer_totals: Default::default(),
+            connected: AtomicUsize::new(0),
+            shards,
+            metrics,
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) == self.shards
+    }
+
+    pub(crate) fn set_connected(&self, up: bool) {
+        if up {
+            self.connected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.metrics
+            .upstream_connected
+            .set(i64::from(self.is_ready()));
+    }
+}
+
+/// Most subscriber-link frames handled in one go before the task looks at its other inputs.
+const SUB_BURST: usize = 256;
+
+/// How long a lost connection's subscriber link is still read for messages already sent.
+const LOSS_DRAIN: Duration = Duration::from_millis(100);
+
+/// The task of one shard: drives its [`Machine`] with the links' frames, the relay's requests
+/// and the timers.
+pub struct Backplane {
+    endpoint: Endpoint,
+    shard: usize,
+    settings: Settings,
+    /// For the links' client names.
+    sidecar_id: String,
+    requests: mpsc::Receiver<Request>,
+    /// Shard 0's requests, for the other shards (weak, so the relay's drop still ends shard 0).
+    registry_shard: Option<mpsc::WeakSender<Request>>,
+    shared: Arc<Shared>,
+    machine: Machine,
+}
+
+/// The sockets of a connected pair of links.
+struct Links {
+    sub_in: FrameReader<OwnedReadHalf>,
+    sub_out: OwnedWriteHalf,
+    ctl_in: FrameReader<OwnedReadHalf>,
+    ctl_out: OwnedWriteHalf,
+    /// A registry read asked of shard 0 for a peer check (shards other than 0).
+    peer_check_reply: Option<oneshot::Receiver<Result<Fleet, String>>>,
+}
+
+/// Why the task stopped serving one connection.
+enum Stop {
+    Lost(String),
+    Shutdown,
+}
+
+impl From<UpstreamError> for Stop {
+    fn from(e: UpstreamError) -> Self {
+        Stop::Lost(e.to_string())
+    }
+}
+
+impl From<Lost> for Stop {
+    fn from(e: Lost) -> Self {
+        Stop::Lost(e.0)
+    }
+}
+
+impl Backplane {
+    /// The task for shard `shard`; `registry_shard` reaches shard 0 (`None` for shard 0).
+    pub fn new(
+        endpoint: Endpoint,
+        shard: usize,
+        settings: Settings,
+        registry: Registry,
+        requests: mpsc::Receiver<Request>,
+        registry_shard: Option<mpsc::WeakSender<Request>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let machine = Machine::new(
+            shard,
+            settings.clone(),
+            registry.clone(),
+            endpoint.is_sentinel(),
+            shared.clone(),
+        );
+        Backplane {
+            endpoint,
+            shard,
+            settings,
+            sidecar_id: registry.id().to_owned(),
+            requests,
+            registry_shard,
+            shared,
+            machine,
+        }
+    }
+
+    /// Runs until the relay is dropped.
+    pub async fn run(mut self) {
+        let mut first = true;
+        loop {
+            let Some((server, mut links)) = self.reconnect(first).await else {
+                return;
+            };
+            first = false;
+            self.machine.connected(server, Instant::now());
+            let stop = self.serve(&mut links).await;
+            if matches!(stop, Stop::Lost(_)) {
+                self.drain_messages(&mut links).await;
+            }
+            self.machine.disconnected();
+            self.send_outbound(&mut links);
+            match stop {
+                Stop::Shutdown => return,
+                Stop::Lost(e) => {
+                    self.shared.metrics.upstream_reconnects.inc();
+                    tracing::warn!(
+                        shard = self.shard,
+                        endpoint = %self.endpoint,
+                        error = %e,
+                        buffered = self.machine.buffered(),
+                        "lost the backplane; local connections stay open, publishes are buffered until it is back"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Connects both links, retrying with jittered exponential backoff while answering requests
+    /// offline. `None` when the relay is gone.
+    async fn reconnect(&mut self, first: bool) -> Option<(Bytes, Links)> {
+        let mut delay = self.settings.reconnect_min;
+        let mut attempt: u64 = 0;
+        loop {
+            match self.connect().await {
+                Ok(connected) => {
+                    tracing::info!(
+                        shard = self.shard,
+                        endpoint = %self.endpoint,
+                        attempts = attempt + 1,
+                        subscriptions = self.machine.subscriptions(),
+                        buffered = self.machine.buffered(),
+                        "connected to the backplane"
+                    );
+                    return Some(connected);
+                }
+                Err(e) => {
+                    attempt += 1;
+                    if attempt == 1 && first {
+                        tracing::warn!(shard = self.shard, endpoint = %self.endpoint, error = %e, "cannot reach the backplane yet; retrying (the sidecar is not ready until it connects)");
+                    } else if attempt.is_multiple_of(10) {
+                        tracing::warn!(shard = self.shard, endpoint = %self.endpoint, error = %e, attempt, "still cannot reach the backplane");
+                    } else {
+                        tracing::debug!(endpoint = %self.endpoint, error = %e, attempt, "reconnect failed");
+                    }
+                }
+            }
+            let wait = rand::rng().random_range(delay / 2..=delay);
+            delay = (delay * 2).min(self.settings.reconnect_max);
+            let until = Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = sleep_until(until) => break,
+                    request = self.requests.recv() => match request {
+                        Some(r) => {
+                            self.machine.request(r);
+                            self.forward_to_registry_shard();
+                        }
+                        None => return None,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(Bytes, Links), UpstreamError> {
+        let name = |role: &str| {
+            let id: String = self
+                .sidecar_id
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+                .collect();
+            format!("switchboard-{role}:{id}")
+        };
+        // Resolved once, so both links are on the same primary even mid-failover.
+        let addr = self.endpoint.resolve().await?;
+        let sub = self
+            .endpoint
+            .connect_to(&addr, Protocol::Resp2, Some(&name("sub")))
+            .await?;
+        let mut ctl = self
+            .endpoint
+            .connect_to(&addr, Protocol::Resp2, Some(&name("ctl")))
+            .await?;
+        let server = ctl.server_id().await?;
+        tracing::debug!(endpoint = %self.endpoint, %addr, server = %String::from_utf8_lossy(&server), "backplane links open");
+        let (mut sub_in, sub_out) = sub.into_parts();
+        let (ctl_in, ctl_out) = ctl.into_parts();
+        // Messages are as large as anything a client may publish, and no larger.
+        sub_in.set_limits(crate::resp::Limits::for_upstream(
+            self.settings.max_bulk + 4096,
+        ));
+        Ok((
+            server,
+            Links {
+                sub_in,
+                sub_out,
+                ctl_in,
+                ctl_out,
+                peer_check_reply: None,
+            },
+        ))
+    }
+
+    async fn serve(&mut self, links: &mut Links) -> Stop {
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.tick().await;
+        loop {
+            self.send_outbound(links);
+            if let Err(e) = self.write_out(links).await {
+                return e.into();
+            }
+            let peer_check = self.machine.next_peer_check();
+            let step: Result<(), Stop> = tokio::select! {
+                frame = links.sub_in.next_frame() => match frame {
+                    Ok(frame) => self.on_sub_frames(links, frame),
+                    Err(e) => Err(e.into()),
+                },
+                frame = links.ctl_in.next_value() => match frame {
+                    Ok(v) => self.machine.ctl_frame(v, Instant::now()).map_err(Stop::from),
+                    Err(e) => Err(e.into()),
+                },
+                request = self.requests.recv() => match request {
+                    Some(r) => {
+                        self.machine.request(r);
+                        // Batch whatever else is queued into the same write.
+                        while let Ok(r) = self.requests.try_recv() {
+                            self.machine.request(r);
+                        }
+                        Ok(())
+                    }
+                    None => Err(Stop::Shutdown),
+                },
+                _ = heartbeat.tick() => self.machine.heartbeat(Instant::now()).map_err(Stop::from),
+                _ = sleep_until(peer_check.unwrap_or_else(Instant::now)), if peer_check.is_some() => {
+                    self.machine.peer_check_due();
+                    Ok(())
+                }
+                fleet = async { links.peer_check_reply.as_mut().expect("guarded").await }, if links.peer_check_reply.is_some() => {
+                    links.peer_check_reply = None;
+                    self.machine.peers_answered(fleet.ok().and_then(Result::ok), Instant::now());
+                    Ok(())
+                }
+            };
+            if let Err(stop) = step {
+                if matches!(stop, Stop::Shutdown) {
+                    let _ = self.write_out(links).await;
+                }
+                return stop;
+            }
+        }
+    }
+
+    /// Handles `frame` and every further frame already read (up to [`SUB_BURST`]), so a burst
+    /// of messages costs one trip through the task's `select!`, not one per message.
+    fn on_sub_frames(&mut self, links: &mut Links, first: Bytes) -> Result<(), Stop> {
+        let mut frame = Some(first);
+        let mut handled = 0;
+        while let Some(f) = frame.take() {
+            let message = self.machine.sub_raw(f).map_err(|e| Stop::Lost(e.0))?;
+            if let Some(m) = message {
+                self.deliver(m);
+            }
+            handled += 1;
+            if handled == SUB_BURST {
+                break;
+            }
+            // Polled once: a frame already buffered (or readable without waiting), else done.
+            match links.sub_in.next_frame().now_or_never() {
+                Some(Ok(next)) => frame = Some(next),
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The control link failed first, but messages may have reached the subscriber link
+    /// before the server went away (a server that shuts down delivers, replies, then closes
+    /// both links): deliver them rather than drop them with the link. Bounded by
+    /// [`LOSS_DRAIN`], for a server that hangs instead of closing.
+    async fn drain_messages(&mut self, links: &mut Links) {
+        let until = Instant::now() + LOSS_DRAIN;
+        while let Ok(Ok(frame)) = tokio::time::timeout_at(until, links.sub_in.next_frame()).await {
+            if let Ok(Some(m)) = self.machine.sub_raw(frame) {
+                self.deliver(m);
+            }
+        }
+    }
+
+    /// Hands a message from the backplane to the local subscribers of its topic.
+    fn deliver(&self, m: Message) {
+        let delivery = Delivery::new(m.kind, m.pattern.as_deref(), &m.channel, &m.payload)
+            .with_resp2(m.resp2.clone());
+        let done = self.shared.table.deliver(&m.topic(), &delivery);
+        let metrics = &self.shared.metrics;
+        metrics.messages_received.inc();
+        metrics.messages_delivered.inc_by(done.queued as u64);
+    }
+
+    /// Passes on what the machine asked of shard 0's task.
+    fn send_outbound(&mut self, links: &mut Links) {
+        for outbound in self.machine.take_outbound() {
+            match outbound {
+                Outbound::Registry(request) => self.to_registry_shard(request),
+                Outbound::PeerCheck => {
+                    let (tx, rx) = oneshot::channel();
+                    self.to_registry_shard(Request::ReadFleet { done: tx });
+                    links.peer_check_reply = Some(rx);
+                }
+            }
+        }
+    }
+
+    /// While disconnected only marks can be outbound; they go at once.
+    fn forward_to_registry_shard(&mut self) {
+        for outbound in self.machine.take_outbound() {
+            if let Outbound::Registry(request) = outbound {
+                self.to_registry_shard(request);
+            }
+        }
+    }
+
+    /// Sends to shard 0 without waiting (shards other than 0).
+    fn to_registry_shard(&self, request: Request) {
+        if let Some(tx) = self.registry_shard.as_ref().and_then(|w| w.upgrade()) {
+            let _ = tx.try_send(request);
+        }
+    }
+
+    /// Writes what the machine queued. Bounded in time, so a backplane that stops reading is
+    /// detected like one that stops answering.
+    async fn write_out(&mut self, links: &mut Links) -> Result<(), UpstreamError> {
+        let limit = self.settings.heartbeat * 3;
+        let sub = self.machine.take_sub_writes();
+        let ctl = self.machine.take_ctl_writes();
+        write_within(limit, &mut links.sub_out, &sub).await?;
+        write_within(limit, &mut links.ctl_out, &ctl).await
+    }
+}
+
+async fn write_within(
+    limit: Duration,
+    out: &mut OwnedWriteHalf,
+    bytes: &BytesMut,
+) -> Result<(), UpstreamError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(limit, out.write_all(bytes))
+        .await
+        .map_err(|_| {
+            UpstreamError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the backplane stopped reading",
+            ))
+        })?
+        .map_err(UpstreamError::from)
+}

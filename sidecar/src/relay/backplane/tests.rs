@@ -1,0 +1,641 @@
+//! The backplane's state machine, frame by frame: what it writes for each request, what it owes
+//! and answers for each reply, and what survives a lost connection. No sockets, no clock: every
+//! instant is passed in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::machine::{Lost, Machine, Message, Outbound};
+use super::{Request, Settings, Shared};
+use crate::metrics::Metrics;
+use crate::pubsub::{Kind, Topic};
+use crate::relay::registry::Registry;
+use crate::resp::request::{Decoded, decode};
+use crate::resp::{Limits, Value};
+
+const PREFIX: &str = "app:";
+const GRACE: Duration = Duration::from_secs(2);
+
+fn settings(buffer_messages: usize) -> Settings {
+    Settings {
+        channel_prefix: Bytes::from_static(PREFIX.as_bytes()),
+        heartbeat: Duration::from_secs(1),
+        flush_grace: GRACE,
+        reconnect_min: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(100),
+        buffer_bytes: 1 << 20,
+        buffer_messages,
+        max_bulk: 1 << 20,
+    }
+}
+
+fn machine(shard: usize, sentinel: bool, buffer_messages: usize) -> (Machine, Arc<Shared>) {
+    let shared = Shared::new(1, Arc::new(Metrics::default()));
+    let registry = Registry::new(PREFIX, "me", 10_000);
+    let m = Machine::new(
+        shard,
+        settings(buffer_messages),
+        registry,
+        sentinel,
+        shared.clone(),
+    );
+    (m, shared)
+}
+
+/// The commands in written bytes, as text: `["SUBSCRIBE", "app:a"]`. EVAL scripts are shown by
+/// what they do (`EVAL:<first line of the script>`), so tests read like the registry's names.
+fn commands(mut bytes: BytesMut) -> Vec<Vec<String>> {
+    let limits = Limits::for_upstream(1 << 20);
+    let mut out = Vec::new();
+    loop {
+        match decode(&mut bytes, &limits, true).expect("the machine writes valid RESP") {
+            Decoded::Command(c) => out.push(
+                c.args
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+            ),
+            Decoded::Skipped => {}
+            Decoded::Incomplete { .. } => {
+                assert!(bytes.is_empty(), "a partial command was written");
+                return out;
+            }
+        }
+    }
+}
+
+/// The verbs written, registry scripts named by their key operation.
+fn verbs(bytes: BytesMut) -> Vec<String> {
+    commands(bytes)
+        .into_iter()
+        .map(|c| {
+            if c[0] != "EVAL" {
+                return c[0].clone();
+            }
+            let script = &c[1];
+            let name = [
+                ("redis.call('DEL', KEYS[1])\nredis.call('HSET'", "SNAPSHOT"),
+                ("HINCRBY", "ADJUST"),
+                ("ZRANGE", "READ"),
+                ("ZREM', KEYS[2]", "LEAVE"),
+                ("ARGV[3] == ''", "MARK"),
+                ("PEXPIRE', KEYS[1], ARGV[2]) == 0", "TOUCH"),
+            ]
+            .iter()
+            .find(|(needle, _)| script.contains(needle))
+            .map_or("EVAL?", |(_, name)| name);
+            name.to_owned()
+        })
+        .collect()
+}
+
+fn bulk(s: &str) -> Value {
+    Value::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn confirm(word: &str, channel: &str, count: i64) -> Value {
+    Value::Array(vec![bulk(word), bulk(channel), Value::Integer(count)])
+}
+
+fn pong() -> Value {
+    Value::Simple(Bytes::from_static(b"PONG"))
+}
+
+/// A registry read: each peer with its server mark for shard 0.
+fn registry_read(peers: &[(&str, &str)]) -> Value {
+    Value::Array(
+        peers
+            .iter()
+            .flat_map(|(id, server)| {
+                [
+                    bulk(id),
+                    Value::Array(vec![bulk("alive"), bulk("1"), bulk("up:0"), bulk(server)]),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn topics(kind: Kind, names: &[&str]) -> Vec<Topic> {
+    names
+        .iter()
+        .map(|n| Topic::new(kind, Bytes::copy_from_slice(n.as_bytes())))
+        .collect()
+}
+
+fn acquire(m: &mut Machine, names: &[&str]) -> oneshot::Receiver<Result<(), String>> {
+    let (done, rx) = oneshot::channel();
+    m.request(Request::Acquire {
+        topics: topics(Kind::Channel, names),
+        done,
+    });
+    rx
+}
+
+fn release(m: &mut Machine, names: &[&str]) {
+    let (done, _) = oneshot::channel();
+    m.request(Request::Release {
+        topics: topics(Kind::Channel, names),
+        done,
+    });
+}
+
+fn publish(m: &mut Machine, channel: &str, payload: &str) {
+    m.request(Request::Publish {
+        kind: Kind::Channel,
+        channel: Bytes::copy_from_slice(channel.as_bytes()),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    });
+}
+
+/// Connects shard 0 and answers everything the restore asked (resubscriptions, the PING, the
+/// snapshot, the registry read, the mark), as a healthy server would; `peers` is the registry.
+fn connect_settled(m: &mut Machine, server: &str, peers: &[(&str, &str)], now: Instant) {
+    m.connected(Bytes::copy_from_slice(server.as_bytes()), now);
+    for command in commands(m.take_sub_writes()) {
+        match command[0].as_str() {
+            "PING" => assert_eq!(m.sub_frame(pong()), None),
+            verb => {
+                for name in &command[1..] {
+                    m.sub_frame(confirm(&verb.to_ascii_lowercase(), name, 1));
+                }
+            }
+        }
+    }
+    answer_ctl(m, peers, now);
+}
+
+/// Answers every control command written so far (publishes with 1, registry scripts with 1,
+/// reads with `peers`); returns the verbs answered.
+fn answer_ctl(m: &mut Machine, peers: &[(&str, &str)], now: Instant) -> Vec<String> {
+    let mut answered = Vec::new();
+    loop {
+        let verbs = verbs(m.take_ctl_writes());
+        if verbs.is_empty() {
+            return answered;
+        }
+        for verb in verbs {
+            let reply = if verb == "READ" {
+                registry_read(peers)
+            } else {
+                Value::Integer(1)
+            };
+            m.ctl_frame(reply, now).expect("a healthy reply");
+            answered.push(verb);
+        }
+    }
+}
+
+fn published(bytes: BytesMut) -> Vec<String> {
+    commands(bytes)
+        .into_iter()
+        .filter(|c| c[0] == "PUBLISH")
+        .map(|c| format!("{} {}", c[1], c[2]))
+        .collect()
+}
+
+#[test]
+fn a_subscribe_is_answered_only_once_the_backplane_confirms_every_channel() {
+    let (mut m, _) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    let mut done = acquire(&mut m, &["a", "b"]);
+    assert_eq!(
+        commands(m.take_sub_writes()),
+        vec![vec!["SUBSCRIBE", "app:a", "app:b"]],
+        "one upstream command, channels prefixed"
+    );
+    m.sub_frame(confirm("subscribe", "app:a", 1));
+    assert!(done.try_recv().is_err(), "one of two confirmations");
+    m.sub_frame(confirm("subscribe", "app:b", 2));
+    assert_eq!(done.try_recv(), Ok(Ok(())));
+
+    // A second local subscriber costs the backplane nothing; the last one leaving unsubscribes.
+    let mut again = acquire(&mut m, &["a"]);
+    assert!(m.take_sub_writes().is_empty());
+    assert_eq!(again.try_recv(), Ok(Ok(())));
+    release(&mut m, &["a"]);
+    assert!(m.take_sub_writes().is_empty(), "one subscriber is left");
+    release(&mut m, &["a"]);
+    assert_eq!(
+        commands(m.take_sub_writes()),
+        vec![vec!["UNSUBSCRIBE", "app:a"]]
+    );
+    assert_eq!(m.subscriptions(), 1);
+}
+
+#[test]
+fn a_refused_subscribe_is_reported_to_the_waiting_client() {
+    let (mut m, _) = machine(0, false, 100);
+    connect_settled(&mut m, "run-1", &[], Instant::now());
+    let mut done = acquire(&mut m, &["a"]);
+    m.take_sub_writes();
+    m.sub_frame(Value::Error(Bytes::from_static(
+        b"NOPERM no channel for you",
+    )));
+    assert_eq!(
+        done.try_recv(),
+        Ok(Err("NOPERM no channel for you".to_owned()))
+    );
+}
+
+#[test]
+fn a_failover_mid_subscribe_resubscribes_on_the_new_primary() {
+    let (mut m, shared) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    assert!(shared.is_ready());
+    let mut done = acquire(&mut m, &["room"]);
+    assert_eq!(verbs(m.take_sub_writes()), vec!["SUBSCRIBE"]);
+
+    // The primary dies before confirming.
+    m.disconnected();
+    assert!(!shared.is_ready());
+    assert_eq!(
+        done.try_recv(),
+        Ok(Ok(())),
+        "recorded: the reconnect subscribes it, the client need not wait for the outage"
+    );
+
+    // The new primary gets the subscription back, then the PING that proves it is in place.
+    m.connected(Bytes::from_static(b"run-2"), now);
+    assert!(shared.is_ready());
+    assert_eq!(
+        commands(m.take_sub_writes()),
+        vec![vec!["SUBSCRIBE", "app:room"], vec!["PING"]]
+    );
+    m.sub_frame(confirm("subscribe", "app:room", 1));
+    assert!(m.take_ctl_writes().iter().count() > 0, "the snapshot");
+    m.sub_frame(pong());
+    let ctl = commands(m.take_ctl_writes());
+    let mark = ctl.last().expect("a mark once restored");
+    assert_eq!(mark[mark.len() - 2..], ["up:0", "run-2"], "marked on run-2");
+}
+
+#[test]
+fn a_reply_after_a_disconnect_answers_nothing_and_waiters_are_told() {
+    let (mut m, _) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    let (done, mut fleet) = oneshot::channel();
+    m.request(Request::ReadFleet { done });
+    let (done, mut left) = oneshot::channel();
+    m.request(Request::Leave { done });
+    assert_eq!(verbs(m.take_ctl_writes()), vec!["READ", "LEAVE"]);
+
+    m.disconnected();
+    assert_eq!(
+        fleet.try_recv().expect("answered").map(|_| ()),
+        Err("the backplane connection was lost".to_owned())
+    );
+    assert_eq!(left.try_recv(), Ok(()));
+
+    // The dead link's late replies reach no one (and break nothing).
+    assert_eq!(m.ctl_frame(registry_read(&[("x", "run-1")]), now), Ok(()));
+    assert_eq!(m.sub_frame(confirm("subscribe", "app:a", 1)), None);
+
+    // Offline requests are answered at once.
+    let (done, mut fleet) = oneshot::channel();
+    m.request(Request::ReadFleet { done });
+    assert!(fleet.try_recv().expect("answered").is_err());
+
+    // On the new link, replies match the new link's requests only.
+    m.connected(Bytes::from_static(b"run-2"), now);
+    assert_eq!(
+        verbs(m.take_ctl_writes()),
+        vec!["SNAPSHOT", "READ"],
+        "a fresh entry and a fresh read, nothing left over"
+    );
+}
+
+#[test]
+fn an_outage_buffers_publishes_up_to_the_limit_and_flushes_them_in_order() {
+    let (mut m, shared) = machine(0, false, 4);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    publish(&mut m, "a", "1");
+    assert_eq!(published(m.take_ctl_writes()), vec!["app:a 1"]);
+    // Sent, never acknowledged: goes back in front.
+    m.disconnected();
+    publish(&mut m, "a", "2");
+    publish(&mut m, "a", "3");
+    assert_eq!(m.buffered(), 3);
+
+    m.connected(Bytes::from_static(b"run-2"), now);
+    assert!(
+        published(m.take_ctl_writes()).is_empty(),
+        "held until the peers are checked"
+    );
+    assert_eq!(m.next_peer_check(), Some(now));
+    publish(&mut m, "a", "4");
+    assert_eq!(m.buffered(), 4, "fresh publishes wait behind the buffer");
+    publish(&mut m, "a", "5");
+    assert_eq!(m.buffered(), 4, "over the limit");
+    assert_eq!(
+        shared.metrics.publishes_dropped.get(),
+        1,
+        "counted, not lost silently"
+    );
+    m.peer_check_due();
+    assert_eq!(verbs(m.take_ctl_writes()), vec!["READ"]);
+    m.ctl_frame(Value::Integer(1), now).unwrap(); // the snapshot
+    m.ctl_frame(registry_read(&[]), now).unwrap();
+    assert_eq!(
+        published(m.take_ctl_writes()),
+        vec!["app:a 1", "app:a 2", "app:a 3", "app:a 4"]
+    );
+    assert_eq!(m.buffered(), 0);
+    publish(&mut m, "a", "6");
+    assert_eq!(
+        published(m.take_ctl_writes()),
+        vec!["app:a 6"],
+        "no longer held"
+    );
+}
+
+#[test]
+fn the_flush_waits_for_peers_to_resubscribe_on_the_same_server() {
+    let (mut m, _) = machine(0, false, 100);
+    let t0 = Instant::now();
+    connect_settled(&mut m, "run-1", &[("peer-b", "run-1")], t0);
+    m.disconnected();
+    publish(&mut m, "a", "held");
+
+    // A failover: the new primary inherited peer-b's entry, mark and all, by replication.
+    m.connected(Bytes::from_static(b"run-2"), t0);
+    m.take_ctl_writes();
+    m.peer_check_due();
+    assert_eq!(verbs(m.take_ctl_writes()), vec!["READ"]);
+    answer_ctl_pending_snapshot(&mut m, t0);
+    m.ctl_frame(registry_read(&[("peer-b", "run-1")]), t0)
+        .unwrap();
+    assert!(
+        published(m.take_ctl_writes()).is_empty(),
+        "peer-b is not back"
+    );
+    let next = m.next_peer_check().expect("looks again");
+    assert_eq!(next, t0 + Duration::from_millis(100));
+
+    m.peer_check_due();
+    m.take_ctl_writes();
+    m.ctl_frame(registry_read(&[("peer-b", "run-2")]), next)
+        .unwrap();
+    assert_eq!(published(m.take_ctl_writes()), vec!["app:a held"]);
+}
+
+/// Answers the snapshot and registry read a reconnect wrote before the peer check's read.
+fn answer_ctl_pending_snapshot(m: &mut Machine, now: Instant) {
+    m.ctl_frame(Value::Integer(1), now).unwrap();
+}
+
+#[test]
+fn the_flush_goes_ahead_when_the_grace_period_ends() {
+    let (mut m, _) = machine(0, false, 100);
+    let t0 = Instant::now();
+    connect_settled(&mut m, "run-1", &[("gone-for-good", "run-1")], t0);
+    m.disconnected();
+    publish(&mut m, "a", "held");
+    m.connected(Bytes::from_static(b"run-1"), t0);
+    m.take_ctl_writes();
+    answer_ctl_pending_snapshot(&mut m, t0);
+    m.peer_check_due();
+    m.take_ctl_writes();
+    m.ctl_frame(registry_read(&[]), t0 + GRACE).unwrap();
+    assert_eq!(
+        published(m.take_ctl_writes()),
+        vec!["app:a held"],
+        "a peer that never comes back delays the flush by the grace period, no more"
+    );
+}
+
+#[test]
+fn a_readonly_reply_means_the_server_was_demoted() {
+    let (mut m, _) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    publish(&mut m, "a", "1");
+    let lost = m.ctl_frame(
+        Value::Error(Bytes::from_static(
+            b"READONLY You can't write against a read only replica.",
+        )),
+        now,
+    );
+    assert!(matches!(lost, Err(Lost(e)) if e.contains("replica")));
+    m.disconnected();
+    assert_eq!(
+        m.buffered(),
+        1,
+        "the refused publish is resent on the new primary"
+    );
+}
+
+#[test]
+fn behind_sentinel_the_heartbeat_checks_the_server_is_still_the_primary() {
+    for (sentinel, role, lost) in [
+        (true, "slave", true),
+        (true, "master", false),
+        (false, "slave", false),
+    ] {
+        let (mut m, _) = machine(1, sentinel, 100);
+        let now = Instant::now();
+        m.connected(Bytes::from_static(b"run-1"), now);
+        m.take_sub_writes();
+        m.heartbeat(now).unwrap();
+        assert_eq!(verbs(m.take_ctl_writes()), vec!["ROLE"]);
+        let reply = Value::Array(vec![bulk(role), bulk("127.0.0.1"), Value::Integer(6379)]);
+        assert_eq!(
+            m.ctl_frame(reply, now).is_err(),
+            lost,
+            "sentinel={sentinel} role={role}"
+        );
+    }
+}
+
+#[test]
+fn a_heartbeat_unanswered_for_too_long_loses_the_link() {
+    let (mut m, _) = machine(0, false, 100);
+    let t0 = Instant::now();
+    connect_settled(&mut m, "run-1", &[], t0);
+    m.heartbeat(t0).unwrap();
+    assert_eq!(verbs(m.take_sub_writes()), vec!["PING"]);
+    assert_eq!(verbs(m.take_ctl_writes()), vec!["TOUCH", "READ"]);
+    m.heartbeat(t0 + Duration::from_secs(1)).unwrap();
+    assert!(
+        m.take_sub_writes().is_empty(),
+        "one heartbeat in flight at a time"
+    );
+    assert!(
+        m.heartbeat(t0 + Duration::from_secs(3)).is_err(),
+        "3 s is the floor"
+    );
+
+    // Answered in time, the next tick starts a new round.
+    let (mut m, _) = machine(0, false, 100);
+    connect_settled(&mut m, "run-1", &[], t0);
+    m.heartbeat(t0).unwrap();
+    m.take_sub_writes();
+    m.sub_frame(pong());
+    answer_ctl(&mut m, &[], t0);
+    m.heartbeat(t0 + Duration::from_secs(5)).unwrap();
+    assert_eq!(verbs(m.take_sub_writes()), vec!["PING"]);
+}
+
+#[test]
+fn a_lost_registry_entry_is_rewritten_whole() {
+    let (mut m, _) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    let (done, mut registered) = oneshot::channel();
+    m.request(Request::Register {
+        deltas: vec![(topics(Kind::Channel, &["a"])[0].clone(), 1)],
+        done,
+    });
+    assert_eq!(verbs(m.take_ctl_writes()), vec!["ADJUST"]);
+    m.ctl_frame(Value::Integer(0), now).unwrap();
+    assert_eq!(registered.try_recv(), Ok(()));
+    let snapshot = commands(m.take_ctl_writes());
+    assert_eq!(verbs_of(&snapshot), vec!["EVAL"]);
+    let args = &snapshot[0];
+    assert!(
+        args.windows(2).any(|w| w == ["c:a", "1"]),
+        "the snapshot carries the count: {args:?}"
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["up:0", "run-1"]),
+        "and the mark: {args:?}"
+    );
+}
+
+fn verbs_of(commands: &[Vec<String>]) -> Vec<&str> {
+    commands.iter().map(|c| c[0].as_str()).collect()
+}
+
+#[test]
+fn other_shards_mark_and_check_peers_through_shard_0() {
+    let (mut m, _) = machine(1, false, 100);
+    let now = Instant::now();
+    m.connected(Bytes::from_static(b"run-9"), now);
+    assert!(
+        m.take_ctl_writes().is_empty(),
+        "no registry on this shard's links"
+    );
+    m.take_sub_writes();
+    m.sub_frame(pong());
+    let marks = m.take_outbound();
+    assert!(
+        matches!(&marks[..], [Outbound::Registry(Request::Mark { shard: 1, server: Some(s) })] if s == "run-9"),
+        "{marks:?}"
+    );
+    m.disconnected();
+    assert!(matches!(
+        &m.take_outbound()[..],
+        [Outbound::Registry(Request::Mark {
+            shard: 1,
+            server: None
+        })]
+    ));
+    publish(&mut m, "a", "held");
+    m.connected(Bytes::from_static(b"run-9"), now);
+    m.peer_check_due();
+    m.peer_check_due();
+    assert!(
+        matches!(&m.take_outbound()[..], [Outbound::PeerCheck]),
+        "one read in flight at a time"
+    );
+    m.peers_answered(None, now + GRACE);
+    assert_eq!(published(m.take_ctl_writes()), vec!["app:a held"]);
+}
+
+#[test]
+fn messages_are_unprefixed_and_other_clusters_ignored() {
+    let (mut m, _) = machine(0, false, 100);
+    connect_settled(&mut m, "run-1", &[], Instant::now());
+    let frame = |items: &[&str]| Value::Array(items.iter().map(|s| bulk(s)).collect());
+    assert_eq!(
+        m.sub_frame(frame(&["message", "app:room", "hi"])),
+        Some(Message {
+            kind: Kind::Channel,
+            pattern: None,
+            channel: Bytes::from_static(b"room"),
+            payload: Bytes::from_static(b"hi"),
+            resp2: None,
+        })
+    );
+    let p = m
+        .sub_frame(frame(&["pmessage", "app:r*", "app:room", "hi"]))
+        .expect("a pattern message");
+    assert_eq!(p.topic(), topics(Kind::Pattern, &["r*"])[0]);
+    assert_eq!(
+        m.sub_frame(frame(&["smessage", "app:s", "x"]))
+            .map(|m| m.kind),
+        Some(Kind::Shard)
+    );
+    assert_eq!(
+        m.sub_frame(frame(&["message", "other:room", "hi"])),
+        None,
+        "another prefix is another cluster"
+    );
+}
+
+#[test]
+fn raw_messages_are_read_in_place_and_passed_on_as_they_came() {
+    let (mut m, _) = machine(0, false, 100);
+    connect_settled(&mut m, "run-1", &[], Instant::now());
+    let raw = Bytes::from_static(b"*3\r\n$7\r\nmessage\r\n$8\r\napp:room\r\n$2\r\nhi\r\n");
+    let got = m.sub_raw(raw.clone()).unwrap().expect("a message");
+    assert_eq!(
+        (got.channel, got.payload),
+        (Bytes::from_static(b"room"), Bytes::from_static(b"hi"))
+    );
+    assert_eq!(
+        got.resp2, None,
+        "with a prefix the frame must be encoded again"
+    );
+
+    let raw =
+        Bytes::from_static(b"*4\r\n$8\r\npmessage\r\n$5\r\napp:r\r\n$8\r\napp:room\r\n$0\r\n\r\n");
+    let got = m.sub_raw(raw).unwrap().expect("a pattern message");
+    assert_eq!(got.pattern, Some(Bytes::from_static(b"r")));
+    assert_eq!(got.payload, Bytes::new());
+    assert_eq!(
+        m.sub_raw(Bytes::from_static(
+            b"*3\r\n$7\r\nmessage\r\n$4\r\nroom\r\n$1\r\nx\r\n"
+        ))
+        .unwrap(),
+        None,
+        "not this cluster's prefix"
+    );
+    // Anything else is parsed and matched against what the link owes.
+    let mut done = acquire(&mut m, &["a"]);
+    m.take_sub_writes();
+    m.sub_raw(Bytes::from_static(
+        b"*3\r\n$9\r\nsubscribe\r\n$5\r\napp:a\r\n:1\r\n",
+    ))
+    .unwrap();
+    assert_eq!(done.try_recv(), Ok(Ok(())));
+
+    // Without a prefix a RESP2 subscriber gets the very bytes Redis sent.
+    let shared = Shared::new(1, Arc::new(Metrics::default()));
+    let mut plain = Machine::new(
+        0,
+        Settings {
+            channel_prefix: Bytes::new(),
+            ..settings(100)
+        },
+        Registry::new("", "me", 10_000),
+        false,
+        shared,
+    );
+    plain.connected(Bytes::from_static(b"run-1"), Instant::now());
+    let raw = Bytes::from_static(b"*3\r\n$8\r\nsmessage\r\n$1\r\ns\r\n$3\r\nabc\r\n");
+    let got = plain
+        .sub_raw(raw.clone())
+        .unwrap()
+        .expect("a shard message");
+    assert_eq!(got.kind, Kind::Shard);
+    assert_eq!(got.resp2, Some(raw));
+}

@@ -985,10 +985,10 @@ fn lost_link_answers_every_command_in_flight() {
     assert_eq!(pooled.call("SET ot:k v\r\n"), b"+OK\r\n");
     blocked.send("BLPOP ot:never 0\r\nSET ot:behind 1\r\nGET ot:behind\r\n");
     wait_for_info(redis.addr(), "clients", "blocked_clients", "1");
-    // Pooled commands held up behind a script that keeps Redis busy.
-    let mut busy = redis.admin();
-    busy.send("EVAL \"local t = redis.call('TIME') while true do local n = redis.call('TIME') if n[1] - t[1] >= 30 then break end end\" 0\r\n");
-    // Redis is busy; the sidecar's writes of these reach its socket but get no answer.
+    // Pooled commands held up: once CLIENT PAUSE has answered, Redis postpones every other
+    // client's commands (the sidecar's writes reach its socket and get no answer).
+    let mut pauser = redis.admin();
+    assert_eq!(pauser.call("CLIENT PAUSE 30000\r\n"), b"+OK\r\n");
     pooled.send("GET ot:k\r\nINCR ot:n\r\nGET ot:k\r\n");
     let pid = redis.pid();
     // Let the sidecar take the three commands before the kill: it has, once it reads them and

@@ -191,6 +191,10 @@ impl Pipeline {
                     break Some(UpstreamError::Io(e).to_string());
                 }
                 out.clear();
+                // One large value must not pin its size on the link for good.
+                if out.capacity() > 1 << 20 {
+                    out.shrink_to(16 * 1024);
+                }
             };
             if let Some(why) = why {
                 writing.lose(&why);

@@ -74,7 +74,7 @@ impl Endpoint {
         }
     }
 
-    /// Resolves and connects: each client's pass-through link.
+    /// Resolves and connects: each pass-through link (pooled or dedicated).
     pub async fn connect(
         &self,
         proto: Protocol,
@@ -201,7 +201,7 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
     }
 }
 
-/// One request/response connection: the handshake and each client's pass-through link.
+/// One request/response connection: the handshake; pass-through links are [`pipeline`]s built on one.
 pub struct Link {
     reader: FrameReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,

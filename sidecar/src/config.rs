@@ -88,6 +88,18 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_ARGS", default_value_t = 1 << 20)]
     pub max_args: usize,
 
+    /// Pooled pass-through links per protocol (RESP2 and RESP3 apart) to the backplane's first
+    /// shard, shared by every local connection for commands that hold no connection state
+    /// (1 to 256). Transactions, WATCH, blocking commands, another database or user take a
+    /// dedicated link for as long as that state lasts.
+    #[arg(long, env = "SWITCHBOARD_PASSTHROUGH_POOL_SIZE", default_value_t = 4)]
+    pub passthrough_pool_size: usize,
+
+    /// Pass-through commands one local connection may have unanswered; beyond it the sidecar
+    /// stops reading from that connection until replies arrive (1 to 65536).
+    #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = 128)]
+    pub max_in_flight: usize,
+
     /// Most local connections at once; further ones are told so and closed.
     #[arg(long, env = "SWITCHBOARD_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,
@@ -195,6 +207,18 @@ impl Config {
                 self.max_bulk_bytes
             ));
         }
+        if !(1..=256).contains(&self.passthrough_pool_size) {
+            return Err(format!(
+                "--passthrough-pool-size (SWITCHBOARD_PASSTHROUGH_POOL_SIZE) must be 1 to 256, not {}",
+                self.passthrough_pool_size
+            ));
+        }
+        if !(1..=65536).contains(&self.max_in_flight) {
+            return Err(format!(
+                "--max-in-flight (SWITCHBOARD_MAX_IN_FLIGHT) must be 1 to 65536, not {}",
+                self.max_in_flight
+            ));
+        }
         let given = !self.upstreams.is_empty();
         // Any run of whitespace separates URLs: several spaces, or the newline a Secret's value
         // often ends with (`echo url > file`), must not become part of a URL.
@@ -272,5 +296,33 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("name the master"), "{err}");
+    }
+
+    #[test]
+    fn passthrough_limits_are_checked() {
+        let config = Config::parse_from_env_and_args([
+            "switchboard-sidecar",
+            "--passthrough-pool-size=2",
+            "--max-in-flight=16",
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.passthrough_pool_size, config.max_in_flight),
+            (2, 16)
+        );
+        for (flag, env) in [
+            (
+                "--passthrough-pool-size=0",
+                "SWITCHBOARD_PASSTHROUGH_POOL_SIZE",
+            ),
+            (
+                "--passthrough-pool-size=1000",
+                "SWITCHBOARD_PASSTHROUGH_POOL_SIZE",
+            ),
+            ("--max-in-flight=0", "SWITCHBOARD_MAX_IN_FLIGHT"),
+        ] {
+            let err = Config::parse_from_env_and_args(["switchboard-sidecar", flag]).unwrap_err();
+            assert!(err.contains(env), "{flag}: {err}");
+        }
     }
 }

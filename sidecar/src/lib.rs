@@ -49,7 +49,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         .collect::<Result<Vec<_>, upstream::EndpointError>>()
         .map_err(std::io::Error::other)?;
     // Pass-through commands (keys, transactions) all go to shard 0: they are not sharded.
-    let upstream = shards.first().cloned();
+    let pool = shards.first().cloned().map(|endpoint| {
+        Arc::new(upstream::pool::Pool::new(
+            endpoint,
+            config.passthrough_pool_size,
+            metrics.clone(),
+        ))
+    });
+    // Both kinds show from the start, at 0.
+    let _ = metrics.upstream_links(metrics::LinkKind::Pool);
+    let _ = metrics.upstream_links(metrics::LinkKind::Dedicated);
     let relay = Arc::new(if shards.is_empty() {
         Relay::embedded(metrics.clone())
     } else {
@@ -74,7 +83,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
     }
     let ctx = Arc::new(Context {
         relay: relay.clone(),
-        upstream,
+        pool,
+        max_in_flight: config.max_in_flight,
         password: config.password.clone(),
         channel_prefix: Bytes::from(config.channel_prefix.clone()),
         limits: Limits {

@@ -3,6 +3,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -23,9 +24,34 @@ pub struct Metrics {
     pub messages_dropped_slow_client: Counter,
     pub commands_forwarded: Counter,
     pub protocol_errors: Counter,
+    /// Pass-through links open to the backplane, by kind (`pool`, `dedicated`).
+    pub upstream_connections: Family<Vec<(String, String)>, Gauge>,
+}
+
+/// What a pass-through link is for: shared by every client, or lent to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    Pool,
+    Dedicated,
+}
+
+impl LinkKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            LinkKind::Pool => "pool",
+            LinkKind::Dedicated => "dedicated",
+        }
+    }
 }
 
 impl Metrics {
+    /// The gauge of open pass-through links of one kind.
+    pub fn upstream_links(&self, kind: LinkKind) -> Gauge {
+        self.upstream_connections
+            .get_or_create(&vec![("kind".to_owned(), kind.label().to_owned())])
+            .clone()
+    }
+
     /// Encodes every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("switchboard_sidecar");
@@ -104,6 +130,11 @@ impl Metrics {
             "protocol_errors",
             "Connections closed for malformed or oversized input",
             m.protocol_errors.clone(),
+        );
+        r.register(
+            "upstream_connections",
+            "Pass-through connections open to the backplane, by kind: pool (shared by every client) or dedicated (lent to one client for a transaction, WATCH, a blocking command, another database or user)",
+            m.upstream_connections.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

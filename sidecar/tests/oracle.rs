@@ -686,6 +686,484 @@ fn passthrough_key_commands_resp3() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Pass-through classes: pooled commands pipelined across clients, and each kind of connection
+// state that takes a dedicated link (see `session::passthrough`).
+
+/// Polls the real Redis (behind both runs) until `field:value` shows in `INFO <section>`: how a
+/// scenario knows a command is blocked there before it wakes it, on either side.
+fn wait_for_info(redis: std::net::SocketAddr, section: &str, field: &str, value: &str) {
+    let mut admin = support::RawClient::connect(redis, "info-poll");
+    let want = format!("\r\n{field}:{value}\r\n");
+    support::wait_for(
+        &format!("{field}:{value} in INFO {section}"),
+        Duration::from_secs(10),
+        || String::from_utf8_lossy(&admin.call(format!("INFO {section}\r\n"))).contains(&want),
+    );
+}
+
+/// Several clients each pipeline a burst of commands in one write before anyone reads: every
+/// client gets its own replies, in its own order, in its own protocol, byte for byte.
+fn pooled_pipelines_from_many_clients(resp3: bool) {
+    Oracle::start().compare(|ep, t| {
+        let mut clients: Vec<Conn> = (0..6)
+            .map(|i| connect(ep, t, &format!("c{i}"), resp3))
+            .collect();
+        let bursts: Vec<(String, usize)> = (0..clients.len())
+            .map(|i| {
+                let mut burst = String::new();
+                for j in 0..40 {
+                    burst += &format!("INCR ot:pc:{i}\r\nSET ot:pv:{i}:{j} v{j}\r\nGET ot:pv:{i}:{j}\r\n");
+                }
+                burst += &format!("HSET ot:ph:{i} a 1 b 2\r\nHGETALL ot:ph:{i}\r\nLPUSH ot:pl:{i} x y\r\nLRANGE ot:pl:{i} 0 -1\r\nGET ot:missing\r\nINCR ot:pv:{i}:0\r\nZADD ot:pz:{i} 1.5 m\r\nZSCORE ot:pz:{i} m\r\n");
+                (burst, 40 * 3 + 8)
+            })
+            .collect();
+        for (c, (burst, _)) in clients.iter_mut().zip(&bursts) {
+            c.send(burst);
+        }
+        for (c, (burst, n)) in clients.iter_mut().zip(&bursts) {
+            let label = format!("{}> burst of {n}", c.name);
+            let _ = burst;
+            for frame in c.raw.read_frames(*n) {
+                t.record(label.clone(), frame);
+            }
+        }
+        // A client that switches protocol between pipelines gets each reply in the protocol it
+        // asked for when it sent the command.
+        let mut s = ep.connect("switcher");
+        s.run_n(t, "HSET ot:sw f v\r\nHGETALL ot:sw\r\n", 2);
+        s.run_norm(t, "HELLO 3\r\n", 1, norm::hello);
+        s.run_n(t, "HGETALL ot:sw\r\nZADD ot:swz 2 a\r\nZSCORE ot:swz a\r\nGET ot:none\r\n", 4);
+        s.run_norm(t, "HELLO 2\r\n", 1, norm::hello);
+        s.run_n(t, "HGETALL ot:sw\r\nZSCORE ot:swz a\r\nGET ot:none\r\n", 3);
+        // Local and pass-through commands interleaved in one pipeline stay in order.
+        s.run_n(
+            t,
+            "SET ot:mix 1\r\nPING\r\nINCR ot:mix\r\nECHO e\r\nGET ot:mix\r\nCLIENT GETNAME\r\nDEL ot:mix\r\n",
+            7,
+        );
+    });
+}
+
+#[test]
+fn pooled_pipelines_from_many_clients_resp2() {
+    pooled_pipelines_from_many_clients(false);
+}
+
+#[test]
+fn pooled_pipelines_from_many_clients_resp3() {
+    pooled_pipelines_from_many_clients(true);
+}
+
+/// Transactions and WATCH, pipelined and not, with another client writing in between.
+fn transactions_and_watch(resp3: bool) {
+    Oracle::start().compare(|ep, t| {
+        let mut c = connect(ep, t, "c", resp3);
+        let mut o = connect(ep, t, "other", resp3);
+        // A transaction in one write, and one spread over round trips with another client's
+        // write in the middle (which a transaction does not see until EXEC).
+        c.run_n(
+            t,
+            "MULTI\r\nSET ot:t 1\r\nINCR ot:t\r\nGET ot:t\r\nEXEC\r\n",
+            5,
+        );
+        c.run(t, "MULTI\r\n");
+        c.run(t, "INCR ot:t\r\n");
+        o.run(t, "SET ot:t 10\r\n");
+        c.run(t, "GET ot:t\r\n");
+        c.run(t, "EXEC\r\n");
+        c.run(t, "MULTI\r\n");
+        c.run(t, "MULTI\r\n");
+        c.run(t, "SET ot:t 0\r\n");
+        c.run(t, "DISCARD\r\n");
+        c.run(t, "GET ot:t\r\n");
+        c.run(t, "DISCARD\r\n");
+        c.run(t, "EXEC\r\n");
+        // WATCH: a conflicting write from another client aborts; no conflict commits.
+        c.run(t, "WATCH ot:w1 ot:w2\r\n");
+        o.run(t, "SET ot:w2 other\r\n");
+        c.run_n(t, "MULTI\r\nSET ot:w1 mine\r\nEXEC\r\n", 3);
+        c.run(t, "GET ot:w1\r\n");
+        c.run(t, "WATCH ot:w1\r\n");
+        c.run_n(t, "MULTI\r\nSET ot:w1 mine\r\nEXEC\r\n", 3);
+        c.run(t, "GET ot:w1\r\n");
+        // UNWATCH drops the watch: a later write no longer aborts.
+        c.run(t, "WATCH ot:w1\r\n");
+        c.run(t, "UNWATCH\r\n");
+        o.run(t, "SET ot:w1 theirs\r\n");
+        c.run_n(t, "MULTI\r\nGET ot:w1\r\nEXEC\r\n", 3);
+        // WATCH inside MULTI is an error, the transaction goes on.
+        c.run_n(t, "MULTI\r\nWATCH ot:w1\r\nPING\r\nEXEC\r\n", 4);
+        // A queued command with the wrong arity aborts EXEC.
+        c.run_n(t, "MULTI\r\nINCR\r\nEXEC\r\nPING\r\n", 4);
+    });
+}
+
+#[test]
+fn transactions_and_watch_resp2() {
+    transactions_and_watch(false);
+}
+
+#[test]
+fn transactions_and_watch_resp3() {
+    transactions_and_watch(true);
+}
+
+/// Blocking commands wait on a link of their own: woken by another client's write, with the
+/// commands pipelined behind them run only after they return, and nobody else held up meanwhile.
+fn blocking_commands(resp3: bool) {
+    let oracle = Oracle::start();
+    let redis = oracle.redis.addr();
+    oracle.compare(|ep, t| {
+        let mut c = connect(ep, t, "blocked", resp3);
+        let mut o = connect(ep, t, "other", resp3);
+        c.send("BLPOP ot:bq 10\r\nSET ot:after-blpop 1\r\n");
+        wait_for_info(redis, "clients", "blocked_clients", "1");
+        // Others go on meanwhile, and the SET behind the BLPOP has not run.
+        o.run(t, "GET ot:after-blpop\r\n");
+        o.run(t, "PING\r\n");
+        o.run(t, "RPUSH ot:bq woken\r\n");
+        c.expect(t, "BLPOP woken, then the SET behind it", 2);
+        o.run(t, "GET ot:after-blpop\r\n");
+        // XREAD BLOCK, woken by XADD.
+        o.run(t, "XADD ot:bs 1-1 f v\r\n");
+        c.send("XREAD BLOCK 10000 STREAMS ot:bs $\r\n");
+        wait_for_info(redis, "clients", "blocked_clients", "1");
+        o.run(t, "XADD ot:bs 2-1 g w\r\n");
+        c.expect(t, "XREAD woken", 1);
+        // BLMOVE and BZPOPMIN that find data at once, and one that times out.
+        o.run(t, "RPUSH ot:bm a b\r\n");
+        c.run(t, "BLMOVE ot:bm ot:bm2 LEFT RIGHT 1\r\n");
+        o.run(t, "ZADD ot:bz 1 m\r\n");
+        c.run(t, "BZPOPMIN ot:bz 1\r\n");
+        c.run(t, "BRPOP ot:nothing 0.05\r\n");
+        // XREAD without BLOCK is an ordinary pooled read; then the client is back on the pool.
+        c.run(t, "XREAD COUNT 10 STREAMS ot:bs 0\r\n");
+        c.run_n(t, "GET ot:after-blpop\r\nLRANGE ot:bm2 0 -1\r\n", 2);
+        // WAIT with no replicas answers 0 at once.
+        c.run(t, "WAIT 0 0\r\n");
+    });
+}
+
+#[test]
+fn blocking_commands_resp2() {
+    blocking_commands(false);
+}
+
+#[test]
+fn blocking_commands_resp3() {
+    blocking_commands(true);
+}
+
+/// SELECT of another database holds a link on that database until SELECT 0.
+fn select_another_database(resp3: bool) {
+    Oracle::start().compare(|ep, t| {
+        let mut c = connect(ep, t, "c", resp3);
+        let mut o = connect(ep, t, "other", resp3);
+        c.run(t, "SET ot:db here-is-0\r\n");
+        c.run(t, "SELECT 1\r\n");
+        c.run(t, "GET ot:db\r\n");
+        c.run_n(t, "SET ot:db here-is-1\r\nGET ot:db\r\nDBSIZE\r\n", 3);
+        o.run(t, "GET ot:db\r\n");
+        c.run_norm(t, "CLIENT INFO\r\n", 1, client_info_db);
+        c.run(t, "SELECT 16\r\n");
+        c.run(t, "GET ot:db\r\n");
+        c.run(t, "SELECT 0\r\n");
+        c.run(t, "GET ot:db\r\n");
+        c.run(t, "SELECT 1\r\n");
+        // Clean up database 1 ourselves: the harness only cleans database 0.
+        c.run(t, "DEL ot:db\r\n");
+        c.run(t, "SELECT 0\r\n");
+        c.run(t, "GET ot:db\r\n");
+    });
+}
+
+/// `CLIENT INFO`'s `db=` field only: the rest (addresses, ages, buffers) is server-specific.
+fn client_info_db(frame: Vec<u8>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&frame).into_owned();
+    let db = text
+        .split(' ')
+        .find(|f| f.starts_with("db="))
+        .unwrap_or("db=<none>")
+        .to_owned();
+    db.into_bytes()
+}
+
+#[test]
+fn select_another_database_resp2() {
+    select_another_database(false);
+}
+
+#[test]
+fn select_another_database_resp3() {
+    select_another_database(true);
+}
+
+/// CLIENT REPLY OFF and SKIP drop replies, and nothing else changes: the commands run.
+fn client_reply_modes(resp3: bool) {
+    Oracle::start().compare(|ep, t| {
+        let mut c = connect(ep, t, "c", resp3);
+        c.send("CLIENT REPLY OFF\r\nSET ot:r 1\r\nINCR ot:r\r\nPING\r\nGET\r\n");
+        c.run(t, "CLIENT REPLY ON\r\n");
+        c.run(t, "GET ot:r\r\n");
+        c.send("CLIENT REPLY SKIP\r\nINCR ot:r\r\n");
+        c.run(t, "GET ot:r\r\n");
+        c.send("CLIENT REPLY SKIP\r\nECHO skipped\r\n");
+        c.run_n(t, "ECHO shown\r\nGET ot:r\r\n", 2);
+        c.run(t, "CLIENT REPLY MAYBE\r\n");
+        c.run(t, "CLIENT REPLY\r\n");
+    });
+}
+
+#[test]
+fn client_reply_modes_resp2() {
+    client_reply_modes(false);
+}
+
+#[test]
+fn client_reply_modes_resp3() {
+    client_reply_modes(true);
+}
+
+/// AUTH as another ACL user of the backplane: the backplane's ACL decides, for that client only.
+#[test]
+fn auth_as_another_acl_user() {
+    let oracle = Oracle::start();
+    let mut admin = oracle.redis.admin();
+    assert_eq!(
+        admin.call("ACL SETUSER ot-alice on >alicepw ~ot:a:* +@all\r\n"),
+        b"+OK\r\n"
+    );
+    oracle.compare(|ep, t| {
+        let mut c = ep.connect("alice");
+        let mut o = ep.connect("bystander");
+        c.run(t, "AUTH ot-alice wrong\r\n");
+        c.run(t, "ACL WHOAMI\r\n");
+        c.run(t, "AUTH ot-alice alicepw\r\n");
+        c.run_n(
+            t,
+            "ACL WHOAMI\r\nSET ot:a:1 x\r\nSET ot:b:1 x\r\nGET ot:a:1\r\n",
+            4,
+        );
+        // Others are not affected.
+        o.run_n(t, "ACL WHOAMI\r\nSET ot:b:1 y\r\n", 2);
+        // A failed AUTH keeps the user; AUTH as default (nopass here) goes back to it.
+        c.run(t, "AUTH ot-alice wrong\r\n");
+        c.run(t, "SET ot:b:1 z\r\n");
+        c.run(t, "AUTH default anything\r\n");
+        c.run_n(t, "ACL WHOAMI\r\nSET ot:b:1 z\r\nGET ot:b:1\r\n", 3);
+        c.run(t, "AUTH ot-alice alicepw\r\n");
+        c.run(t, "RESET\r\n");
+        c.run(t, "ACL WHOAMI\r\n");
+        // HELLO's AUTH option does the same, and the protocol switch applies to that link.
+        let mut h = ep.connect("hello-alice");
+        h.run(t, "HELLO 3 AUTH ot-alice wrong\r\n");
+        h.run_norm(t, "HELLO 3 AUTH ot-alice alicepw\r\n", 1, norm::hello);
+        h.run_n(
+            t,
+            "ACL WHOAMI\r\nHSET ot:a:h f v\r\nHGETALL ot:a:h\r\nGET ot:b:1\r\n",
+            4,
+        );
+        h.run_norm(t, "HELLO 2\r\n", 1, norm::hello);
+        h.run_n(t, "HGETALL ot:a:h\r\nACL WHOAMI\r\n", 2);
+    });
+}
+
+/// A link lost with commands in flight answers each of them, in order, with an error that says
+/// it may or may not have run (or, if the sidecar had not written it yet, that it was not run);
+/// nothing is left unanswered and the connection stays usable.
+#[test]
+fn lost_link_answers_every_command_in_flight() {
+    if self_check() {
+        eprintln!("skipped in self-check mode: the sidecar's own error");
+        return;
+    }
+    let mut redis = support::RedisServer::start();
+    let sidecar = SidecarOptions::upstream(redis.url()).start();
+    let mut blocked = support::RawClient::connect(sidecar.addr, "blocked");
+    let mut pooled = support::RawClient::connect(sidecar.addr, "pooled");
+    assert_eq!(pooled.call("SET ot:k v\r\n"), b"+OK\r\n");
+    blocked.send("BLPOP ot:never 0\r\nSET ot:behind 1\r\nGET ot:behind\r\n");
+    wait_for_info(redis.addr(), "clients", "blocked_clients", "1");
+    // Pooled commands held up: once CLIENT PAUSE has answered, Redis postpones every other
+    // client's commands (the sidecar's writes reach its socket and get no answer).
+    let mut pauser = redis.admin();
+    assert_eq!(pauser.call("CLIENT PAUSE 30000\r\n"), b"+OK\r\n");
+    pooled.send("GET ot:k\r\nINCR ot:n\r\nGET ot:k\r\n");
+    let pid = redis.pid();
+    // Let the sidecar take the three commands before the kill: it has, once it reads them and
+    // they count as forwarded.
+    support::wait_for(
+        "three more commands forwarded",
+        Duration::from_secs(10),
+        || forwarded(&sidecar) >= 7,
+    );
+    redis.stop();
+    assert_ne!(pid, 0);
+    let texts = |c: &mut support::RawClient, n: usize| -> Vec<String> {
+        c.read_frames(n)
+            .into_iter()
+            .map(|f| String::from_utf8_lossy(&f).into_owned())
+            .collect()
+    };
+    let blocked_replies = texts(&mut blocked, 3);
+    let pooled_replies = texts(&mut pooled, 3);
+    for (who, replies) in [("blocked", &blocked_replies), ("pooled", &pooled_replies)] {
+        for reply in replies.iter() {
+            assert!(
+                reply.starts_with("-ERR switchboard: ")
+                    && (reply.contains("it may or may not have run")
+                        || reply.contains("was not run")),
+                "{who}: every command in flight must be answered with the in-flight error: {replies:?}"
+            );
+        }
+    }
+    assert!(
+        blocked_replies[0].contains("while running 'blpop'; it may or may not have run"),
+        "{blocked_replies:?}"
+    );
+    // The connection stays usable: with Redis back, the next command works.
+    redis.start_again();
+    support::wait_for(
+        "a pooled command after the restart",
+        Duration::from_secs(10),
+        || pooled.call("SET ot:k again\r\n") == b"+OK\r\n",
+    );
+    assert_eq!(pooled.call("GET ot:k\r\n"), b"$5\r\nagain\r\n");
+}
+
+/// `switchboard_sidecar_commands_forwarded_total`, read from `/metrics`.
+fn forwarded(sidecar: &support::Sidecar) -> u64 {
+    metric(sidecar, "switchboard_sidecar_commands_forwarded_total")
+}
+
+fn metric(sidecar: &support::Sidecar, name: &str) -> u64 {
+    let body = support::http_body(sidecar.http_addr, "/metrics").unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that pipelines without reading is paused at its socket, not buffered, and the others
+/// are served meanwhile; once it reads, every one of its replies arrives, in order.
+#[test]
+fn a_flooding_client_does_not_stall_others() {
+    if self_check() {
+        eprintln!("skipped in self-check mode: the sidecar's own limits");
+        return;
+    }
+    let redis = support::RedisServer::start();
+    let sidecar = SidecarOptions::upstream(redis.url())
+        .arg("--client-buffer-bytes", "65536")
+        .arg("--passthrough-pool-size", "1")
+        .start();
+    let value = "v".repeat(1000);
+    let mut flood = support::RawClient::connect(sidecar.addr, "flood");
+    assert_eq!(flood.call(format!("SET ot:f {value}\r\n")), b"+OK\r\n");
+    let n = 50_000;
+    let burst = "GET ot:f\r\n".repeat(n);
+    // Written from a thread: the sidecar stops reading it long before all of it is sent.
+    let mut writer = flood.try_clone_stream();
+    let sending = std::thread::spawn(move || {
+        use std::io::Write;
+        writer.write_all(burst.as_bytes()).expect("write the flood");
+    });
+    let mut other = support::RawClient::connect(sidecar.addr, "other");
+    for i in 0..100 {
+        assert_eq!(
+            other.call(format!("SET ot:o{i} {i}\r\n")),
+            b"+OK\r\n",
+            "the other client is served while one floods"
+        );
+        assert_eq!(
+            other.call(format!("GET ot:o{i}\r\n")),
+            format!("${}\r\n{i}\r\n", i.to_string().len()).into_bytes()
+        );
+    }
+    // Paused, not buffered: far fewer of the flood's GETs have run than it sent.
+    let mut admin = redis.admin();
+    let stats = String::from_utf8_lossy(&admin.call("INFO commandstats\r\n")).into_owned();
+    let gets: u64 = stats
+        .split("cmdstat_get:calls=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        gets < (n as u64) / 2,
+        "{gets} of the flood's {n} GETs ran while it read nothing: the sidecar buffered its replies instead of pausing it"
+    );
+    let expected = format!("$1000\r\n{value}\r\n").into_bytes();
+    for i in 0..n {
+        let frame = flood.read_frame();
+        assert!(frame == expected, "flood reply {i}: {}", show(&frame));
+    }
+    sending.join().expect("the flood writer");
+}
+
+/// However many local clients use key commands, the backplane sees the pool (per protocol used).
+#[test]
+fn many_clients_share_the_pool() {
+    if self_check() {
+        eprintln!("skipped in self-check mode: the sidecar's pool");
+        return;
+    }
+    let redis = support::RedisServer::start();
+    let sidecar = SidecarOptions::upstream(redis.url())
+        .arg("--passthrough-pool-size", "3")
+        .start();
+    let mut admin = redis.admin();
+    let before = connected_clients(&mut admin);
+    let mut clients: Vec<support::RawClient> = (0..60)
+        .map(|i| support::RawClient::connect(sidecar.addr, &format!("c{i}")))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("SET ot:m{i} {i}\r\nGET ot:m{i}\r\n"));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.read_frame(), b"+OK\r\n");
+        assert_eq!(
+            c.read_frame(),
+            format!("${}\r\n{i}\r\n", i.to_string().len()).into_bytes()
+        );
+    }
+    let after = connected_clients(&mut admin);
+    // Clients are spread over the whole pool, and never beyond it.
+    assert_eq!(
+        after - before,
+        3,
+        "60 clients doing GET must cost the backplane the pool's 3 connections"
+    );
+    assert_eq!(
+        metric(
+            &sidecar,
+            "switchboard_sidecar_upstream_connections{kind=\"pool\"}"
+        ),
+        (after - before) as u64
+    );
+    // One client in a transaction takes one more link, dedicated, and gives it back after.
+    clients[0].call("MULTI\r\n");
+    assert_eq!(
+        metric(
+            &sidecar,
+            "switchboard_sidecar_upstream_connections{kind=\"dedicated\"}"
+        ),
+        1
+    );
+    assert_eq!(clients[0].call("EXEC\r\n"), b"*0\r\n");
+    assert_eq!(clients[1].call("GET ot:m1\r\n"), b"$1\r\n1\r\n");
+}
+
+fn connected_clients(admin: &mut support::RawClient) -> i64 {
+    let info = String::from_utf8_lossy(&admin.call("INFO clients\r\n")).into_owned();
+    info.split("connected_clients:")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next())
+        .and_then(|n| n.parse().ok())
+        .expect("INFO clients has connected_clients")
+}
+
+// ---------------------------------------------------------------------------------------------
 // Malformed input
 
 fn protocol_errors(resp3: bool) {

@@ -1,8 +1,9 @@
 //! The commands the sidecar answers itself, with Redis's exact replies and error texts, and the
-//! hand-off of everything else to the backplane.
+//! hand-off of everything else to the backplane (see `passthrough`).
 
 use bytes::Bytes;
 
+use super::command::{self, Client, Hello, Pubsub, ReplyMode, Request};
 use super::{Flow, Session};
 use crate::pubsub::Kind;
 use crate::resp::{Command, Protocol, Reply};
@@ -10,116 +11,120 @@ use crate::resp::{Command, Protocol, Reply};
 /// The Redis version the sidecar reports in HELLO and INFO.
 pub const REPORTED_REDIS_VERSION: &str = "7.2.0";
 
-/// Commands that make no sense through a per-pod proxy; they get an error that says where to
-/// run them instead.
-/// Commands whose subcommand is part of their name in Redis's error texts.
-const CONTAINERS: &[&str] = &[
-    "client", "pubsub", "config", "object", "memory", "script", "function", "xinfo", "command",
-    "cluster", "acl", "latency", "slowlog", "module",
-];
-
-const UNSUPPORTED: &[&str] = &[
-    "monitor", "sync", "psync", "replconf", "shutdown", "failover", "debug",
-];
-
 impl Session {
     /// Handles one command; replies go to the outbox.
     pub async fn handle(&mut self, command: Command) -> Flow {
         let name = command.name();
+        let request = Request::parse(&command, &name);
         if let Some(reply) = self.refuse(&name, &command.args) {
-            self.reply(reply);
-            return Flow::Continue;
+            return self.local_reply(reply).await;
         }
-        if self.in_multi && !matches!(name.as_str(), "exec" | "discard" | "multi") {
-            return self.in_transaction(&name, command).await;
+        if self.pass.in_multi && !matches!(name.as_str(), "exec" | "discard" | "multi") {
+            return self.in_transaction(request, command).await;
         }
-        let args = &command.args;
-        let reply = match name.as_str() {
-            "ping" => self.ping(args),
-            "echo" if args.len() == 2 => Reply::Bulk(args[1].clone()),
-            "echo" => Reply::wrong_arity("echo"),
-            "hello" => self.hello(args),
-            "auth" => self.auth(args),
-            "select" => return self.select(command).await,
-            "client" => self.client(args),
-            "info" => self.info(),
-            "quit" => {
+        if let Request::Forward(class) = request {
+            return self.forward(class, command).await;
+        }
+        // Everything below is answered here: after the replies this client still awaits.
+        if self.settle().await.is_err() {
+            return Flow::Close;
+        }
+        let reply = match request {
+            Request::Ping(msg) => self.ping(msg),
+            Request::Echo(msg) => Reply::Bulk(msg),
+            Request::Hello(mut hello) => {
+                if let Some((user, password)) = hello.auth.clone()
+                    && user[..] != b"default"[..]
+                    && self.ctx.pool.is_some()
+                {
+                    match self.hello_auth_upstream(user, password).await {
+                        Ok(true) => hello.auth = None,
+                        Ok(false) => return Flow::Continue,
+                        Err(_) => return Flow::Close,
+                    }
+                }
+                self.hello(hello)
+            }
+            Request::Auth { user, password } => match user {
+                Some(user) if user[..] != b"default"[..] && self.ctx.pool.is_some() => {
+                    return self.auth_upstream(user, password, command.raw).await;
+                }
+                _ => self.auth(user, password),
+            },
+            Request::Select(db) => return self.select(db, command.raw).await,
+            Request::Client(client) => match self.client(client) {
+                Some(reply) => reply,
+                None => return Flow::Continue,
+            },
+            Request::Info => self.info(),
+            Request::Quit => {
                 self.reply(Reply::ok());
                 return Flow::Close;
             }
-            "reset" if args.len() == 1 => self.reset().await,
-            "reset" => Reply::wrong_arity("reset"),
-            "publish" | "spublish" => {
-                if args.len() != 3 {
-                    Reply::wrong_arity(&name)
-                } else {
-                    let kind = if name == "spublish" {
-                        Kind::Shard
-                    } else {
-                        Kind::Channel
-                    };
-                    let relay = self.ctx.relay.clone();
-                    Reply::Integer(relay.publish(kind, args[1].clone(), args[2].clone()).await)
+            Request::Reset => self.reset().await,
+            Request::Publish {
+                kind,
+                channel,
+                message,
+            } => {
+                let relay = self.ctx.relay.clone();
+                Reply::Integer(relay.publish(kind, channel, message).await)
+            }
+            Request::Subscribe { kind, topics } => {
+                let relay = self.ctx.relay.clone();
+                match relay
+                    .subscribe(&self.outbox, &mut self.subs, kind, &topics)
+                    .await
+                {
+                    Ok(()) => return Flow::Continue,
+                    Err(e) => e,
                 }
             }
-            "subscribe" | "psubscribe" | "ssubscribe" => {
-                if args.len() < 2 {
-                    Reply::wrong_arity(&name)
-                } else {
-                    let kind = kind_of(&name);
-                    let relay = self.ctx.relay.clone();
-                    match relay
-                        .subscribe(&self.outbox, &mut self.subs, kind, &args[1..])
-                        .await
-                    {
-                        Ok(()) => return Flow::Continue,
-                        Err(e) => e,
-                    }
-                }
-            }
-            "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
-                let kind = kind_of(&name);
+            Request::Unsubscribe { kind, topics } => {
                 let relay = self.ctx.relay.clone();
                 relay
-                    .unsubscribe(&self.outbox, &mut self.subs, kind, args[1..].to_vec())
+                    .unsubscribe(&self.outbox, &mut self.subs, kind, topics)
                     .await;
                 return Flow::Continue;
             }
-            "pubsub" => self.pubsub(args).await,
-            _ if UNSUPPORTED.contains(&name.as_str()) => Reply::error(format!(
+            Request::Pubsub(pubsub) => self.pubsub(pubsub).await,
+            Request::Unsupported(name) => Reply::error(format!(
                 "ERR switchboard: '{name}' is not available through the sidecar; run it against the backplane Redis directly"
             )),
-            _ => return self.forward(&name, command).await,
+            Request::Invalid(reply) => reply,
+            Request::Forward(_) => unreachable!("forwarded above"),
         };
         self.reply(reply);
         Flow::Continue
     }
 
-    pub(super) fn reply(&self, reply: Reply) {
-        self.outbox.reply(reply.to_bytes(self.proto));
+    /// A reply the sidecar makes before looking further, after what the client still awaits.
+    async fn local_reply(&mut self, reply: Reply) -> Flow {
+        if self.settle().await.is_err() {
+            return Flow::Close;
+        }
+        self.reply(reply);
+        Flow::Continue
+    }
+
+    pub(super) fn reply(&mut self, reply: Reply) {
+        if !self.take_silence() {
+            self.outbox.reply(reply.to_bytes(self.proto));
+        }
     }
 
     /// Authentication, then RESP2's subscribed-mode restriction, in Redis's order.
     fn refuse(&self, name: &str, args: &[Bytes]) -> Option<Reply> {
-        if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
+        if !self.authenticated && !command::allowed_unauthenticated(name) {
             return Some(Reply::error("NOAUTH Authentication required."));
         }
-        let allowed_subscribed = matches!(
-            name,
-            "subscribe"
-                | "ssubscribe"
-                | "unsubscribe"
-                | "sunsubscribe"
-                | "psubscribe"
-                | "punsubscribe"
-                | "ping"
-                | "quit"
-                | "reset"
-        );
-        if self.proto == Protocol::Resp2 && !self.subs.is_empty() && !allowed_subscribed {
+        if self.proto == Protocol::Resp2
+            && !self.subs.is_empty()
+            && !command::allowed_subscribed(name)
+        {
             // Redis names container commands with their subcommand (`client|id`).
             let full = match args.get(1) {
-                Some(sub) if CONTAINERS.contains(&name) => {
+                Some(sub) if command::CONTAINERS.contains(&name) => {
                     format!(
                         "{name}|{}",
                         String::from_utf8_lossy(sub).to_ascii_lowercase()
@@ -134,17 +139,14 @@ impl Session {
         None
     }
 
-    fn ping(&self, args: &[Bytes]) -> Reply {
-        if args.len() > 2 {
-            return Reply::wrong_arity("ping");
-        }
+    fn ping(&self, msg: Option<Bytes>) -> Reply {
         // RESP2 clients in subscribed mode read only arrays, so Redis answers with one there.
         if self.proto == Protocol::Resp2 && !self.subs.is_empty() {
-            let arg = args.get(1).cloned().unwrap_or_default();
+            let arg = msg.unwrap_or_default();
             return Reply::Array(vec![Reply::bulk_str("pong"), Reply::Bulk(arg)]);
         }
-        match args.get(1) {
-            Some(msg) => Reply::Bulk(msg.clone()),
+        match msg {
+            Some(msg) => Reply::Bulk(msg),
             None => Reply::simple("PONG"),
         }
     }
@@ -160,63 +162,35 @@ impl Session {
                 .is_none_or(|p| p.as_bytes() == pass)
     }
 
-    fn auth(&mut self, args: &[Bytes]) -> Reply {
-        match args.len() {
-            2 if self.ctx.password.is_none() => Reply::error(
+    fn auth(&mut self, user: Option<Bytes>, password: Bytes) -> Reply {
+        if user.is_none() && self.ctx.password.is_none() {
+            return Reply::error(
                 "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            ),
-            2 | 3 => {
-                let (user, pass) = if args.len() == 2 {
-                    (&b"default"[..], &args[1])
-                } else {
-                    (&args[1][..], &args[2])
-                };
-                if self.credentials_ok(user, pass) {
-                    self.authenticated = true;
-                    Reply::ok()
-                } else {
-                    Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
-                }
-            }
-            1 => Reply::wrong_arity("auth"),
-            _ => Reply::error("ERR syntax error"),
+            );
+        }
+        let user = user.unwrap_or_else(|| Bytes::from_static(b"default"));
+        if self.credentials_ok(&user, &password) {
+            self.authenticated = true;
+            self.drop_upstream_user();
+            Reply::ok()
+        } else {
+            Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
         }
     }
 
-    fn hello(&mut self, args: &[Bytes]) -> Reply {
-        let mut proto = None;
-        if let Some(v) = args.get(1) {
-            match std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-            {
-                None => {
-                    return Reply::error("ERR Protocol version is not an integer or out of range");
-                }
-                Some(2) => proto = Some(Protocol::Resp2),
-                Some(3) => proto = Some(Protocol::Resp3),
-                Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
-            }
-        }
-        let mut auth = None;
-        let mut setname = None;
-        let mut j = 2;
-        while j < args.len() {
-            let more = args.len() - 1 - j;
-            let opt = String::from_utf8_lossy(&args[j]).to_ascii_lowercase();
-            if opt == "auth" && more >= 2 {
-                auth = Some((args[j + 1].clone(), args[j + 2].clone()));
-                j += 3;
-            } else if opt == "setname" && more >= 1 {
-                setname = Some(args[j + 1].clone());
-                j += 2;
+    fn hello(&mut self, hello: Hello) -> Reply {
+        let Hello {
+            proto,
+            auth,
+            setname,
+        } = hello;
+        let proto = proto.map(|v| {
+            if v == 3 {
+                Protocol::Resp3
             } else {
-                return Reply::error(format!(
-                    "ERR Syntax error in HELLO option '{}'",
-                    String::from_utf8_lossy(&args[j])
-                ));
+                Protocol::Resp2
             }
-        }
+        });
         if let Some((user, pass)) = auth {
             if !self.credentials_ok(&user, &pass) {
                 return Reply::error(
@@ -224,6 +198,7 @@ impl Session {
                 );
             }
             self.authenticated = true;
+            self.drop_upstream_user();
         }
         if !self.authenticated {
             return Reply::error(
@@ -256,12 +231,13 @@ impl Session {
     }
 
     fn set_protocol(&mut self, proto: Protocol) {
-        if proto != self.proto {
-            // The pass-through link speaks the client's protocol; reopen it in the new one.
-            self.passthrough = None;
-        }
+        let changed = proto != self.proto;
         self.proto = proto;
         self.outbox.set_protocol(proto);
+        if changed {
+            // Pass-through links speak the client's protocol.
+            self.protocol_changed();
+        }
     }
 
     fn set_name(&mut self, name: Bytes) -> Result<(), Reply> {
@@ -274,20 +250,8 @@ impl Session {
         Ok(())
     }
 
-    async fn select(&mut self, command: Command) -> Flow {
-        let args = &command.args;
-        if args.len() != 2 {
-            self.reply(Reply::wrong_arity("select"));
-            return Flow::Continue;
-        }
-        let Some(db) = std::str::from_utf8(&args[1])
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
-        else {
-            self.reply(Reply::error("ERR value is not an integer or out of range"));
-            return Flow::Continue;
-        };
-        if self.ctx.upstream.is_none() {
+    async fn select(&mut self, db: i64, raw: Bytes) -> Flow {
+        if self.ctx.pool.is_none() {
             self.reply(if db == 0 {
                 Reply::ok()
             } else {
@@ -295,69 +259,48 @@ impl Session {
             });
             return Flow::Continue;
         }
-        if db == 0 && self.passthrough.is_none() {
-            self.db = 0;
-            self.reply(Reply::ok());
-            return Flow::Continue;
-        }
         // Only Redis knows how many databases it has: let it decide.
-        let flow = self.forward("select", command).await;
-        if self.passthrough.is_some() {
-            self.db = db;
-        }
-        flow
+        self.select_upstream(db, raw).await
     }
 
-    fn client(&mut self, args: &[Bytes]) -> Reply {
-        let Some(sub) = args.get(1) else {
-            return Reply::wrong_arity("client");
-        };
-        let sub_name = String::from_utf8_lossy(sub).to_ascii_lowercase();
-        let arity = |n: usize| args.len() == n;
-        match sub_name.as_str() {
-            "id" if arity(2) => Reply::Integer(self.id as i64),
-            "getname" if arity(2) => self.name.clone().map_or(Reply::NullBulk, Reply::Bulk),
-            "setname" if arity(3) => match self.set_name(args[2].clone()) {
+    /// `None`: no reply (`CLIENT REPLY OFF|SKIP`).
+    fn client(&mut self, client: Client) -> Option<Reply> {
+        Some(match client {
+            Client::Id => Reply::Integer(self.id as i64),
+            Client::GetName => self.name.clone().map_or(Reply::NullBulk, Reply::Bulk),
+            Client::SetName(name) => match self.set_name(name) {
                 Ok(()) => Reply::ok(),
                 Err(e) => e,
             },
             // As Redis 7.2 does (clients send it and ignore errors from older servers).
-            "setinfo" if arity(4) => {
-                let attr = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
-                let value = args[3].clone();
+            Client::SetInfo { attr, value } => {
+                let attr_name = String::from_utf8_lossy(&attr).to_ascii_lowercase();
                 if value.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
-                    return Reply::error(format!(
-                        "ERR {attr} cannot contain spaces, newlines or special characters."
-                    ));
+                    return Some(Reply::error(format!(
+                        "ERR {attr_name} cannot contain spaces, newlines or special characters."
+                    )));
                 }
-                match attr.as_str() {
+                match attr_name.as_str() {
                     "lib-name" => self.lib_name = Some(value),
                     "lib-ver" => self.lib_ver = Some(value),
                     _ => {
-                        return Reply::error(format!(
+                        return Some(Reply::error(format!(
                             "ERR Unrecognized option '{}'",
-                            String::from_utf8_lossy(&args[2])
-                        ));
+                            String::from_utf8_lossy(&attr)
+                        )));
                     }
                 }
                 Reply::ok()
             }
-            "info" if arity(2) => Reply::bulk(self.client_info()),
-            "id" | "getname" | "setname" | "setinfo" | "info" => {
-                Reply::wrong_arity(&format!("client|{sub_name}"))
+            Client::Info => Reply::bulk(self.client_info()),
+            Client::Reply(mode) => {
+                self.reply_mode = mode;
+                return (mode == ReplyMode::On).then(Reply::ok);
             }
-            // Tracking needs invalidation pushes from the server that owns the keys; accepting it
-            // would leave clients waiting for invalidations that never come.
-            "tracking" | "caching" | "getredir" | "trackinginfo" | "list" | "kill" | "pause"
-            | "unpause" | "reply" | "unblock" | "no-evict" | "no-touch" => Reply::error(format!(
-                "ERR switchboard: CLIENT {} is not available through the sidecar",
-                sub_name.to_ascii_uppercase()
+            Client::Unavailable(sub) => Reply::error(format!(
+                "ERR switchboard: CLIENT {sub} is not available through the sidecar"
             )),
-            _ => Reply::error(format!(
-                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-                String::from_utf8_lossy(sub)
-            )),
-        }
+        })
     }
 
     fn client_info(&self) -> String {
@@ -370,10 +313,10 @@ impl Session {
             "id={} name={} db={} sub={} ssub={} multi={} resp={} lib-name={} lib-ver={}\n",
             self.id,
             s(&self.name),
-            self.db,
+            self.pass.db,
             self.subs.count(Kind::Channel),
             self.subs.count(Kind::Shard),
-            if self.in_multi { 0 } else { -1 },
+            if self.pass.in_multi { 0 } else { -1 },
             self.proto.version(),
             s(&self.lib_name),
             s(&self.lib_ver),
@@ -398,149 +341,63 @@ impl Session {
         let relay = self.ctx.relay.clone();
         relay.leave_all(&self.outbox, &mut self.subs).await;
         self.set_protocol(Protocol::Resp2);
-        self.passthrough = None;
-        self.in_multi = false;
+        self.pass.reset();
+        self.reply_mode = ReplyMode::On;
         self.name = None;
-        self.db = 0;
         self.authenticated = self.ctx.password.is_none();
         Reply::simple("RESET")
     }
 
-    async fn pubsub(&self, args: &[Bytes]) -> Reply {
-        let Some(sub) = args.get(1) else {
-            return Reply::wrong_arity("pubsub");
-        };
-        let sub_name = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    async fn pubsub(&self, pubsub: Pubsub) -> Reply {
         let relay = &self.ctx.relay;
-        match sub_name.as_str() {
-            "channels" | "shardchannels" if args.len() <= 3 => {
-                let kind = if sub_name == "channels" {
-                    Kind::Channel
-                } else {
-                    Kind::Shard
-                };
-                let names = relay.channels(kind, args.get(2).map(|p| &p[..])).await;
+        match pubsub {
+            Pubsub::Channels { kind, pattern } => {
+                let names = relay.channels(kind, pattern.as_deref()).await;
                 Reply::Array(names.into_iter().map(Reply::Bulk).collect())
             }
-            "numsub" | "shardnumsub" => {
-                let kind = if sub_name == "numsub" {
-                    Kind::Channel
-                } else {
-                    Kind::Shard
-                };
-                let counts = relay.numsub(kind, &args[2..]).await;
+            Pubsub::NumSub { kind, channels } => {
+                let counts = relay.numsub(kind, &channels).await;
                 let mut items = Vec::with_capacity(counts.len() * 2);
-                for (channel, n) in args[2..].iter().zip(counts) {
-                    items.push(Reply::Bulk(channel.clone()));
+                for (channel, n) in channels.into_iter().zip(counts) {
+                    items.push(Reply::Bulk(channel));
                     items.push(Reply::Integer(n));
                 }
                 Reply::Array(items)
             }
-            "numpat" if args.len() == 2 => Reply::Integer(relay.numpat().await),
-            "help" if args.len() == 2 => {
-                Reply::Array(PUBSUB_HELP.iter().map(|l| Reply::simple(l)).collect())
-            }
-            "numpat" | "help" => Reply::wrong_arity(&format!("pubsub|{sub_name}")),
-            "channels" | "shardchannels" => Reply::error(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
-                String::from_utf8_lossy(sub)
-            )),
-            _ => Reply::error(format!(
-                "ERR unknown subcommand '{}'. Try PUBSUB HELP.",
-                String::from_utf8_lossy(sub)
-            )),
+            Pubsub::NumPat => Reply::Integer(relay.numpat().await),
+            Pubsub::Help => Reply::Array(PUBSUB_HELP.iter().map(|l| Reply::simple(l)).collect()),
         }
     }
 
     /// Inside MULTI: queue upstream so EXEC runs everything together; channel names still get
     /// the prefix so a queued PUBLISH reaches this cluster's subscribers.
-    async fn in_transaction(&mut self, name: &str, command: Command) -> Flow {
-        match name {
-            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
-            | "sunsubscribe" => {
-                self.reply(Reply::error(format!(
-                    "ERR switchboard: {} inside MULTI is not supported",
-                    name.to_ascii_uppercase()
-                )));
-                Flow::Continue
+    async fn in_transaction(&mut self, request: Request, command: Command) -> Flow {
+        match request {
+            Request::Subscribe { .. } | Request::Unsubscribe { .. } => {
+                let name = command.name().to_ascii_uppercase();
+                self.local_reply(Reply::error(format!(
+                    "ERR switchboard: {name} inside MULTI is not supported"
+                )))
+                .await
             }
-            "publish" | "spublish"
-                if command.args.len() == 3 && !self.ctx.channel_prefix.is_empty() =>
-            {
-                let mut channel = self.ctx.channel_prefix.to_vec();
-                channel.extend_from_slice(&command.args[1]);
+            Request::Publish { channel, .. } if !self.ctx.channel_prefix.is_empty() => {
+                let mut prefixed = self.ctx.channel_prefix.to_vec();
+                prefixed.extend_from_slice(&channel);
                 let rewritten = Command::from_args([
                     command.args[0].clone(),
-                    channel.into(),
+                    prefixed.into(),
                     command.args[2].clone(),
                 ]);
-                self.forward(name, rewritten).await
+                self.queue_in_transaction(rewritten.raw, false).await
             }
-            _ => self.forward(name, command).await,
+            // These change the link's state when EXEC runs them.
+            Request::Select(_)
+            | Request::Auth { .. }
+            | Request::Hello(_)
+            | Request::Reset
+            | Request::Client(_) => self.queue_in_transaction(command.raw, true).await,
+            _ => self.queue_in_transaction(command.raw, false).await,
         }
-    }
-
-    /// Passes a command to the backplane on this connection's own link and relays the reply
-    /// byte for byte.
-    async fn forward(&mut self, name: &str, command: Command) -> Flow {
-        let Some(endpoint) = self.ctx.upstream.clone() else {
-            self.reply(Reply::error(format!(
-                "ERR switchboard: '{name}' needs a backplane, and this sidecar runs embedded (no --upstream): only connection and pub/sub commands are served"
-            )));
-            return Flow::Continue;
-        };
-        if self.passthrough.is_none() {
-            match endpoint.connect(self.proto, None).await {
-                Ok(mut link) => {
-                    if self.db != 0 {
-                        let select = crate::upstream::command(&["SELECT", &self.db.to_string()]);
-                        if let Err(e) = link.call(&select.raw).await {
-                            self.reply(Reply::error(format!(
-                                "ERR switchboard: backplane unreachable, command not run: {e}"
-                            )));
-                            return Flow::Continue;
-                        }
-                    }
-                    self.passthrough = Some(link);
-                }
-                Err(e) => {
-                    self.reply(Reply::error(format!(
-                        "ERR switchboard: backplane unreachable, command not run: {e}"
-                    )));
-                    return Flow::Continue;
-                }
-            }
-        }
-        let link = self.passthrough.as_mut().expect("opened above");
-        self.ctx.metrics.commands_forwarded.inc();
-        match link.forward(&command.raw).await {
-            Ok(reply) => {
-                let failed = reply.first() == Some(&b'-');
-                match name {
-                    "multi" if !failed => self.in_multi = true,
-                    "exec" | "discard" => self.in_multi = false,
-                    _ => {}
-                }
-                self.outbox.reply(reply);
-            }
-            Err(e) => {
-                // The command may or may not have run; say so rather than guess.
-                self.passthrough = None;
-                self.in_multi = false;
-                self.reply(Reply::error(format!(
-                    "ERR switchboard: lost the backplane connection while running '{name}'; it may or may not have run: {e}"
-                )));
-            }
-        }
-        Flow::Continue
-    }
-}
-
-fn kind_of(command: &str) -> Kind {
-    match command {
-        "psubscribe" | "punsubscribe" => Kind::Pattern,
-        "ssubscribe" | "sunsubscribe" => Kind::Shard,
-        _ => Kind::Channel,
     }
 }
 
@@ -560,19 +417,3 @@ const PUBSUB_HELP: &[&str] = &[
     "HELP",
     "    Prints this help.",
 ];
-
-#[cfg(test)]
-mod tests {
-    use super::kind_of;
-    use crate::pubsub::Kind;
-
-    #[test]
-    fn command_kinds() {
-        assert_eq!(kind_of("subscribe"), Kind::Channel);
-        assert_eq!(kind_of("unsubscribe"), Kind::Channel);
-        assert_eq!(kind_of("psubscribe"), Kind::Pattern);
-        assert_eq!(kind_of("punsubscribe"), Kind::Pattern);
-        assert_eq!(kind_of("ssubscribe"), Kind::Shard);
-        assert_eq!(kind_of("sunsubscribe"), Kind::Shard);
-    }
-}

@@ -1,9 +1,13 @@
-//! One local application connection: reads commands, answers the ones the sidecar owns
-//! (connection and pub/sub commands, see [`commands`]), and passes every other command through
-//! to the backplane on this connection's own upstream link, so transactions, `WATCH` and
-//! blocking commands behave exactly as on Redis.
+//! One local application connection: reads commands, parses each once ([`command`]), answers
+//! the ones the sidecar owns (connection and pub/sub commands, see [`commands`]), and passes
+//! every other command through to the backplane ([`passthrough`]): pipelined on links shared by
+//! every client when the command carries no connection state, on a link of its own while it does
+//! (transactions, `WATCH`, blocking commands, another database or user), so they behave exactly
+//! as on Redis.
 
+pub mod command;
 pub mod commands;
+pub mod passthrough;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +24,10 @@ use crate::pubsub::{Outbox, Subscriptions};
 use crate::relay::Relay;
 use crate::resp::request::{Decoded, decode};
 use crate::resp::{Limits, Protocol};
-use crate::upstream::{Endpoint, Link};
+use crate::upstream::pool::Pool;
+
+use self::command::ReplyMode;
+use self::passthrough::{Passthrough, Port};
 
 /// Connection ids, as `CLIENT ID` reports them.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -28,7 +35,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// What every session shares.
 pub struct Context {
     pub relay: Arc<Relay>,
-    pub upstream: Option<Endpoint>,
+    /// Pass-through links to shard 0 (key commands are not sharded); `None` when embedded.
+    pub pool: Option<Arc<Pool>>,
+    /// Pass-through commands one client may have unanswered before its reads pause.
+    pub max_in_flight: usize,
     pub password: Option<String>,
     pub channel_prefix: Bytes,
     pub limits: Limits,
@@ -52,12 +62,43 @@ pub struct Session {
     name: Option<Bytes>,
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
-    db: i64,
     subs: Subscriptions,
-    /// This connection's pass-through link, opened on the first command that needs it.
-    passthrough: Option<Link>,
-    /// Inside MULTI every command goes upstream, so EXEC runs them together.
-    in_multi: bool,
+    /// Which upstream link this connection's pass-through commands take, and its state there.
+    pass: Passthrough,
+    /// `CLIENT REPLY`: replies are dropped here, so every link still answers every command.
+    reply_mode: ReplyMode,
+    input: Input,
+}
+
+/// The connection's read side: what it sent and has not been handled yet.
+pub(crate) struct Input {
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    shutdown: watch::Receiver<bool>,
+    /// The client closed its side; what it sent before is still answered.
+    eof: bool,
+}
+
+/// The client is gone or the sidecar is stopping.
+pub(crate) struct Gone;
+
+impl Input {
+    /// Reads whatever the client sent next.
+    async fn fill(&mut self) -> Result<(), Gone> {
+        if self.eof {
+            return Err(Gone);
+        }
+        tokio::select! {
+            read = self.reader.read_buf(&mut self.buf) => match read {
+                Ok(0) | Err(_) => {
+                    self.eof = true;
+                    Err(Gone)
+                }
+                Ok(_) => Ok(()),
+            },
+            _ = self.shutdown.changed() => Err(Gone),
+        }
+    }
 }
 
 /// Serves one connection until it closes, the client quits, or the sidecar shuts down.
@@ -67,6 +108,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiv
     let (reader, writer) = stream.into_split();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let outbox = Outbox::spawn(id, writer, ctx.client_buffer_bytes, ctx.metrics.clone());
+    let pass = Passthrough::new(Port::new(outbox.clone()));
     let session = Session {
         id,
         authenticated: ctx.password.is_none(),
@@ -76,24 +118,28 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiv
         name: None,
         lib_name: None,
         lib_ver: None,
-        db: 0,
         subs: Subscriptions::default(),
-        passthrough: None,
-        in_multi: false,
+        pass,
+        reply_mode: ReplyMode::On,
+        input: Input {
+            reader,
+            buf: BytesMut::with_capacity(16 * 1024),
+            shutdown,
+            eof: false,
+        },
     };
     let span = tracing::debug_span!("client", id, ?peer);
-    session.run(reader, shutdown).instrument(span).await;
+    session.run().instrument(span).await;
 }
 
 impl Session {
-    async fn run(mut self, mut reader: OwnedReadHalf, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self) {
         tracing::debug!("connected");
         // Twice the largest bulk: room for one full argument plus the rest of its command.
         let max_buffered = self.ctx.limits.max_bulk.saturating_mul(2).max(1 << 20);
-        let mut buf = BytesMut::with_capacity(16 * 1024);
         'conn: loop {
             loop {
-                match decode(&mut buf, &self.ctx.limits, self.authenticated) {
+                match decode(&mut self.input.buf, &self.ctx.limits, self.authenticated) {
                     Ok(Decoded::Command(command)) => {
                         if self.handle(command).await == Flow::Close {
                             break 'conn;
@@ -103,24 +149,27 @@ impl Session {
                     Ok(Decoded::Skipped) => {}
                     Ok(Decoded::Incomplete { needed }) => {
                         if needed > max_buffered {
+                            if self.settle().await.is_err() {
+                                break 'conn;
+                            }
                             self.protocol_error(&format!("request of at least {needed} bytes is over the sidecar's limit of {max_buffered} (twice --max-bulk-bytes)"));
                             break 'conn;
                         }
+                        let buf = &mut self.input.buf;
                         buf.reserve(needed.saturating_sub(buf.len()));
                         break;
                     }
                     Err(e) => {
-                        self.protocol_error(&e.0);
+                        // After the replies to what came before it, as Redis would.
+                        if self.settle().await.is_ok() {
+                            self.protocol_error(&e.0);
+                        }
                         break 'conn;
                     }
                 }
             }
-            tokio::select! {
-                read = reader.read_buf(&mut buf) => match read {
-                    Ok(0) | Err(_) => break 'conn,
-                    Ok(_) => {}
-                },
-                _ = shutdown.changed() => break 'conn,
+            if self.input.fill().await.is_err() {
+                break 'conn;
             }
         }
         self.close().await;

@@ -1,8 +1,11 @@
 //! Connections to the backplane Redis: where it is ([`endpoint`], found through Sentinel when the
 //! URL says so, see [`sentinel`]), the handshake, and a framed reader of its replies. The relay's
-//! subscriber and control links and each client's pass-through link are all built from these.
+//! subscriber and control links and the pass-through links ([`pool`] of [`pipeline`]s) are all
+//! built from these.
 
 pub mod endpoint;
+pub mod pipeline;
+pub mod pool;
 mod sentinel;
 
 pub use endpoint::{Addr, Endpoint, EndpointError, Target};
@@ -71,7 +74,7 @@ impl Endpoint {
         }
     }
 
-    /// Resolves and connects: each client's pass-through link.
+    /// Resolves and connects: each pass-through link (pooled or dedicated).
     pub async fn connect(
         &self,
         proto: Protocol,
@@ -198,7 +201,7 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
     }
 }
 
-/// One request/response connection: the handshake and each client's pass-through link.
+/// One request/response connection: the handshake; pass-through links are [`pipeline`]s built on one.
 pub struct Link {
     reader: FrameReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,

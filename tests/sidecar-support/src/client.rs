@@ -53,6 +53,11 @@ impl RawClient {
             .expect("local address of a connected socket")
     }
 
+    /// The same socket, for writing from another thread while this client reads.
+    pub fn try_clone_stream(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone a connected socket")
+    }
+
     /// Writes raw bytes in one `write_all` (several commands in one call is pipelining).
     pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
         let bytes = bytes.as_ref();

@@ -14,6 +14,8 @@ pub mod sentinel;
 
 pub use client::{REPLY_DEADLINE, RawClient, ReadError};
 pub use oracle::{Conn, Endpoint, Oracle, Side, Transcript, norm, self_check};
-pub use process::{RedisServer, Sidecar, SidecarOptions, TempDir, free_port, http_get, wait_for};
+pub use process::{
+    RedisServer, Sidecar, SidecarOptions, TempDir, free_port, http_body, http_get, wait_for,
+};
 pub use resp::{command, show};
 pub use sentinel::SentinelGroup;

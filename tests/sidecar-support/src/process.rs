@@ -471,6 +471,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("not an HTTP response: {:?}", show(&response)))
 }
 
+/// The body of an HTTP GET (for `/metrics`).
+pub fn http_body(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .ok_or_else(|| format!("not an HTTP response: {text:?}"))
+}
+
 /// Whether a read error means the peer is gone.
 pub fn is_closed(e: &ReadError) -> bool {
     matches!(e, ReadError::Closed(p) if p.is_empty())

@@ -1,0 +1,506 @@
+//! Pass-through: which upstream link a local client's command takes, and the connection state
+//! the client holds there.
+//!
+//! Redis keeps some state per connection. A command that neither reads nor changes it can run on
+//! any connection, so it goes out on one of a few **pooled** links shared by every local client
+//! (`--passthrough-pool-size`, per protocol), pipelined with everyone else's commands. A command
+//! that binds state to its connection takes a **dedicated** link, lent to this client alone for as
+//! long as the state lasts. Decided from Redis 7.0's command table (`COMMAND INFO` flags and
+//! the `@transaction` / `@connection` categories):
+//!
+//! | class | commands | the dedicated link is held |
+//! |---|---|---|
+//! | transaction | `MULTI` … `EXEC` / `DISCARD` | from `MULTI` until `EXEC` or `DISCARD` answers |
+//! | optimistic lock | `WATCH` | until `EXEC`, `DISCARD`, `UNWATCH` |
+//! | blocking (flag `blocking`) | `BLPOP`, `BRPOP`, `BRPOPLPUSH`, `BLMOVE`, `BLMPOP`, `BZPOPMIN`, `BZPOPMAX`, `BZMPOP`, `XREAD`/`XREADGROUP` with `BLOCK`; also `WAIT`, `WAITAOF` | until it and everything pipelined behind it are answered |
+//! | database | `SELECT n` (n ≠ 0) | until `SELECT 0` |
+//! | user | `AUTH <user> <password>` for a user other than `default` | until `AUTH` as `default` or `RESET` |
+//!
+//! The rest of `@connection` is answered by the sidecar itself (`PING`, `ECHO`, `HELLO`,
+//! `CLIENT ID|SETNAME|GETNAME|SETINFO|INFO|REPLY`, `RESET`, `QUIT`, see `commands`) or refused
+//! (`CLIENT TRACKING|CACHING|KILL|LIST|PAUSE|UNBLOCK|NO-EVICT`, `MONITOR`); `CLIENT REPLY OFF|SKIP`
+//! is applied here by dropping replies, so every link still answers every command and stays in
+//! step. `READONLY`, `READWRITE` and `ASKING` only matter to Redis Cluster and are pooled.
+//! Scripts and functions run on any link (since 7.0 a script's `SELECT` does not leak out).
+//!
+//! Ordering: a client's replies are returned in its own order because it uses one link at a time
+//! and a link answers in order; it changes links (pooled → dedicated, a lost link → a new one)
+//! and runs a command the sidecar answers itself only once every reply it awaits has arrived.
+//! At most `--max-in-flight` of its commands are unanswered at once; beyond that its reads
+//! pause, so a client that pipelines without reading is held back at its socket, not buffered,
+//! and each pooled link's queue holds at most that many of any one client's commands — one
+//! client's flood cannot stall the others for longer than that.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::command::Forward;
+use super::{Flow, Gone, Session};
+use crate::pubsub::Outbox;
+use crate::resp::{Command, Reply};
+use crate::upstream::pipeline::{Pipeline, Recipient, Sink, not_run_error};
+
+/// Where a client's pass-through replies arrive: its outbox, counted so the session knows what
+/// it still awaits.
+pub struct Port {
+    outbox: Outbox,
+    in_flight: AtomicUsize,
+    settled: Notify,
+}
+
+impl Port {
+    pub fn new(outbox: Outbox) -> Arc<Self> {
+        Arc::new(Port {
+            outbox,
+            in_flight: AtomicUsize::new(0),
+            settled: Notify::new(),
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+impl Recipient for Port {
+    fn deliver(&self, frame: Bytes, silent: bool) {
+        if !silent {
+            self.outbox.reply(frame);
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_one();
+    }
+}
+
+/// One client's pass-through state.
+pub struct Passthrough {
+    port: Arc<Port>,
+    pooled: Option<Pipeline>,
+    dedicated: Option<Pipeline>,
+    pub in_multi: bool,
+    pub watching: bool,
+    /// The database `SELECT` chose (0 is the pooled links' database: the URL's).
+    pub db: i64,
+    /// Logged in upstream as another ACL user; sent again on a replacement link.
+    user: Option<(Bytes, Bytes)>,
+    /// Something changed the dedicated link's state in a way the sidecar did not follow (a
+    /// `SELECT` or `AUTH` queued in a transaction): it is closed, never lent again.
+    tainted: bool,
+}
+
+impl Passthrough {
+    pub fn new(port: Arc<Port>) -> Self {
+        Passthrough {
+            port,
+            pooled: None,
+            dedicated: None,
+            in_multi: false,
+            watching: false,
+            db: 0,
+            user: None,
+            tainted: false,
+        }
+    }
+
+    /// State only a dedicated link can hold.
+    fn holds_state(&self) -> bool {
+        self.in_multi || self.watching || self.db != 0 || self.user.is_some()
+    }
+
+    /// Forgets the state of a lost dedicated link (Redis forgot it too).
+    fn lost_dedicated(&mut self) {
+        self.dedicated = None;
+        self.in_multi = false;
+        self.watching = false;
+        self.tainted = false;
+    }
+
+    /// Everything back to a new connection's (RESET).
+    pub fn reset(&mut self) {
+        self.lost_dedicated();
+        self.pooled = None;
+        self.db = 0;
+        self.user = None;
+    }
+}
+
+impl Session {
+    /// Waits until every pass-through reply this client awaits has been queued to it: before a
+    /// command the sidecar answers itself, and before the client changes links.
+    pub(super) async fn settle(&mut self) -> Result<(), Gone> {
+        self.settle_until(0).await
+    }
+
+    /// Waits until at most `most` of this client's pass-through commands are unanswered, reading
+    /// ahead a little meanwhile so a client that goes away is noticed.
+    async fn settle_until(&mut self, most: usize) -> Result<(), Gone> {
+        const READ_AHEAD: usize = 64 * 1024;
+        let port = self.pass.port.clone();
+        loop {
+            let settled = port.settled.notified();
+            if port.in_flight() <= most {
+                return Ok(());
+            }
+            // Once the client has closed, pooled replies still come (they are quick), but a
+            // blocked command on a dedicated link may never answer: Redis drops such a client.
+            let watch_input = !self.input.eof && self.input.buf.len() < READ_AHEAD;
+            if self.input.eof && self.pass.dedicated.is_some() {
+                return Err(Gone);
+            }
+            if watch_input {
+                tokio::select! {
+                    () = settled => {}
+                    filled = self.input.fill() => {
+                        if filled.is_err() && !self.input.eof {
+                            return Err(Gone);
+                        }
+                    }
+                }
+            } else {
+                settled.await;
+            }
+        }
+    }
+
+    /// Passes `command` through to the backplane, by its class.
+    pub(super) async fn forward(&mut self, class: Forward, command: Command) -> Flow {
+        if self.ctx.pool.is_none() {
+            let name = command.name();
+            self.reply(Reply::error(format!(
+                "ERR switchboard: '{name}' needs a backplane, and this sidecar runs embedded (no --upstream): only connection and pub/sub commands are served"
+            )));
+            return Flow::Continue;
+        }
+        self.ctx.metrics.commands_forwarded.inc();
+        let raw = command.raw;
+        let done = match class {
+            Forward::Pooled => self.pipelined(raw, false).await,
+            Forward::Blocking => self.pipelined(raw, true).await,
+            Forward::Multi if !self.pass.in_multi => {
+                self.stateful(raw, |p, ok| p.in_multi |= ok).await
+            }
+            Forward::Watch if !self.pass.in_multi => {
+                self.stateful(raw, |p, ok| p.watching |= ok).await
+            }
+            Forward::Exec | Forward::Discard if self.pass.in_multi => {
+                self.stateful(raw, |p, _| {
+                    p.in_multi = false;
+                    p.watching = false;
+                })
+                .await
+            }
+            Forward::Unwatch if self.pass.dedicated.is_some() => {
+                self.stateful(raw, |p, _| p.watching = false).await
+            }
+            // Errors Redis answers without touching any state (nested MULTI, WATCH inside MULTI,
+            // EXEC without MULTI), or commands queued inside the transaction.
+            Forward::Multi
+            | Forward::Watch
+            | Forward::Exec
+            | Forward::Discard
+            | Forward::Unwatch => self.pipelined(raw, false).await,
+        };
+        match done {
+            Ok(()) => Flow::Continue,
+            Err(Gone) => Flow::Close,
+        }
+    }
+
+    /// Inside MULTI: everything is queued upstream, so EXEC runs it together. A command that
+    /// changes the link's state when EXEC runs it leaves the link in a state the sidecar did not
+    /// follow, so the link is not lent again.
+    pub(super) async fn queue_in_transaction(&mut self, raw: Bytes, changes_link: bool) -> Flow {
+        self.ctx.metrics.commands_forwarded.inc();
+        self.pass.tainted |= changes_link;
+        match self.pipelined(raw, false).await {
+            Ok(()) => Flow::Continue,
+            Err(Gone) => Flow::Close,
+        }
+    }
+
+    /// Sends on the link this client uses now, without waiting for the reply: it goes straight
+    /// to the outbox when it comes.
+    async fn pipelined(&mut self, raw: Bytes, blocking: bool) -> Result<(), Gone> {
+        self.settle_until(self.ctx.max_in_flight.saturating_sub(1))
+            .await?;
+        let dedicated = blocking || self.pass.holds_state() || self.busy_on_dedicated();
+        // The usual case, one client on the same link as its last command, costs no clone.
+        let usable = match &self.pass.dedicated {
+            Some(link) => dedicated && link.is_alive(),
+            None => !dedicated && self.pass.pooled.as_ref().is_some_and(Pipeline::is_alive),
+        };
+        if !usable && self.link(dedicated).await?.is_none() {
+            return Ok(());
+        }
+        let silent = self.take_silence();
+        let link = match &self.pass.dedicated {
+            Some(link) => link,
+            None => self.pass.pooled.as_ref().expect("link() chose one"),
+        };
+        self.pass.port.in_flight.fetch_add(1, Ordering::AcqRel);
+        let sink = Sink::Client {
+            to: self.pass.port.clone(),
+            silent,
+        };
+        // Lost between the check and the send: never written.
+        if let Err((raw, Sink::Client { to, silent })) = link.send(raw, sink) {
+            to.deliver(
+                not_run_error(&raw, "the backplane connection was lost"),
+                silent,
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends a command whose reply changes what this client holds, on its dedicated link, and
+    /// waits for the reply: `update` learns whether it succeeded.
+    async fn stateful(
+        &mut self,
+        raw: Bytes,
+        update: impl FnOnce(&mut Passthrough, bool),
+    ) -> Result<(), Gone> {
+        self.stateful_call(raw, update, true).await.map(|_| ())
+    }
+
+    /// [`Self::stateful`], telling whether the command succeeded (`None`: it could not be
+    /// sent, and the client was told); with `reply_ok` false a success is not replied to.
+    async fn stateful_call(
+        &mut self,
+        raw: Bytes,
+        update: impl FnOnce(&mut Passthrough, bool),
+        reply_ok: bool,
+    ) -> Result<Option<bool>, Gone> {
+        let Some(link) = self.link(true).await? else {
+            return Ok(None);
+        };
+        self.settle().await?;
+        match link.call(raw).await {
+            Ok(frame) => {
+                let ok = frame.first() != Some(&b'-');
+                update(&mut self.pass, ok);
+                if reply_ok || !ok {
+                    self.reply_frame(frame);
+                }
+                self.release_if_clean();
+                Ok(Some(ok))
+            }
+            Err(frame) => {
+                self.pass.lost_dedicated();
+                self.reply_frame(frame);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A dedicated link with this client's commands still in flight on it.
+    fn busy_on_dedicated(&self) -> bool {
+        self.pass.dedicated.is_some() && self.pass.port.in_flight() > 0
+    }
+
+    /// The link for the next command, switching (once everything in flight is answered) if the
+    /// one in use is not the kind needed or was lost. `None`: the backplane is unreachable and
+    /// the client was told so.
+    async fn link(&mut self, dedicated: bool) -> Result<Option<Pipeline>, Gone> {
+        let current = if dedicated {
+            self.pass.dedicated.as_ref()
+        } else if self.pass.dedicated.is_some() {
+            None
+        } else {
+            self.pass.pooled.as_ref()
+        };
+        if let Some(link) = current.filter(|l| l.is_alive()) {
+            return Ok(Some(link.clone()));
+        }
+        self.settle().await?;
+        let pool = self
+            .ctx
+            .pool
+            .clone()
+            .expect("forward checks for a backplane");
+        if !dedicated {
+            self.release_if_clean();
+            if self.pass.dedicated.is_some() {
+                // Still holds state: stay on the dedicated link.
+                return Box::pin(self.link(true)).await;
+            }
+            return match pool.pooled(self.proto).await {
+                Ok(link) => {
+                    self.pass.pooled = Some(link.clone());
+                    Ok(Some(link))
+                }
+                Err(e) => {
+                    self.unreachable(e);
+                    Ok(None)
+                }
+            };
+        }
+        if self.pass.dedicated.as_ref().is_some_and(|l| !l.is_alive()) {
+            self.pass.lost_dedicated();
+        }
+        if let Some(link) = &self.pass.dedicated {
+            return Ok(Some(link.clone()));
+        }
+        let link = match pool.dedicated(self.proto).await {
+            Ok(link) => link,
+            Err(e) => {
+                self.unreachable(e);
+                return Ok(None);
+            }
+        };
+        // A replacement for a lost link takes up the database and user the client had chosen.
+        let mut setup = Vec::new();
+        if let Some((user, password)) = &self.pass.user {
+            setup.push(Command::from_args([
+                Bytes::from_static(b"AUTH"),
+                user.clone(),
+                password.clone(),
+            ]));
+        }
+        if self.pass.db != 0 {
+            setup.push(crate::upstream::command(&[
+                "SELECT",
+                &self.pass.db.to_string(),
+            ]));
+        }
+        for command in setup {
+            match link.call(command.raw).await {
+                Ok(frame) if frame.first() != Some(&b'-') => {}
+                Ok(frame) | Err(frame) => {
+                    self.reply_frame(frame);
+                    return Ok(None);
+                }
+            }
+        }
+        self.pass.dedicated = Some(link.clone());
+        Ok(Some(link))
+    }
+
+    fn unreachable(&mut self, e: crate::upstream::UpstreamError) {
+        self.reply(Reply::error(format!(
+            "ERR switchboard: backplane unreachable, command not run: {e}"
+        )));
+    }
+
+    /// Returns the dedicated link once the client holds nothing on it.
+    fn release_if_clean(&mut self) {
+        if self.pass.holds_state() || self.pass.port.in_flight() > 0 {
+            return;
+        }
+        if let Some(link) = self.pass.dedicated.take()
+            && !std::mem::take(&mut self.pass.tainted)
+            && let Some(pool) = &self.ctx.pool
+        {
+            pool.give_back(self.proto, link);
+        }
+    }
+
+    /// `SELECT` with a backplane: Redis decides whether the database exists, on a dedicated
+    /// link; `SELECT 0` ends the state.
+    pub(super) async fn select_upstream(&mut self, db: i64, raw: Bytes) -> Flow {
+        if db == 0 && self.pass.dedicated.is_none() {
+            self.pass.db = 0;
+            self.reply(Reply::ok());
+            return Flow::Continue;
+        }
+        self.ctx.metrics.commands_forwarded.inc();
+        match self
+            .stateful(raw, |p, ok| {
+                if ok {
+                    p.db = db;
+                }
+            })
+            .await
+        {
+            Ok(()) => Flow::Continue,
+            Err(Gone) => Flow::Close,
+        }
+    }
+
+    /// `AUTH <user> <password>` for a user the sidecar does not know: the backplane's ACL
+    /// decides, on a dedicated link that then runs this client's commands as that user.
+    pub(super) async fn auth_upstream(&mut self, user: Bytes, password: Bytes, raw: Bytes) -> Flow {
+        self.ctx.metrics.commands_forwarded.inc();
+        // A refused AUTH leaves the previous user in place, as in Redis.
+        let result = self
+            .stateful(raw, |p, ok| {
+                if ok {
+                    p.user = Some((user, password));
+                }
+            })
+            .await;
+        if self.pass.user.is_some() {
+            self.authenticated = true;
+        }
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(Gone) => Flow::Close,
+        }
+    }
+
+    /// `HELLO … AUTH <user> <password>` for a user the sidecar does not know: logs in upstream
+    /// as [`Self::auth_upstream`] does; `Ok(true)` when HELLO may go on (a failure was replied).
+    pub(super) async fn hello_auth_upstream(
+        &mut self,
+        user: Bytes,
+        password: Bytes,
+    ) -> Result<bool, Gone> {
+        self.ctx.metrics.commands_forwarded.inc();
+        let raw =
+            Command::from_args([Bytes::from_static(b"AUTH"), user.clone(), password.clone()]).raw;
+        let ok = self
+            .stateful_call(
+                raw,
+                |p, ok| {
+                    if ok {
+                        p.user = Some((user, password));
+                    }
+                },
+                false,
+            )
+            .await?;
+        if ok == Some(true) {
+            self.authenticated = true;
+        }
+        Ok(ok == Some(true))
+    }
+
+    /// Back to the `default` user: a link logged in as another one is closed, not lent again.
+    pub(super) fn drop_upstream_user(&mut self) {
+        if self.pass.user.take().is_some() {
+            self.pass.tainted = true;
+            self.release_if_clean();
+        }
+    }
+
+    /// The client switched protocols: pooled links of the other protocol from now on, and a
+    /// dedicated link it keeps is switched too (its reply is not the client's).
+    pub(super) fn protocol_changed(&mut self) {
+        self.pass.pooled = None;
+        if let Some(link) = &self.pass.dedicated {
+            let hello = crate::upstream::command(&["HELLO", &self.proto.version().to_string()]);
+            let _ = link.send(hello.raw, Sink::Discard);
+        }
+    }
+
+    /// Whether the next reply is dropped (`CLIENT REPLY OFF`, or `SKIP` once).
+    pub(super) fn take_silence(&mut self) -> bool {
+        match self.reply_mode {
+            super::command::ReplyMode::On => false,
+            super::command::ReplyMode::Off => true,
+            super::command::ReplyMode::Skip => {
+                self.reply_mode = super::command::ReplyMode::On;
+                true
+            }
+        }
+    }
+
+    /// Queues a pass-through reply frame the session read itself.
+    fn reply_frame(&mut self, frame: Bytes) {
+        if !self.take_silence() {
+            self.outbox.reply(frame);
+        }
+    }
+}

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::fmt::Debug;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -323,13 +322,10 @@ pub fn helm() -> Option<PathBuf> {
     found
 }
 
-/// A loopback port nothing listens on right now (for a process the test starts).
+/// A loopback port nothing listens on right now (for a process the test starts); see
+/// [`switchboard_testkit::free_port`] for why the OS's port 0 is not good enough.
 pub fn unused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    switchboard_testkit::free_port().expect("a free loopback port")
 }
 
 /// A plain HTTP/1.0 GET on loopback; `None` while nothing listens.

@@ -44,12 +44,27 @@ impl Drop for TempDir {
     }
 }
 
-/// A loopback port nobody listens on right now (the OS picks it; we release it for the child).
+/// A loopback port nobody listens on right now, for a child process to bind.
+///
+/// Not one the OS picks with port 0: those come from the ephemeral range, where every outgoing
+/// connection (the tests open thousands) also takes its source port, so one could take it
+/// between our release and the child's bind ("Address already in use", about one run in ten).
+/// Ports below the ephemeral range are never handed out that way. Each process walks its own
+/// stretch of them (seeded by its PID) so test binaries running side by side do not collide,
+/// and checks each port is free before handing it out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral loopback port")
-        .port()
+    const LOW: u32 = 15_000;
+    const SPAN: u32 = 17_000; // up to 31_999, below Linux's default ephemeral start (32768)
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let seed = (u64::from(std::process::id()) * 977 % u64::from(SPAN)) as u32;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (LOW + (seed + step) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -659,15 +659,33 @@ fn write_file(path: &Path, contents: &str) -> Result<(), Error> {
     std::fs::write(path, contents).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
-/// A port nothing listens on right now. Another process could take it before the component binds
-/// it; the component then exits and the start fails with its log, rather than hanging.
-fn free_port() -> Result<u16, Error> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| Error::io("finding a free port", e))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| Error::io("finding a free port", e))?
-        .port())
+/// A loopback port nothing listens on right now, for a component (or a test's process) to bind.
+///
+/// Not one the OS picks with port 0: those come from the ephemeral range (32768 and up), where
+/// every outgoing connection also takes its source port, so one could take it between our
+/// release and the component's bind. Below that range nothing is handed out by the OS; each
+/// process walks its own stretch (seeded by its PID, apart from the sidecar tests' stretch) and
+/// checks each port is free. A port taken in the remaining window makes the component exit and
+/// the start fail with its log, rather than hang.
+pub fn free_port() -> Result<u16, Error> {
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 5_000; // 10000..14999; the sidecar's test support uses 15000..31999
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = (u64::from(std::process::id()) * 977 % u64::from(SPAN)) as u32;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LOW + (seed + step) % SPAN) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::io(
+        "finding a free port",
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "every port in 10000..15000 is taken",
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //!   counts, surviving backplane outages;
 //! - [`upstream`]: connections to the backplane;
 //! - [`http`], [`metrics`]: health, readiness and Prometheus metrics;
+//! - [`listening`]: whether the app still holds the subscription its adapter listens on;
 //! - [`config`]: flags and `SWITCHBOARD_*` variables, read once at start.
 
 pub mod config;
 pub mod glob;
 pub mod http;
+pub mod listening;
 pub mod metrics;
 pub mod relay;
 pub mod resp;
@@ -92,12 +94,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         tracing::warn!(addr = %config.listen, "listening beyond loopback: anything that reaches this address can use the backplane");
     }
     tracing::info!(addr = %config.listen, "accepting Redis connections");
+    let listening = listening::Check::new(config.listening(), metrics.clone());
+    let listening_task = tokio::spawn(listening.clone().run(relay.clone()));
     let http_listener = {
         let relay = relay.clone();
         let metrics = metrics.clone();
         let addr = config.http_listen;
         tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, relay, metrics).await {
+            if let Err(e) = http::serve(addr, relay, metrics, listening).await {
                 tracing::error!(%addr, error = %e, "cannot serve health and metrics (--http-listen)");
                 std::process::exit(1);
             }
@@ -142,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), relay.leave()).await;
     http_listener.abort();
+    listening_task.abort();
     Ok(())
 }
 

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub messages_dropped_slow_client: Counter,
     pub commands_forwarded: Counter,
     pub protocol_errors: Counter,
+    pub app_not_listening: Gauge,
+    pub app_listener_lost: Counter,
 }
 
 impl Metrics {
@@ -104,6 +106,16 @@ impl Metrics {
             "protocol_errors",
             "Connections closed for malformed or oversized input",
             m.protocol_errors.clone(),
+        );
+        r.register(
+            "app_not_listening",
+            "1 while the app holds none of its expected subscriptions (--expect-subscription) past the grace period",
+            m.app_not_listening.clone(),
+        );
+        r.register(
+            "app_listener_lost",
+            "Times the app stopped listening (held none of its expected subscriptions past the grace period)",
+            m.app_listener_lost.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

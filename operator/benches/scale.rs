@@ -188,9 +188,7 @@ async fn main() {
         ),
     );
     println!(
-        "  reconcile duration p50 / p99          {:>8} / {} (histogram bucket bounds)",
-        format!("≤{:.3} s", p50),
-        format!("≤{:.3} s", p99)
+        "  reconcile duration p50 / p99          ≤{p50:.3} s / ≤{p99:.3} s (histogram bucket bounds)"
     );
     println!(
         "  load average (1 min) start / end      {:>8.2} / {:.2}  (2 cores, shared)",

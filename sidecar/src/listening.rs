@@ -181,32 +181,34 @@ mod tests {
         assert!(python.met_by([topic(Kind::Channel, "socketio")].iter()));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pure_emitter_never_arms() {
+    // Time is passed in, so these need no clock: `t0 + n` stands for n seconds later.
+
+    #[test]
+    fn a_pure_emitter_never_arms() {
         let grace = Duration::from_secs(30);
+        let t0 = Instant::now();
         let mut state = State::Unarmed;
-        for _ in 0..100 {
-            tokio::time::advance(Duration::from_secs(10)).await;
-            state = state.next(false, Instant::now(), grace);
+        for i in 0..100 {
+            state = state.next(false, t0 + Duration::from_secs(10 * i), grace);
         }
         assert_eq!(state, State::Unarmed);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[test]
     fn losing_the_subscription_trips_after_the_grace_and_clears_when_regained() {
         let metrics = Arc::new(Metrics::default());
         let check = Check::new(expect(&["socketio"]), metrics.clone());
         let held = [topic(Kind::Channel, "socketio")];
-        check.observe(held.iter(), Instant::now());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        check.observe(held.iter(), at(0));
         assert_eq!(check.not_listening(), None);
 
-        check.observe(std::iter::empty(), Instant::now());
-        tokio::time::advance(Duration::from_secs(30)).await;
-        check.observe(std::iter::empty(), Instant::now());
+        check.observe(std::iter::empty(), at(1));
+        check.observe(std::iter::empty(), at(31));
         assert_eq!(check.not_listening(), None, "still within the grace period");
 
-        tokio::time::advance(Duration::from_secs(1)).await;
-        check.observe(std::iter::empty(), Instant::now());
+        check.observe(std::iter::empty(), at(32));
         let reason = check
             .not_listening()
             .expect("not listening after the grace");
@@ -214,7 +216,7 @@ mod tests {
             reason.contains("stopped listening") && reason.contains("socketio"),
             "{reason}"
         );
-        check.observe(std::iter::empty(), Instant::now());
+        check.observe(std::iter::empty(), at(33));
         assert_eq!(
             metrics.app_listener_lost.get(),
             1,
@@ -222,22 +224,22 @@ mod tests {
         );
         assert_eq!(metrics.app_not_listening.get(), 1);
 
-        check.observe(held.iter(), Instant::now());
+        check.observe(held.iter(), at(34));
         assert_eq!(check.not_listening(), None);
         assert_eq!(metrics.app_not_listening.get(), 0);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[test]
     fn a_resubscribe_within_the_grace_is_not_reported() {
         let metrics = Arc::new(Metrics::default());
         let check = Check::new(expect(&["socketio"]), metrics.clone());
         let held = [topic(Kind::Channel, "socketio")];
-        check.observe(held.iter(), Instant::now());
-        check.observe(std::iter::empty(), Instant::now());
-        tokio::time::advance(Duration::from_secs(5)).await;
-        check.observe(held.iter(), Instant::now());
-        tokio::time::advance(Duration::from_secs(60)).await;
-        check.observe(held.iter(), Instant::now());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        check.observe(held.iter(), at(0));
+        check.observe(std::iter::empty(), at(1));
+        check.observe(held.iter(), at(6));
+        check.observe(held.iter(), at(66));
         assert_eq!(check.not_listening(), None);
         assert_eq!(metrics.app_listener_lost.get(), 0);
     }

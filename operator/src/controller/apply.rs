@@ -89,7 +89,7 @@ pub struct Applied {
 pub enum Route {
     #[default]
     NotRequested,
-    Applied(DynamicObject),
+    Applied(Box<DynamicObject>),
     /// The cluster has no Gateway API CRDs.
     GatewayApiMissing,
     /// The installed HTTPRoute CRD has no `sessionPersistence` (standard channel); not applied.
@@ -240,7 +240,7 @@ impl Applier<'_> {
             )
             .await
         {
-            Ok(applied) => Ok(Route::Applied(applied)),
+            Ok(applied) => Ok(Route::Applied(Box::new(applied))),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(Route::GatewayApiMissing),
             // Server-side apply refuses fields the CRD's schema lacks (instead of pruning them as
             // a create would): the standard-channel CRDs have no sessionPersistence. A route

@@ -137,12 +137,13 @@ impl Applier<'_> {
         for service in &desired.services {
             apply(self.client, service).await?;
         }
+        // Budgets before the StatefulSets: a Redis pod is never up without its budget.
+        for budget in &desired.disruption_budgets {
+            apply(self.client, budget).await?;
+        }
         let mut applied = Applied::default();
         for set in &desired.stateful_sets {
             applied.stateful_sets.push(apply(self.client, set).await?);
-        }
-        for budget in &desired.disruption_budgets {
-            apply(self.client, budget).await?;
         }
         if let Some(config_map) = &desired.sidecar_config {
             apply(self.client, config_map).await?;

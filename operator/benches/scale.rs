@@ -4,6 +4,11 @@
 //!     cargo bench -p switchboard-operator --bench scale            # 200 clusters
 //!     SCALE_CLUSTERS=50 cargo bench -p switchboard-operator --bench scale
 //!
+//! Besides time to Ready and peak memory it prints the requests the operator sent to the API
+//! server per reconcile (from `switchboard_operator_api_requests_total`, watches apart), the
+//! reconcile duration's p50/p99 (from its histogram: the bucket's upper bound), and the machine's
+//! load average at start and end (the machine is shared; read the numbers with it).
+//!
 //! Each cluster gets one app pod that already carries a container named like the injected
 //! sidecar (injection is the webhook's job, measured separately), so `Ready` means: the managed
 //! Redis StatefulSet is ready (kwok runs it), the sidecar ConfigMap is written, and the pod is
@@ -56,6 +61,7 @@ async fn main() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let rtcs: Api<RealtimeCluster> = Api::namespaced(client.clone(), NAMESPACE);
 
+    let load_at_start = load_average();
     // "At once": 32 writers in parallel, pod and RealtimeCluster per cluster.
     let start = Instant::now();
     futures::stream::iter(0..clusters)
@@ -149,6 +155,87 @@ async fn main() {
         reconciles / clusters as f64
     );
     println!("  reconcile errors (first series)       {errors:>8.0}");
+    let text = operator.metrics_text().await.unwrap_or_default();
+    let requests = |verb: &str| {
+        series(
+            &text,
+            &format!("switchboard_operator_api_requests_total{{verb=\"{verb}\"}}"),
+        )
+    };
+    let calls: f64 = ["get", "create", "patch", "update", "delete"]
+        .iter()
+        .map(|v| requests(v))
+        .sum();
+    println!(
+        "  API requests (not watches)            {calls:>8.0}  ({:.1} per reconcile: get {:.0}, patch {:.0}, create {:.0}, delete {:.0}; watches started {:.0})",
+        calls / reconciles.max(1.0),
+        requests("get"),
+        requests("patch"),
+        requests("create"),
+        requests("delete"),
+        requests("watch"),
+    );
+    let (p50, p99) = (
+        histogram_quantile(
+            &text,
+            "switchboard_operator_reconcile_duration_seconds",
+            0.50,
+        ),
+        histogram_quantile(
+            &text,
+            "switchboard_operator_reconcile_duration_seconds",
+            0.99,
+        ),
+    );
+    println!(
+        "  reconcile duration p50 / p99          ≤{p50:.3} s / ≤{p99:.3} s (histogram bucket bounds)"
+    );
+    println!(
+        "  load average (1 min) start / end      {:>8.2} / {:.2}  (2 cores, shared)",
+        load_at_start,
+        load_average()
+    );
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split(' ').next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The value of the series named exactly `name` (with its labels) in a Prometheus text body.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` of `name`.
+fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map_or(f64::NAN, |b| b.0)
 }
 
 /// Peak resident memory of `pid` in KiB (Linux `/proc/<pid>/status`, `VmHWM`).

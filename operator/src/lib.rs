@@ -11,6 +11,7 @@ mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod webhook;
 
 pub use error::{Error, Result};

@@ -21,13 +21,13 @@ use tokio::sync::watch;
 async fn main() {
     let config = Config::from_process();
     init_logging(&config.log_format);
-    let client = match kube::Client::try_default().await {
+    let metrics = Arc::new(Metrics::default());
+    let client = match counted_client(metrics.clone()).await {
         Ok(client) => client,
         Err(e) => fail(&format!(
             "cannot configure a Kubernetes client ({e}); in a pod it uses the ServiceAccount, elsewhere KUBECONFIG or ~/.kube/config"
         )),
     };
-    let metrics = Arc::new(Metrics::default());
     let webhook = config.webhook();
     let health = Arc::new(Health::new(webhook.is_some()));
     let (addr, server) = match http::bind(config.http_listen, health.clone(), metrics.clone()).await
@@ -93,6 +93,22 @@ async fn main() {
     }
     let mut elector = holder.await.expect("the Lease holder task does not panic");
     elector.release().await;
+}
+
+/// The usual client (in-cluster, else `KUBECONFIG`), counting every request it sends in
+/// `switchboard_operator_api_requests_total`.
+async fn counted_client(metrics: Arc<Metrics>) -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let count =
+        tower::util::MapRequestLayer::new(move |request: hyper::Request<kube::client::Body>| {
+            metrics.api_request(request.method().as_str(), request.uri().query());
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
 
 /// Starts the injection webhook on this replica (leader or not): a RealtimeCluster cache, the

@@ -27,8 +27,15 @@ pub struct InjectionLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `get` (a read or a list), `watch`, `create`, `patch`, `update`, `delete`.
+    pub verb: &'static str,
+}
+
 pub struct Metrics {
     pub reconciles: Counter,
+    pub api_requests: Family<RequestLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
@@ -39,6 +46,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             reconciles: Counter::default(),
+            api_requests: Family::default(),
             reconcile_errors: Family::default(),
             // 5 ms .. ~20 s: a reconcile is a handful of API round trips.
             reconcile_duration: Histogram::new(
@@ -66,6 +74,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one request to the API server, by verb (from its method and `watch` parameter).
+    pub fn api_request(&self, method: &str, query: Option<&str>) {
+        let watch =
+            query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let verb = match method {
+            "GET" if watch => "watch",
+            "GET" => "get",
+            "POST" => "create",
+            "PATCH" => "patch",
+            "PUT" => "update",
+            "DELETE" => "delete",
+            _ => "other",
+        };
+        self.api_requests
+            .get_or_create(&RequestLabels { verb })
+            .inc();
+    }
+
     pub fn injection(&self, outcome: &'static str, reason: &'static str) {
         self.injections
             .get_or_create(&InjectionLabels { outcome, reason })
@@ -79,6 +105,11 @@ impl Metrics {
             "reconciles",
             "Reconciles of RealtimeClusters started",
             self.reconciles.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests this replica sent to the API server, by verb (watches count once per (re)start)",
+            self.api_requests.clone(),
         );
         r.register(
             "reconcile_errors",

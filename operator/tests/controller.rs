@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -21,33 +21,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::scenario::{Scenario, cluster, pod};
 use support::{Operator, condition, eventually, get, has, until};
-use switchboard_operator::api::RealtimeCluster;
-
-const SIDECAR: &str = "switchboard-sidecar";
-
-fn cluster(name: &str, spec: Value) -> RealtimeCluster {
-    serde_json::from_value(json!({
-        "apiVersion": "switchboard.dev/v1alpha1",
-        "kind": "RealtimeCluster",
-        "metadata": { "name": name },
-        "spec": spec,
-    }))
-    .unwrap()
-}
-
-/// A pod that kwok will run; `with_sidecar` adds a container named like the injected one.
-fn pod(name: &str, labels: Value, with_sidecar: bool) -> Pod {
-    let mut containers = vec![json!({ "name": "app", "image": "chat:never-pulled" })];
-    if with_sidecar {
-        containers.push(json!({ "name": SIDECAR, "image": "sidecar:never-pulled" }));
-    }
-    serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": labels },
-        "spec": { "containers": containers },
-    }))
-    .unwrap()
-}
 
 /// How many objects of kind `K` carry `instance`'s recommended label.
 async fn count<K>(client: &Client, namespace: &str, instance: &str) -> usize
@@ -68,14 +43,12 @@ where
 
 #[tokio::test]
 async fn a_cluster_is_built_updated_and_collected() {
-    let Some(cp) = support::control_plane().await else {
+    let Some(s) = Scenario::new("lifecycle").await else {
         return;
     };
-    let client = cp.client().await.unwrap();
-    let ns = "lifecycle";
-    support::namespace(&client, ns).await;
+    let (cp, client, ns) = (s.cp, s.client.clone(), s.ns.as_str());
     let _operator = Operator::start(cp, ns, "switchboard-operator", "op-life");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = &s.pods;
     for (name, injected) in [("chat-a", true), ("chat-b", false)] {
         pods.create(
             &PostParams::default(),
@@ -84,7 +57,7 @@ async fn a_cluster_is_built_updated_and_collected() {
         .await
         .unwrap();
     }
-    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let clusters = &s.clusters;
     clusters
         .create(
             &PostParams::default(),
@@ -336,14 +309,12 @@ async fn a_cluster_is_built_updated_and_collected() {
 
 #[tokio::test]
 async fn a_missing_external_secret_is_reported_then_recovered() {
-    let Some(cp) = support::control_plane().await else {
+    let Some(s) = Scenario::new("external").await else {
         return;
     };
-    let client = cp.client().await.unwrap();
-    let ns = "external";
-    support::namespace(&client, ns).await;
+    let (cp, client, ns) = (s.cp, s.client.clone(), s.ns.as_str());
     let _operator = Operator::start(cp, ns, "switchboard-operator", "op-ext");
-    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let clusters = &s.clusters;
     clusters
         .create(
             &PostParams::default(),
@@ -428,14 +399,12 @@ async fn a_missing_external_secret_is_reported_then_recovered() {
 
 #[tokio::test]
 async fn an_invalid_spec_is_reported_and_waits_for_an_edit() {
-    let Some(cp) = support::control_plane().await else {
+    let Some(s) = Scenario::new("invalid").await else {
         return;
     };
-    let client = cp.client().await.unwrap();
-    let ns = "invalid";
-    support::namespace(&client, ns).await;
+    let (cp, client, ns) = (s.cp, s.client.clone(), s.ns.as_str());
     let operator = Operator::start(cp, ns, "switchboard-operator", "op-invalid");
-    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let clusters = &s.clusters;
     // Passes the CRD schema, but 41 characters cannot prefix the Redis Service names.
     let name = format!("chat-{}", "x".repeat(36));
     clusters
@@ -488,12 +457,10 @@ async fn holder(client: &Client, ns: &str) -> Option<String> {
 
 #[tokio::test]
 async fn two_replicas_elect_one_leader_and_fail_over() {
-    let Some(cp) = support::control_plane().await else {
+    let Some(s) = Scenario::new("ha").await else {
         return;
     };
-    let client = cp.client().await.unwrap();
-    let ns = "ha";
-    support::namespace(&client, ns).await;
+    let (cp, client, ns) = (s.cp, s.client.clone(), s.ns.as_str());
     let a = Operator::start(cp, ns, "switchboard-operator", "op-a");
     let b = Operator::start(cp, ns, "switchboard-operator", "op-b");
     let leader_id = eventually("a Lease holder", 30, async || holder(&client, ns).await).await;
@@ -511,7 +478,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
     )
     .await;
 
-    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let clusters = &s.clusters;
     let spec =
         json!({ "selector": { "matchLabels": { "app": "chat" } }, "framework": "python-socketio" });
     clusters
@@ -571,14 +538,12 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
 
 #[tokio::test]
 async fn a_restart_mid_way_converges_without_duplicates() {
-    let Some(cp) = support::control_plane().await else {
+    let Some(s) = Scenario::new("restart").await else {
         return;
     };
-    let client = cp.client().await.unwrap();
-    let ns = "restart";
-    support::namespace(&client, ns).await;
+    let (cp, client, ns) = (s.cp, s.client.clone(), s.ns.as_str());
     let first = Operator::start(cp, ns, "switchboard-operator", "op-first");
-    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let clusters = &s.clusters;
     clusters
         .create(
             &PostParams::default(),
@@ -657,14 +622,12 @@ fn gateway_api_crd(channel: &str) -> Option<CustomResourceDefinition> {
 
 #[tokio::test]
 async fn sentinel_shards_traefik_and_gateway_routes_apply() {
-    let Some(cp) = support::control_plane().await else {
+    let Some(s) = Scenario::new("shapes").await else {
         return;
     };
-    let client = cp.client().await.unwrap();
-    let ns = "shapes";
-    support::namespace(&client, ns).await;
+    let (cp, client, ns) = (s.cp, s.client.clone(), s.ns.as_str());
     let _operator = Operator::start(cp, ns, "switchboard-operator", "op-shapes");
-    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let clusters = &s.clusters;
 
     // Two shards of three Redis servers with Sentinel, behind Traefik.
     clusters

@@ -292,3 +292,103 @@ async fn selected_pods_get_a_native_sidecar_and_the_rest_is_reported() {
         "two injected replicas, the opted-out pod and the late one: {status:?}"
     );
 }
+
+/// An operator serving injection for `ns`, its webhook registered and trusted.
+async fn injecting_operator(
+    cp: &'static switchboard_testkit::ControlPlane,
+    client: &kube::Client,
+    ns: &str,
+    identity: &str,
+) -> Operator {
+    let operator = Operator::start(cp, ns, "switchboard-operator", identity);
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    configurations
+        .create(
+            &PostParams::default(),
+            &webhook_configuration(ns, &operator.webhook_url),
+        )
+        .await
+        .unwrap();
+    eventually("the caBundle filled in by the operator", 60, async || {
+        let configuration = configurations
+            .get(&format!("switchboard-sidecar-injector-{ns}"))
+            .await
+            .unwrap();
+        configuration.webhooks?[0].client_config.ca_bundle.clone()
+    })
+    .await;
+    eventually("the webhook serving", 60, async || {
+        operator.is_ready().await.then_some(())
+    })
+    .await;
+    operator
+}
+
+#[tokio::test]
+async fn dify_pods_get_only_their_pubsub_url_pointed_at_the_sidecar() {
+    let Some(cp) = support::control_plane().await else {
+        return;
+    };
+    let client = cp.client().await.unwrap();
+    let ns = "inject-dify";
+    support::namespace(&client, ns).await;
+    let _operator = injecting_operator(cp, &client, ns, "op-dify").await;
+    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let rtc: RealtimeCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "RealtimeCluster",
+        "metadata": { "name": "dify" },
+        "spec": {
+            "selector": { "matchLabels": { "app.kubernetes.io/instance": "dify", "component": "api-websocket" } },
+            "framework": "dify",
+        },
+    }))
+    .unwrap();
+    clusters.create(&PostParams::default(), &rtc).await.unwrap();
+    let config = eventually("the sidecar ConfigMap", 60, async || {
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt("dify-sidecar")
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        config.data.unwrap()["SWITCHBOARD_EXPECT_SUBSCRIPTION"],
+        "socketio"
+    );
+
+    // A websocket pod as Dify's chart makes it: its cache and Celery broker on Dify's Redis.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "dify-api-websocket-0",
+            "labels": { "app.kubernetes.io/instance": "dify", "component": "api-websocket" },
+        },
+        "spec": { "containers": [{
+            "name": "api-websocket", "image": "langgenius/dify-api:never-pulled",
+            "env": [
+                { "name": "REDIS_HOST", "value": "dify-redis-master" },
+                { "name": "CELERY_BROKER_URL", "value": "redis://:pw@dify-redis-master:6379/1" },
+            ],
+        }] },
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    assert!(
+        sidecar(&created).is_some(),
+        "no native sidecar in {created:#?}"
+    );
+    let app = &created.spec.as_ref().unwrap().containers[0];
+    assert_eq!(env(app, "PUBSUB_REDIS_URL"), Some("redis://127.0.0.1:6379"));
+    assert_eq!(
+        env(app, "EVENT_BUS_REDIS_URL"),
+        Some("redis://127.0.0.1:6379")
+    );
+    assert_eq!(env(app, "PUBSUB_REDIS_USE_CLUSTERS"), Some("false"));
+    assert_eq!(env(app, "REDIS_HOST"), Some("dify-redis-master"));
+    assert_eq!(
+        env(app, "CELERY_BROKER_URL"),
+        Some("redis://:pw@dify-redis-master:6379/1")
+    );
+    assert_eq!(env(app, "REDIS_URL"), None, "Dify reads no REDIS_URL");
+}

@@ -126,6 +126,26 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_FLUSH_GRACE_MS", default_value_t = 5_000)]
     pub flush_grace_ms: u64,
 
+    /// Subscriptions the app's Redis adapter holds while it listens (channel, pattern or shard
+    /// channel name prefixes; repeat the flag, or separate them with spaces in the variable). Once
+    /// the app has held one, holding none for longer than --listening-grace-seconds makes
+    /// `/readyz` answer 503 (see `listening`). Absent: no check.
+    #[arg(
+        long = "expect-subscription",
+        env = "SWITCHBOARD_EXPECT_SUBSCRIPTION",
+        value_delimiter = ' '
+    )]
+    pub expect_subscriptions: Vec<String>,
+
+    /// How long the app may hold none of the expected subscriptions before it counts as no longer
+    /// listening (an adapter resubscribing after a reconnect takes a moment).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LISTENING_GRACE_SECONDS",
+        default_value_t = 30
+    )]
+    pub listening_grace_seconds: u64,
+
     /// Log format: `text` for people, `json` for log pipelines. Filter with `RUST_LOG`.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -219,6 +239,12 @@ impl Config {
                 self.max_in_flight
             ));
         }
+        if self.listening_grace_seconds == 0 {
+            return Err(
+                "--listening-grace-seconds (SWITCHBOARD_LISTENING_GRACE_SECONDS) must be at least 1; an adapter needs a moment to resubscribe after a reconnect"
+                    .into(),
+            );
+        }
         let given = !self.upstreams.is_empty();
         // Any run of whitespace separates URLs: several spaces, or the newline a Secret's value
         // often ends with (`echo url > file`), must not become part of a URL.
@@ -239,6 +265,19 @@ impl Config {
                 .map_err(|e| format!("--upstream (SWITCHBOARD_UPSTREAM_URL): {e}"))?;
         }
         Ok(self)
+    }
+
+    /// The listening check's expectation (`--expect-subscription`, `--listening-grace-seconds`).
+    pub fn listening(&self) -> crate::listening::Expectation {
+        crate::listening::Expectation {
+            prefixes: self
+                .expect_subscriptions
+                .iter()
+                .flat_map(|p| p.split_whitespace())
+                .map(str::to_owned)
+                .collect(),
+            grace: Duration::from_secs(self.listening_grace_seconds),
+        }
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -1,7 +1,8 @@
 //! Health and metrics over HTTP, for the kubelet's probes and Prometheus.
 //!
 //! `/healthz` answers while the process serves; `/readyz` only while the backplane is connected
-//! (always in embedded mode), so a pod cut off from Redis leaves the Service's endpoints.
+//! (always in embedded mode) and the app has not stopped listening (see [`crate::listening`]),
+//! so a pod cut off from Redis, or deaf to broadcasts, leaves the Service's endpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use warp::Filter;
 use warp::http::StatusCode;
 
+use crate::listening::Check;
 use crate::metrics::Metrics;
 use crate::relay::Relay;
 
@@ -16,16 +18,19 @@ pub async fn serve(
     addr: SocketAddr,
     relay: Arc<Relay>,
     metrics: Arc<Metrics>,
+    listening: Arc<Check>,
 ) -> std::io::Result<()> {
     let healthz = warp::path!("healthz").map(|| "ok\n".to_string());
     let readyz = warp::path!("readyz").map(move || {
-        if relay.is_ready() {
-            warp::reply::with_status("ready\n".to_string(), StatusCode::OK)
-        } else {
+        if !relay.is_ready() {
             warp::reply::with_status(
                 "not ready: the backplane is not connected\n".to_string(),
                 StatusCode::SERVICE_UNAVAILABLE,
             )
+        } else if let Some(reason) = listening.not_listening() {
+            warp::reply::with_status(format!("{reason}\n"), StatusCode::SERVICE_UNAVAILABLE)
+        } else {
+            warp::reply::with_status("ready\n".to_string(), StatusCode::OK)
         }
     });
     let metrics = warp::path!("metrics").map(move || {

@@ -8,6 +8,7 @@
 //!   counts, surviving backplane outages;
 //! - `upstream`: connections to the backplane;
 //! - `http`, `metrics`: health, readiness and Prometheus metrics;
+//! - `listening`: whether the app still holds the subscription its adapter listens on;
 //! - [`config`]: flags and `SWITCHBOARD_*` variables, read once at start.
 
 // The operator parses what it renders with the sidecar's own flag parser, and the protocol is
@@ -15,6 +16,7 @@
 pub mod config;
 pub(crate) mod glob;
 pub(crate) mod http;
+pub(crate) mod listening;
 pub(crate) mod metrics;
 pub(crate) mod pubsub;
 pub(crate) mod relay;
@@ -106,12 +108,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         tracing::warn!(addr = %config.listen, "listening beyond loopback: anything that reaches this address can use the backplane");
     }
     tracing::info!(addr = %config.listen, "accepting Redis connections");
+    let listening = listening::Check::new(config.listening(), metrics.clone());
+    let listening_task = tokio::spawn(listening.clone().run(relay.clone()));
     let http_listener = {
         let relay = relay.clone();
         let metrics = metrics.clone();
         let addr = config.http_listen;
         tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, relay, metrics).await {
+            if let Err(e) = http::serve(addr, relay, metrics, listening).await {
                 tracing::error!(%addr, error = %e, "cannot serve health and metrics (--http-listen)");
                 std::process::exit(1);
             }
@@ -156,6 +160,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), relay.leave()).await;
     http_listener.abort();
+    listening_task.abort();
     Ok(())
 }
 

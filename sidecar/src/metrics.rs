@@ -26,6 +26,8 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     /// Pass-through links open to the backplane, by kind (`pool`, `dedicated`).
     pub upstream_connections: Family<Vec<(String, String)>, Gauge>,
+    pub app_not_listening: Gauge,
+    pub app_listener_lost: Counter,
 }
 
 /// What a pass-through link is for: shared by every client, or lent to one.
@@ -135,6 +137,16 @@ impl Metrics {
             "upstream_connections",
             "Pass-through connections open to the backplane, by kind: pool (shared by every client) or dedicated (lent to one client for a transaction, WATCH, a blocking command, another database or user)",
             m.upstream_connections.clone(),
+        );
+        r.register(
+            "app_not_listening",
+            "1 while the app holds none of its expected subscriptions (--expect-subscription) past the grace period",
+            m.app_not_listening.clone(),
+        );
+        r.register(
+            "app_listener_lost",
+            "Times the app stopped listening (held none of its expected subscriptions past the grace period)",
+            m.app_listener_lost.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

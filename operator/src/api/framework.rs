@@ -16,6 +16,8 @@ pub enum Framework {
     SocketioNode,
     /// Open WebUI (`WEBSOCKET_MANAGER=redis`).
     OpenWebui,
+    /// Dify's API server: its Socket.IO `RedisManager` (workflow collaboration) on `PUBSUB_REDIS_URL`.
+    Dify,
     /// Anything else that speaks Redis pub/sub; set `app.port` yourself.
     Generic,
 }
@@ -29,20 +31,37 @@ pub struct Preset {
     pub redis_url_env: &'static [&'static str],
     /// Variables the app needs to use Redis at all (set only where the pod does not set them).
     pub required_env: &'static [(&'static str, &'static str)],
+    /// Name prefixes of the subscriptions (channels, patterns, shard channels) the framework's
+    /// adapter holds for as long as it listens: read from each adapter's source.
+    pub listening: &'static [&'static str],
 }
 
 impl Framework {
     pub fn preset(self) -> Preset {
         match self {
-            Framework::PythonSocketio | Framework::FlaskSocketio => Preset {
+            // python-socketio's (Async)RedisManager subscribes to its channel, `socketio` unless
+            // the app names another.
+            Framework::PythonSocketio => Preset {
                 port: Some(5000),
                 redis_url_env: &["REDIS_URL"],
                 required_env: &[],
+                listening: &["socketio"],
             },
+            // Flask-SocketIO's `SocketIO(message_queue=...)` defaults its channel to `flask-socketio`.
+            Framework::FlaskSocketio => Preset {
+                port: Some(5000),
+                redis_url_env: &["REDIS_URL"],
+                required_env: &[],
+                listening: &["flask-socketio"],
+            },
+            // @socket.io/redis-adapter: `PSUBSCRIBE socket.io#/#*` plus `socket.io-request#/#` and
+            // `socket.io-response#...` (classic), or `SSUBSCRIBE socket.io#/#...` (sharded): all
+            // under its key, `socket.io` by default.
             Framework::SocketioNode => Preset {
                 port: Some(3000),
                 redis_url_env: &["REDIS_URL"],
                 required_env: &[],
+                listening: &["socket.io"],
             },
             // Open WebUI reads its socket backplane from WEBSOCKET_REDIS_URL and its app state
             // (sessions, locks, models) from REDIS_URL; both go through the sidecar.
@@ -53,11 +72,30 @@ impl Framework {
                     ("ENABLE_WEBSOCKET_SUPPORT", "true"),
                     ("WEBSOCKET_MANAGER", "redis"),
                 ],
+                // Its `AsyncRedisManager(WEBSOCKET_REDIS_URL)` keeps python-socketio's channel.
+                listening: &["socketio"],
             },
+            // Dify's `extensions/ext_socketio.py` builds `socketio.RedisManager` on
+            // `dify_config.normalized_pubsub_redis_url`: `PUBSUB_REDIS_URL` (or its alias
+            // `EVENT_BUS_REDIS_URL`, which pydantic reads first), falling back to the `REDIS_*`
+            // settings the cache and the Celery broker use. Only the pub/sub URL goes through the
+            // sidecar; `REDIS_HOST`/`CELERY_BROKER_URL` keep pointing at Dify's own Redis. The
+            // channel is `socketio`, behind `REDIS_KEY_PREFIX:` when that is set. The API
+            // listens on 5001.
+            Framework::Dify => Preset {
+                port: Some(5001),
+                redis_url_env: &["PUBSUB_REDIS_URL", "EVENT_BUS_REDIS_URL"],
+                // The sidecar is one Redis, not a Redis Cluster.
+                required_env: &[("PUBSUB_REDIS_USE_CLUSTERS", "false")],
+                listening: &["socketio"],
+            },
+            // Nothing is known about what a generic app subscribes to: no listening check unless
+            // `spec.app.listening` names it.
             Framework::Generic => Preset {
                 port: None,
                 redis_url_env: &["REDIS_URL"],
                 required_env: &[],
+                listening: &[],
             },
         }
     }
@@ -73,11 +111,47 @@ pub struct App {
     pub port: Option<i32>,
 
     /// Environment variables the sidecar's URL (`redis://127.0.0.1:6379`) is written to.
-    /// Default: the framework's preset (`REDIS_URL`, plus `WEBSOCKET_REDIS_URL` for open-webui).
+    /// Default: the framework's preset (`REDIS_URL`, plus `WEBSOCKET_REDIS_URL` for open-webui;
+    /// `PUBSUB_REDIS_URL` and `EVENT_BUS_REDIS_URL` for dify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 16),
         inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))
     )]
     pub redis_url_env: Option<Vec<String>>,
+
+    /// The "app stopped listening" check: which subscriptions the app's Redis adapter holds while
+    /// it can hear broadcasts, and how long it may hold none before its pod is reported.
+    /// Default: the framework's preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening: Option<Listening>,
+}
+
+/// What a listening app holds, and for how long its absence is tolerated. The sidecar checks it
+/// only after it has seen the app hold one of these subscriptions once (since the sidecar
+/// started), so a pure emitter (python-socketio `write_only`, a worker that only publishes)
+/// never trips it; after that, when the app's connections hold none of them for longer than
+/// `graceSeconds`, the sidecar's `/readyz` answers 503 naming the reason, and the pod is named in
+/// the status.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Listening {
+    /// Name prefixes of channels, patterns or shard channels (`socketio`, `socket.io`). Empty:
+    /// no check. Default: the framework's preset (`generic` has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 1, max = 256), regex(pattern = r"^\S+$"))
+    )]
+    pub subscriptions: Option<Vec<String>>,
+
+    /// Seconds without any of them before the pod is reported (an adapter resubscribing after a
+    /// reconnect takes a moment). Default 30.
+    #[serde(default = "default_grace_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub grace_seconds: i64,
+}
+
+fn default_grace_seconds() -> i64 {
+    30
 }

@@ -12,7 +12,7 @@ mod sidecar;
 mod status;
 
 pub use backplane::{Backplane, ExternalBackplane, ManagedBackplane, Persistence, SecretKeyRef};
-pub use framework::{App, Framework, Preset};
+pub use framework::{App, Framework, Listening, Preset};
 pub use ingress::{Affinity, Cookie, GatewayRef, Ingress, IngressTls};
 pub use sidecar::Sidecar;
 pub use status::{PodCounts, RealtimeClusterStatus};
@@ -54,7 +54,8 @@ pub struct RealtimeClusterSpec {
     /// The socket server's pods, in this namespace; the sidecar is injected into these.
     pub selector: LabelSelector,
 
-    /// The socket server's framework; picks the preset port and Redis URL variables.
+    /// The socket server's framework; picks the preset port, Redis URL variables and the
+    /// subscriptions the listening check expects.
     pub framework: Framework,
 
     /// How to reach the application; unset fields come from the framework's preset.
@@ -92,6 +93,31 @@ impl RealtimeClusterSpec {
                 .map(|s| s.to_string())
                 .collect(),
         }
+    }
+
+    /// The subscription name prefixes the sidecar expects the app to hold: the spec's, else the
+    /// preset's; empty means no check.
+    pub fn listening_subscriptions(&self) -> Vec<String> {
+        match self
+            .app
+            .listening
+            .as_ref()
+            .and_then(|l| l.subscriptions.as_ref())
+        {
+            Some(names) => names.clone(),
+            None => self
+                .framework
+                .preset()
+                .listening
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+
+    /// Seconds the app may hold none of [`Self::listening_subscriptions`] before it is reported.
+    pub fn listening_grace_seconds(&self) -> i64 {
+        self.app.listening.as_ref().map_or(30, |l| l.grace_seconds)
     }
 }
 

@@ -50,6 +50,7 @@ fn presets_fill_what_the_spec_leaves_out() {
     spec.app = App {
         port: Some(9000),
         redis_url_env: Some(vec!["BROKER_URL".into()]),
+        listening: None,
     };
     assert_eq!(spec.app_port(), Some(9000));
     assert_eq!(spec.redis_url_env(), ["BROKER_URL"]);

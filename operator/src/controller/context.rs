@@ -1,4 +1,5 @@
-//! What every reconcile shares: the client, the Event recorder and the metrics.
+//! What every reconcile shares: the client, the Event recorder and the metrics ([`Context`], also
+//! used by the webhook), and the running Controller's caches ([`Shared`]).
 
 use std::sync::Arc;
 
@@ -26,4 +27,12 @@ impl Context {
             metrics,
         }
     }
+}
+
+/// What the reconciles of one running Controller share besides the [`Context`]: its caches of the
+/// owned children and pods, and the HTTPRoutes it last confirmed.
+pub struct Shared {
+    pub context: Arc<Context>,
+    pub stores: super::apply::Stores,
+    pub routes: super::apply::RoutesSeen,
 }

@@ -1,4 +1,5 @@
-//! Names, labels and ownership shared by every object the controller builds.
+//! Labels and ownership shared by every object the controller builds (the names themselves are
+//! in [`crate::names`]).
 
 use std::collections::BTreeMap;
 
@@ -7,13 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 
 use crate::api::RealtimeCluster;
-
-/// The server-side apply field manager every write uses.
-pub const FIELD_MANAGER: &str = "switchboard-operator";
-/// `app.kubernetes.io/managed-by` on everything the operator creates.
-pub const MANAGED_BY: &str = "switchboard-operator";
-/// `app.kubernetes.io/part-of` on everything the operator creates.
-pub const PART_OF: &str = "switchboard";
+use crate::names::{
+    COMPONENT_LABEL, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL, PART_OF,
+    PART_OF_LABEL,
+};
 
 /// The recommended labels (`app.kubernetes.io/*`) for a child of `rtc`.
 pub(crate) fn labels(
@@ -22,11 +20,11 @@ pub(crate) fn labels(
     component: &str,
 ) -> BTreeMap<String, String> {
     [
-        ("app.kubernetes.io/name", name.to_owned()),
-        ("app.kubernetes.io/instance", rtc.name_any()),
-        ("app.kubernetes.io/component", component.to_owned()),
-        ("app.kubernetes.io/part-of", PART_OF.to_owned()),
-        ("app.kubernetes.io/managed-by", MANAGED_BY.to_owned()),
+        (NAME_LABEL, name.to_owned()),
+        (INSTANCE_LABEL, rtc.name_any()),
+        (COMPONENT_LABEL, component.to_owned()),
+        (PART_OF_LABEL, PART_OF.to_owned()),
+        (MANAGED_BY_LABEL, MANAGED_BY.to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -1,27 +1,114 @@
-//! Reads the controller needs besides its own children: the external backplane's Secret and the
-//! selected pods. Pure helpers turn what was read into [`status`](super::status) inputs.
+//! The `observe` stage: pure functions from what the API server returned (the applied children,
+//! the external backplane's Secret, the selected pods from the Controller's cache) to what the
+//! status needs ([`Observed`]). No client: the reconcile does the reads and hands them over.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams};
-use kube::core::Selector;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
 
-use super::sidecar_config::CONFIG_HASH_ANNOTATION;
+use super::apply::{Applied, Route};
+use super::status::{self, Observed, ShardReadiness};
+use super::validate;
 use crate::api::{PodCounts, RealtimeCluster};
-use crate::error::{Error, Result};
+use crate::names::CONFIG_HASH_ANNOTATION;
+pub use crate::names::SIDECAR_CONTAINER;
 
-/// The name of the container the injector adds; a pod with it (as a container or a native
-/// sidecar init container) counts as injected.
-pub const SIDECAR_CONTAINER: &str = "switchboard-sidecar";
+/// The backplane's state for the status, and the upstream URL (without a password) the sidecar
+/// ConfigMap gets, when there is a usable one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub backplane: status::Backplane,
+    pub upstream: Option<String>,
+}
 
-/// The external backplane's Secret, if it exists.
-pub async fn secret(client: &Client, namespace: &str, name: &str) -> Result<Option<Secret>> {
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(Error::kube(format!("reading Secret {name}")))
+/// The external-Secret decision: `secret` is what the API server returned for
+/// `spec.backplane.external.urlSecretRef.name` (`None`: it does not exist). For a managed
+/// backplane the URL is the operator's own and the Secret is not consulted; its readiness comes
+/// from the applied StatefulSets ([`observe`]).
+pub fn resolve_backplane(rtc: &RealtimeCluster, secret: Option<&Secret>) -> Resolved {
+    let Some(external) = &rtc.spec.backplane.external else {
+        return Resolved {
+            backplane: status::Backplane::Managed(Vec::new()),
+            upstream: super::backplane::upstream_url(rtc),
+        };
+    };
+    let reference = &external.url_secret_ref;
+    let (backplane, upstream) = match secret.map(|s| secret_value(s, &reference.key)) {
+        None => (
+            status::Backplane::SecretMissing {
+                secret: reference.name.clone(),
+            },
+            None,
+        ),
+        Some(None) => (
+            status::Backplane::SecretKeyMissing {
+                secret: reference.name.clone(),
+                key: reference.key.clone(),
+            },
+            None,
+        ),
+        Some(Some(url)) => match validate::external_url(rtc, &url) {
+            Ok(redacted) => (
+                status::Backplane::External {
+                    url: redacted.clone(),
+                },
+                Some(redacted),
+            ),
+            Err(e) => (status::Backplane::InvalidUrl(e.to_string()), None),
+        },
+    };
+    Resolved {
+        backplane,
+        upstream,
+    }
+}
+
+/// Everything the status reports, from the applied set, the resolved backplane and the pods
+/// (any pods: those `spec.selector` does not select in `rtc`'s namespace are ignored here).
+pub fn observe(
+    rtc: &RealtimeCluster,
+    resolved: &Resolved,
+    applied: &Applied,
+    pods: &[Arc<Pod>],
+) -> Observed {
+    let pods = selected(rtc, pods);
+    let backplane = match resolved.backplane {
+        status::Backplane::Managed(_) => {
+            status::Backplane::Managed(applied.stateful_sets.iter().map(shard_readiness).collect())
+        }
+        ref other => other.clone(),
+    };
+    Observed {
+        backplane,
+        ingress: ingress_state(rtc, applied),
+        pods: pod_counts(&pods),
+        selector: selector_text(rtc),
+        uninjected: uninjected(&pods),
+        outdated: applied
+            .config_hash
+            .as_deref()
+            .map(|hash| outdated(&pods, hash))
+            .unwrap_or_default(),
+        sidecar_not_ready: sidecar_not_ready(&pods),
+    }
+}
+
+/// The pods of `pods` that `spec.selector` matches in `rtc`'s namespace. An unparsable
+/// selector (the API server checked its syntax, `validate` the rest) selects nothing rather
+/// than everything.
+pub fn selected(rtc: &RealtimeCluster, pods: &[Arc<Pod>]) -> Vec<Pod> {
+    let Ok(selector) = Selector::try_from(rtc.spec.selector.clone()) else {
+        return Vec::new();
+    };
+    let namespace = rtc.namespace();
+    pods.iter()
+        .filter(|p| p.namespace() == namespace && selector.matches(p.labels()))
+        .map(|p| (**p).clone())
+        .collect()
 }
 
 /// The value of `key` in `secret`, as text.
@@ -36,20 +123,6 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .cloned()
 }
 
-/// The pods `spec.selector` matches in the RealtimeCluster's namespace.
-pub async fn selected_pods(client: &Client, rtc: &RealtimeCluster) -> Result<Vec<Pod>> {
-    // `validate` ran first and the API server checked the selector's syntax; an unparsable
-    // one would select nothing rather than everything.
-    let Ok(selector) = Selector::try_from(rtc.spec.selector.clone()) else {
-        return Ok(Vec::new());
-    };
-    let api: Api<Pod> = Api::namespaced(client.clone(), &rtc.namespace().unwrap_or_default());
-    api.list(&ListParams::default().labels_from(&selector))
-        .await
-        .map(|list| list.items)
-        .map_err(Error::kube("listing the selected pods"))
-}
-
 /// `spec.selector` as `kubectl get pods -l` would take it, for messages.
 pub fn selector_text(rtc: &RealtimeCluster) -> String {
     Selector::try_from(rtc.spec.selector.clone())
@@ -57,9 +130,74 @@ pub fn selector_text(rtc: &RealtimeCluster) -> String {
         .unwrap_or_default()
 }
 
+/// The route into the app: the applied Ingress or HTTPRoute and what it is waiting for.
+fn ingress_state(rtc: &RealtimeCluster, applied: &Applied) -> status::Ingress {
+    if let Some(ingress) = &applied.ingress {
+        return status::Ingress::Applied {
+            kind: "Ingress",
+            name: ingress.name_any(),
+            address: ingress_address(ingress),
+            waiting: match ingress
+                .spec
+                .as_ref()
+                .and_then(|s| s.ingress_class_name.as_deref())
+            {
+                Some(class) => format!(
+                    "no address published; is an ingress controller for class {class} running?"
+                ),
+                None => "no address published; is there a default IngressClass and its controller?"
+                    .into(),
+            },
+        };
+    }
+    match &applied.route {
+        Route::NotRequested => status::Ingress::NotRequested,
+        Route::GatewayApiMissing => status::Ingress::GatewayApiMissing,
+        Route::SessionPersistenceUnsupported { name } => {
+            status::Ingress::SessionPersistenceUnsupported { name: name.clone() }
+        }
+        Route::Applied(route) => status::Ingress::Applied {
+            kind: "HTTPRoute",
+            name: route.name_any(),
+            address: route_acceptance(route),
+            waiting: format!(
+                "no parent Gateway has accepted it; is the Gateway's controller running, and does its listener allow routes from namespace {}?",
+                rtc.namespace().unwrap_or_default()
+            ),
+        },
+    }
+}
+
 fn live(pods: &[Pod]) -> impl Iterator<Item = &Pod> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+}
+
+/// Names of the live injected pods whose sidecar container runs but is not ready (its `/readyz`
+/// answers 503: the backplane link is down, or the app in the pod stopped listening), sorted.
+/// A sidecar that has not started yet is not judged: the pod is still starting.
+pub fn sidecar_not_ready(pods: &[Pod]) -> Vec<String> {
+    let mut names: Vec<String> = live(pods)
+        .filter(|p| injected(p))
+        .filter(|p| {
+            let Some(status) = p.status.as_ref() else {
+                return false;
+            };
+            status
+                .container_statuses
+                .iter()
+                .flatten()
+                .chain(status.init_container_statuses.iter().flatten())
+                .any(|c| {
+                    c.name == SIDECAR_CONTAINER
+                        && !c.ready
+                        && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                })
+        })
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
 }
 
 fn injected(pod: &Pod) -> bool {
@@ -122,15 +260,19 @@ pub fn pod_counts(pods: &[Pod]) -> PodCounts {
     counts
 }
 
-/// `(name, ready servers, desired servers)` of a StatefulSet as the API server returned it.
-pub fn shard_readiness(set: &StatefulSet) -> (String, i32, i32) {
+/// A shard's readiness from its StatefulSet as the API server returned it.
+pub fn shard_readiness(set: &StatefulSet) -> ShardReadiness {
     let desired = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let ready = set
         .status
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    (set.name_any(), ready, desired)
+    ShardReadiness {
+        name: set.name_any(),
+        ready,
+        desired,
+    }
 }
 
 /// The first address the ingress controller published on `ingress`, if any.
@@ -163,4 +305,128 @@ pub fn route_acceptance(route: &kube::api::DynamicObject) -> Option<String> {
             )
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+
+    use super::*;
+    use crate::controller::status::{Backplane, Ingress as IngressState};
+
+    const MINIMAL: &str = include_str!("../../tests/fixtures/minimal.yaml");
+    const EXTERNAL: &str = include_str!("../../tests/fixtures/external.yaml");
+    const PODS: &str = include_str!("../../tests/fixtures/pods.yaml");
+
+    fn rtc(yaml: &str) -> RealtimeCluster {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn pods() -> Vec<Arc<Pod>> {
+        let pods: Vec<Pod> = serde_yaml::from_str(PODS).unwrap();
+        pods.into_iter().map(Arc::new).collect()
+    }
+
+    fn secret(key: &str, value: &str) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([(
+                key.to_owned(),
+                ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn pods_are_sorted_into_what_the_status_names() {
+        let rtc = rtc(MINIMAL);
+        let applied = Applied {
+            config_hash: Some("CURRENT".into()),
+            ..Applied::default()
+        };
+        let resolved = resolve_backplane(&rtc, None);
+        let observed = observe(&rtc, &resolved, &applied, &pods());
+        // Not counted: the pod being deleted, the other namespace's, the other app's.
+        assert_eq!(
+            observed.pods,
+            PodCounts {
+                matched: 5,
+                injected: 4,
+                ready: 2
+            }
+        );
+        assert_eq!(observed.uninjected, ["chat-bare"]);
+        assert_eq!(observed.outdated, ["chat-old"]);
+        // Running but failing its readiness probe; a sidecar still starting is not judged.
+        assert_eq!(observed.sidecar_not_ready, ["chat-deaf"]);
+        assert_eq!(observed.selector, "app=chat");
+        assert_eq!(observed.ingress, IngressState::NotRequested);
+    }
+
+    #[test]
+    fn a_managed_backplane_is_as_ready_as_its_applied_stateful_sets() {
+        let rtc = rtc(MINIMAL);
+        let resolved = resolve_backplane(&rtc, None);
+        assert_eq!(
+            resolved.upstream.as_deref(),
+            Some("redis://chat-redis-0.apps.svc:6379")
+        );
+        let set: StatefulSet = serde_yaml::from_str(
+            "metadata: { name: chat-redis-0 }\nspec: { replicas: 3, selector: {}, template: {}, serviceName: x }\nstatus: { replicas: 3, readyReplicas: 2 }",
+        )
+        .unwrap();
+        let applied = Applied {
+            stateful_sets: vec![set],
+            ..Applied::default()
+        };
+        let observed = observe(&rtc, &resolved, &applied, &[]);
+        assert_eq!(
+            observed.backplane,
+            Backplane::Managed(vec![ShardReadiness {
+                name: "chat-redis-0".into(),
+                ready: 2,
+                desired: 3
+            }])
+        );
+    }
+
+    #[test]
+    fn the_external_secret_decision() {
+        let rtc = rtc(EXTERNAL);
+        let missing = resolve_backplane(&rtc, None);
+        assert_eq!(
+            missing.backplane,
+            Backplane::SecretMissing {
+                secret: "shared-redis".into()
+            }
+        );
+        assert_eq!(missing.upstream, None);
+
+        let no_key = resolve_backplane(&rtc, Some(&secret("other", "redis://x:6379")));
+        assert_eq!(
+            no_key.backplane,
+            Backplane::SecretKeyMissing {
+                secret: "shared-redis".into(),
+                key: "url".into()
+            }
+        );
+
+        let bad = resolve_backplane(&rtc, Some(&secret("url", "rediss://x:6379")));
+        assert!(matches!(bad.backplane, Backplane::InvalidUrl(ref m) if m.contains("rediss")));
+        assert_eq!(bad.upstream, None);
+
+        let good = resolve_backplane(
+            &rtc,
+            Some(&secret("url", "redis://:hunter2@redis.example:6379")),
+        );
+        assert_eq!(
+            good.backplane,
+            Backplane::External {
+                url: "redis://redis.example:6379".into()
+            }
+        );
+        assert_eq!(good.upstream.as_deref(), Some("redis://redis.example:6379"));
+    }
 }

@@ -27,16 +27,13 @@ use super::backplane;
 use super::meta::{child_meta, labels};
 use crate::api::RealtimeCluster;
 
-/// The pod-template annotation holding [`config_hash`] of the ConfigMap.
-pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/sidecar-config-hash";
-
-pub const ENV_UPSTREAM_URL: &str = "SWITCHBOARD_UPSTREAM_URL";
-/// The backplane password; replaces any password in the URLs. Never in the ConfigMap.
-pub const ENV_UPSTREAM_PASSWORD: &str = "SWITCHBOARD_UPSTREAM_PASSWORD";
-pub const ENV_CHANNEL_PREFIX: &str = "SWITCHBOARD_CHANNEL_PREFIX";
-pub const ENV_PUBLISH_BUFFER_BYTES: &str = "SWITCHBOARD_PUBLISH_BUFFER_BYTES";
-pub const ENV_PUBLISH_BUFFER_MESSAGES: &str = "SWITCHBOARD_PUBLISH_BUFFER_MESSAGES";
-pub const ENV_CLIENT_BUFFER_BYTES: &str = "SWITCHBOARD_CLIENT_BUFFER_BYTES";
+/// The pod annotation holding [`config_hash`] of the ConfigMap (re-exported from the names leaf).
+pub use crate::names::CONFIG_HASH_ANNOTATION;
+use crate::names::{
+    ENV_CHANNEL_PREFIX, ENV_CLIENT_BUFFER_BYTES, ENV_EXPECT_SUBSCRIPTION,
+    ENV_LISTENING_GRACE_SECONDS, ENV_PUBLISH_BUFFER_BYTES, ENV_PUBLISH_BUFFER_MESSAGES,
+    ENV_UPSTREAM_PASSWORD, ENV_UPSTREAM_URL,
+};
 
 /// Name of the sidecar's ConfigMap.
 pub fn config_map_name(rtc: &RealtimeCluster) -> String {
@@ -48,7 +45,7 @@ pub fn config_map_name(rtc: &RealtimeCluster) -> String {
 /// `validate::external_url` for an external one.
 pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
     let sidecar = &rtc.spec.sidecar;
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         (ENV_UPSTREAM_URL.to_owned(), upstream_url.to_owned()),
         (
             ENV_CHANNEL_PREFIX.to_owned(),
@@ -67,6 +64,16 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
             sidecar.client_buffer_bytes.to_string(),
         ),
     ]);
+    // The listening check, only when there is something to expect: a sidecar without these
+    // variables does not check (generic apps, `spec.app.listening.subscriptions: []`).
+    let expected = rtc.spec.listening_subscriptions();
+    if !expected.is_empty() {
+        data.insert(ENV_EXPECT_SUBSCRIPTION.to_owned(), expected.join(" "));
+        data.insert(
+            ENV_LISTENING_GRACE_SECONDS.to_owned(),
+            rtc.spec.listening_grace_seconds().to_string(),
+        );
+    }
     ConfigMap {
         metadata: child_meta(
             rtc,

@@ -12,11 +12,22 @@ pub const BACKPLANE_READY: &str = "BackplaneReady";
 pub const INGRESS_READY: &str = "IngressReady";
 pub const SIDECARS_READY: &str = "SidecarsReady";
 
+/// One managed shard as its StatefulSet reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardReadiness {
+    /// The StatefulSet's name.
+    pub name: String,
+    /// Redis servers ready.
+    pub ready: i32,
+    /// Redis servers wanted.
+    pub desired: i32,
+}
+
 /// The backplane as the controller found it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Backplane {
-    /// Managed shards: `(StatefulSet name, ready servers, desired servers)`.
-    Managed(Vec<(String, i32, i32)>),
+    /// Managed shards, in shard order.
+    Managed(Vec<ShardReadiness>),
     /// The external URL was read from its Secret and is well formed.
     External {
         url: String,
@@ -65,6 +76,8 @@ pub struct Observed {
     pub uninjected: Vec<String>,
     /// Injected pods that started with an older sidecar ConfigMap, by name (sorted).
     pub outdated: Vec<String>,
+    /// Injected pods whose running sidecar is not ready, by name (sorted).
+    pub sidecar_not_ready: Vec<String>,
 }
 
 /// The status for `observed`, carrying over transition times from `previous`.
@@ -154,11 +167,11 @@ fn backplane_condition(backplane: &Backplane) -> Condition {
         Backplane::Managed(shards) => {
             let waiting: Vec<String> = shards
                 .iter()
-                .filter(|(_, ready, desired)| ready < desired)
-                .map(|(name, ready, desired)| format!("{name} {ready}/{desired}"))
+                .filter(|s| s.ready < s.desired)
+                .map(|s| format!("{} {}/{}", s.name, s.ready, s.desired))
                 .collect();
             if waiting.is_empty() {
-                let servers: i32 = shards.iter().map(|(_, _, d)| d).sum();
+                let servers: i32 = shards.iter().map(|s| s.desired).sum();
                 draft(
                     BACKPLANE_READY,
                     true,
@@ -274,6 +287,19 @@ fn sidecars_condition(observed: &Observed) -> Condition {
                 names(&observed.uninjected)
             ),
         )
+    } else if pods.ready < pods.injected && !observed.sidecar_not_ready.is_empty() {
+        // The sidecar's readiness probe is the only signal the API carries from inside the pod;
+        // which of its two causes it is, the pod's own /readyz says.
+        (
+            false,
+            "SidecarsNotReady",
+            format!(
+                "{} of {} sidecars are ready; the sidecar in {} answers /readyz with 503: either its backplane link is down, or the app in the pod stopped listening (its Redis adapter holds none of the subscriptions spec.app.listening expects, so the pod no longer hears broadcasts); kubectl port-forward pod/<name> 9091 and curl localhost:9091/readyz says which; for a dead listener, restart the pod (kubectl delete pod <name>)",
+                pods.ready,
+                pods.injected,
+                names(&observed.sidecar_not_ready)
+            ),
+        )
     } else if pods.ready < pods.injected {
         (
             false,
@@ -352,7 +378,11 @@ mod tests {
 
     fn observed() -> Observed {
         Observed {
-            backplane: Backplane::Managed(vec![("chat-redis-0".into(), 1, 1)]),
+            backplane: Backplane::Managed(vec![ShardReadiness {
+                name: "chat-redis-0".into(),
+                ready: 1,
+                desired: 1,
+            }]),
             ingress: Ingress::NotRequested,
             pods: PodCounts {
                 matched: 3,
@@ -362,6 +392,7 @@ mod tests {
             selector: "app=chat".into(),
             uninjected: Vec::new(),
             outdated: Vec::new(),
+            sidecar_not_ready: Vec::new(),
         }
     }
 

@@ -667,6 +667,7 @@ fn every_preset_routes_to_its_port() {
         (Framework::FlaskSocketio, 5000),
         (Framework::SocketioNode, 3000),
         (Framework::OpenWebui, 8080),
+        (Framework::Dify, 5001),
         (Framework::Generic, 9000),
     ] {
         let mut rtc = rtc(MINIMAL);
@@ -1239,11 +1240,12 @@ const ROUTES: [&str; 5] = [
     "ingress: { className: haproxy, host: chat.example.com, affinity: none }",
 ];
 
-const FRAMEWORKS: [&str; 5] = [
+const FRAMEWORKS: [&str; 6] = [
     "python-socketio",
     "flask-socketio",
     "socketio-node",
     "open-webui",
+    "dify",
     "generic",
 ];
 
@@ -1412,4 +1414,82 @@ fn the_sidecar_parses_its_config_map() {
             rtc.spec.sidecar.publish_buffer_messages
         );
     }
+}
+
+// ---- the listening check's settings ----
+
+#[test]
+fn each_preset_tells_the_sidecar_what_its_adapter_subscribes_to() {
+    for (framework, expected) in [
+        (Framework::PythonSocketio, Some("socketio")),
+        (Framework::FlaskSocketio, Some("flask-socketio")),
+        (Framework::SocketioNode, Some("socket.io")),
+        (Framework::OpenWebui, Some("socketio")),
+        (Framework::Dify, Some("socketio")),
+        (Framework::Generic, None),
+    ] {
+        let mut rtc = rtc(MINIMAL);
+        rtc.spec.framework = framework;
+        rtc.spec.app.port = Some(9000);
+        let data = sidecar_config::config_map(&rtc, "redis://x:6379")
+            .data
+            .unwrap();
+        assert_eq!(
+            data.get("SWITCHBOARD_EXPECT_SUBSCRIPTION")
+                .map(String::as_str),
+            expected,
+            "{framework:?}"
+        );
+        assert_eq!(
+            data.get("SWITCHBOARD_LISTENING_GRACE_SECONDS")
+                .map(String::as_str),
+            expected.map(|_| "30"),
+            "{framework:?}"
+        );
+    }
+}
+
+#[test]
+fn the_spec_overrides_the_expected_subscriptions_or_turns_the_check_off() {
+    let mut rtc = rtc(MINIMAL);
+    rtc.spec.app.listening = Some(
+        serde_yaml::from_str("{ subscriptions: [tenant-a:socketio, extra], graceSeconds: 5 }")
+            .unwrap(),
+    );
+    let data = sidecar_config::config_map(&rtc, "redis://x:6379")
+        .data
+        .unwrap();
+    assert_eq!(
+        data["SWITCHBOARD_EXPECT_SUBSCRIPTION"],
+        "tenant-a:socketio extra"
+    );
+    assert_eq!(data["SWITCHBOARD_LISTENING_GRACE_SECONDS"], "5");
+    rtc.spec.app.listening = Some(serde_yaml::from_str("{ subscriptions: [] }").unwrap());
+    let data = sidecar_config::config_map(&rtc, "redis://x:6379")
+        .data
+        .unwrap();
+    assert!(
+        !data.contains_key("SWITCHBOARD_EXPECT_SUBSCRIPTION"),
+        "{data:?}"
+    );
+}
+
+#[test]
+fn dify_points_only_its_pubsub_url_at_the_sidecar() {
+    let mut rtc = rtc(MINIMAL);
+    rtc.spec.framework = Framework::Dify;
+    let env: Vec<(String, String)> = crate::webhook::sidecar::app_env(&rtc)
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect();
+    let local = "redis://127.0.0.1:6379".to_owned();
+    assert_eq!(
+        env,
+        [
+            ("PUBSUB_REDIS_URL".to_owned(), local.clone()),
+            ("EVENT_BUS_REDIS_URL".to_owned(), local),
+            ("PUBSUB_REDIS_USE_CLUSTERS".to_owned(), "false".to_owned()),
+        ]
+    );
+    assert_eq!(rtc.spec.app_port(), Some(5001));
 }

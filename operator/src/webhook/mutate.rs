@@ -25,27 +25,10 @@ use serde_json::Value;
 
 use super::sidecar;
 use crate::api::RealtimeCluster;
-use crate::controller::observe::SIDECAR_CONTAINER;
-use crate::controller::sidecar_config::CONFIG_HASH_ANNOTATION;
+use crate::names::{CONFIG_HASH_ANNOTATION, SIDECAR_CONTAINER};
 
-/// Pod label naming the RealtimeCluster to join, for pods its selector does not match (or
-/// matches along with another cluster's).
-pub const CLUSTER_LABEL: &str = "switchboard.dev/cluster";
-/// Pod annotation; `"false"` keeps a selected pod without the sidecar.
-pub const INJECT_ANNOTATION: &str = "switchboard.dev/inject";
-/// Pod annotation the injector writes: the RealtimeCluster whose sidecar the pod got.
-pub const INJECTED_BY_ANNOTATION: &str = "switchboard.dev/injected-by";
-
-/// What the operator knows that the spec does not say.
-#[derive(Clone, Debug)]
-pub struct InjectSettings {
-    /// The sidecar image when `spec.sidecar.image` is unset.
-    pub sidecar_image: String,
-    /// Kubernetes >= 1.29: inject a native sidecar (an init container with `restartPolicy: Always`).
-    pub native_sidecars: bool,
-    /// The operator's own namespace: never injected.
-    pub operator_namespace: String,
-}
+pub use super::settings::InjectSettings;
+pub use crate::names::{CLUSTER_LABEL, INJECT_ANNOTATION, INJECTED_BY_ANNOTATION};
 
 /// Why a selected Pod was not injected; each is reported as an Event.
 #[derive(Clone, Debug, PartialEq, Eq)]

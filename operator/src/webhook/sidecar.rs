@@ -20,10 +20,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::mutate::InjectSettings;
+use super::settings::InjectSettings;
 use crate::api::RealtimeCluster;
-use crate::controller::observe::SIDECAR_CONTAINER;
 use crate::controller::{restricted_container, sidecar_config};
+use crate::names::SIDECAR_CONTAINER;
+pub use crate::names::{ENV_HTTP_LISTEN, ENV_LISTEN, ENV_LOG_FORMAT, ENV_SIDECAR_ID};
 
 /// Where the sidecar listens for the application: loopback only, so only the pod's own containers
 /// reach it (and so its `hostNetwork` is refused: loopback would be the node's).
@@ -37,11 +38,6 @@ pub const HTTP_PORT: i32 = 9091;
 pub const HTTP_PORT_NAME: &str = "sb-metrics";
 /// The non-root user the sidecar runs as (distroless `nonroot`).
 pub const RUN_AS_USER: i64 = 65532;
-
-pub const ENV_LISTEN: &str = "SWITCHBOARD_LISTEN";
-pub const ENV_HTTP_LISTEN: &str = "SWITCHBOARD_HTTP_LISTEN";
-pub const ENV_SIDECAR_ID: &str = "SWITCHBOARD_SIDECAR_ID";
-pub const ENV_LOG_FORMAT: &str = "SWITCHBOARD_LOG_FORMAT";
 
 /// The sidecar container for a pod of `rtc`. With `settings.native_sidecars` it is meant to be
 /// the first init container and carries `restartPolicy: Always`; otherwise it is a plain

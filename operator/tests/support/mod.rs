@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod scenario;
+
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -275,6 +277,11 @@ impl Operator {
             .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// The whole `/metrics` text, once the HTTP server answers.
+    pub async fn metrics_text(&self) -> Option<String> {
+        http_get(&self.metrics_url).await
     }
 
     /// True once `/readyz` answers `ready` (API reachable, webhook serving).

@@ -106,6 +106,12 @@ impl Relay {
         self.shards.is_empty()
     }
 
+    /// The topics this pod's local connections hold now, by their own names (read-only; the
+    /// listening check's one look into the relay).
+    pub fn local_topics(&self) -> Vec<Topic> {
+        self.shared.table.counts().into_keys().collect()
+    }
+
     /// Asks one shard's task; `None` when embedded (or the task is gone).
     async fn ask<T>(
         &self,

@@ -1,0 +1,142 @@
+//! The `build` stage: every child one RealtimeCluster should have, as one value.
+//!
+//! Pure: the RealtimeCluster plus what `observe` resolved (the backplane's upstream URL, when
+//! there is a usable one) and a freshly generated password (used only if the password Secret
+//! does not exist yet; the applier never rewrites it). The per-kind builders are in
+//! [`backplane`](super::backplane), [`sidecar_config`](super::sidecar_config) and
+//! [`ingress`](super::ingress); this module only gathers them, so the applier can apply the whole
+//! set and prune, per kind, whatever the set does not name.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::DynamicObject;
+
+use super::{backplane, ingress, sidecar_config};
+use crate::api::RealtimeCluster;
+
+/// The desired children of one RealtimeCluster. For each kind, whatever the RealtimeCluster owns
+/// and this set does not name is deleted by the applier, except where a field says otherwise.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// Created when absent, never updated: the managed Redis' password.
+    pub secrets: Vec<Secret>,
+    /// Per shard a headless and a client Service, then the app's Service (with `spec.ingress`).
+    pub services: Vec<Service>,
+    /// One per managed shard, in shard order.
+    pub stateful_sets: Vec<StatefulSet>,
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+    /// The sidecar's ConfigMap; `None` while the backplane has no usable URL (an external Secret
+    /// missing or wrong), and then the existing one is left as it is: pods started meanwhile keep
+    /// the last good configuration instead of none.
+    pub sidecar_config: Option<ConfigMap>,
+    pub ingresses: Vec<Ingress>,
+    /// Gateway API HTTPRoutes (dynamic: k8s-openapi has no Gateway API types).
+    pub http_routes: Vec<DynamicObject>,
+}
+
+/// Everything `rtc` should own. `upstream` is the backplane's URL without a password (managed:
+/// [`backplane::upstream_url`]; external: what `observe` resolved from the Secret, or `None`);
+/// `password` is the one to create the password Secret with if it does not exist yet.
+pub fn build(rtc: &RealtimeCluster, upstream: Option<&str>, password: &str) -> Desired {
+    let mut desired = Desired::default();
+    if rtc.spec.backplane.external.is_none() && rtc.spec.backplane.managed.is_some() {
+        desired
+            .secrets
+            .push(backplane::password_secret(rtc, password));
+    }
+    for shard in backplane::shards(rtc) {
+        desired
+            .services
+            .extend([shard.headless_service, shard.service]);
+        desired.stateful_sets.push(shard.stateful_set);
+        desired.disruption_budgets.push(shard.disruption_budget);
+    }
+    desired.sidecar_config = upstream.map(|url| sidecar_config::config_map(rtc, url));
+    desired.services.extend(ingress::app_service(rtc));
+    desired.ingresses.extend(ingress::ingress(rtc));
+    desired.http_routes.extend(ingress::http_route(rtc));
+    desired
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::ResourceExt;
+
+    use super::*;
+
+    fn fixture(yaml: &str) -> RealtimeCluster {
+        let mut rtc: RealtimeCluster = serde_yaml::from_str(yaml).unwrap();
+        rtc.metadata.uid = Some("uid-1".into());
+        rtc
+    }
+
+    fn names<K: kube::Resource>(objects: &[K]) -> Vec<String> {
+        objects.iter().map(|o| o.name_any()).collect()
+    }
+
+    #[test]
+    fn a_full_managed_cluster_is_one_set() {
+        let rtc = fixture(include_str!("../../tests/fixtures/full.yaml"));
+        let upstream = backplane::upstream_url(&rtc).unwrap();
+        let desired = build(&rtc, Some(&upstream), "pw");
+        let shards = rtc.spec.backplane.managed.as_ref().unwrap().shards as usize;
+        assert_eq!(desired.stateful_sets.len(), shards);
+        assert_eq!(desired.disruption_budgets.len(), shards);
+        // Two Services per shard, plus the app's.
+        assert_eq!(desired.services.len(), 2 * shards + 1);
+        assert_eq!(
+            names(&desired.secrets),
+            [format!("{}-redis-auth", rtc.name_any())]
+        );
+        assert_eq!(
+            desired.sidecar_config.as_ref().map(|c| c.name_any()),
+            Some(format!("{}-sidecar", rtc.name_any()))
+        );
+        // Everything is owned by the RealtimeCluster: pruning and garbage collection rely on it.
+        let owned = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            meta.owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == "uid-1" && o.controller == Some(true))
+        };
+        assert!(desired.services.iter().all(|s| owned(&s.metadata)));
+        assert!(desired.stateful_sets.iter().all(|s| owned(&s.metadata)));
+        assert!(desired.secrets.iter().all(|s| owned(&s.metadata)));
+    }
+
+    #[test]
+    fn an_external_backplane_has_no_redis_and_keeps_the_config_map_without_a_url() {
+        let rtc = fixture(include_str!("../../tests/fixtures/external.yaml"));
+        let desired = build(&rtc, None, "pw");
+        assert!(desired.secrets.is_empty());
+        assert!(desired.stateful_sets.is_empty());
+        assert!(desired.disruption_budgets.is_empty());
+        assert_eq!(desired.sidecar_config, None);
+        let with_url = build(&rtc, Some("redis://redis.example:6379"), "pw");
+        let data = with_url.sidecar_config.unwrap().data.unwrap();
+        assert_eq!(
+            data["SWITCHBOARD_UPSTREAM_URL"],
+            "redis://redis.example:6379"
+        );
+    }
+
+    #[test]
+    fn a_gateway_route_replaces_the_ingress() {
+        let rtc = fixture(include_str!("../../tests/fixtures/gateway.yaml"));
+        let desired = build(&rtc, Some("redis://x:6379"), "pw");
+        assert!(desired.ingresses.is_empty());
+        assert_eq!(
+            names(&desired.http_routes),
+            [format!("{}-app", rtc.name_any())]
+        );
+        let rtc = fixture(include_str!("../../tests/fixtures/traefik.yaml"));
+        let desired = build(&rtc, Some("redis://x:6379"), "pw");
+        assert!(desired.http_routes.is_empty());
+        assert_eq!(
+            names(&desired.ingresses),
+            [format!("{}-app", rtc.name_any())]
+        );
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod};
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -17,6 +17,10 @@ use super::mutate::{Decision, InjectSettings, SkipReason, mutate, select};
 use crate::api::RealtimeCluster;
 use crate::controller::sidecar_config;
 use crate::metrics::Metrics;
+
+/// How long the handler waits for the API server when its cache has no cluster for a pod; well
+/// inside the webhook's own timeout, so a slow API server costs a pod its sidecar, not its start.
+const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Injector {
     pub client: Client,
@@ -40,7 +44,19 @@ impl Injector {
         let (Some(pod), Some(namespace)) = (&request.object, &request.namespace) else {
             return response.into_review();
         };
-        let clusters = self.clusters.state();
+        let mut clusters = self.clusters.state();
+        // The cache trails the API server by a watch event: a pod created right after its
+        // RealtimeCluster (`kubectl apply -k` sends both at once) can reach a replica that has not
+        // seen the cluster yet, and would go in without its sidecar, silently (seen on the real
+        // node: one pod of three). So a miss is confirmed against the API server before the pod
+        // goes in unselected: one namespaced LIST per pod that no cached cluster selects.
+        if matches!(
+            select(pod, namespace, &clusters),
+            Ok(None) | Err(SkipReason::UnknownCluster(_))
+        ) && let Some(listed) = self.clusters_from_api(namespace).await
+        {
+            clusters = listed;
+        }
         // The pod carries the hash of the configuration it starts with, so a pod left on an
         // older one can be named after the ConfigMap changes.
         let config_hash = match select(pod, namespace, &clusters) {
@@ -97,6 +113,23 @@ impl Injector {
                     response.into_review()
                 }
             },
+        }
+    }
+
+    /// The namespace's RealtimeClusters as the API server has them now; `None` (and a warning:
+    /// the cache decides then) when it cannot answer within [`API_TIMEOUT`].
+    async fn clusters_from_api(&self, namespace: &str) -> Option<Vec<Arc<RealtimeCluster>>> {
+        let api: Api<RealtimeCluster> = Api::namespaced(self.client.clone(), namespace);
+        match tokio::time::timeout(API_TIMEOUT, api.list(&ListParams::default())).await {
+            Ok(Ok(list)) => Some(list.items.into_iter().map(Arc::new).collect()),
+            Ok(Err(e)) => {
+                tracing::warn!(%namespace, error = %e, "cannot list RealtimeClusters; deciding from the cache");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%namespace, timeout = ?API_TIMEOUT, "listing RealtimeClusters timed out; deciding from the cache");
+                None
+            }
         }
     }
 

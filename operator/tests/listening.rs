@@ -27,7 +27,15 @@ use support::{condition, eventually, has, until, unused_port};
 /// The venv `tests/interop/run.sh` keeps (python-socketio, redis-py, aiohttp pinned in
 /// `tests/requirements.txt`), created here the same way when missing; `None` (skip, loudly)
 /// without python3 outside CI.
+/// The venv's python, made once per test binary: the tests here run in parallel, and two
+/// `python3 -m venv` + `pip install` into one directory at once break each other (seen on a
+/// fresh clone in CI).
 fn python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_python).clone()
+}
+
+fn make_python() -> Option<PathBuf> {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests");
     let python = tests.join(".venv/bin/python");
     let ready = |p: &Path| {

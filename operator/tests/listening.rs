@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::scenario::{SIDECAR, Scenario};
-use support::{condition, eventually, has, until, unused_port};
+use support::{condition, eventually, has, http_response as get, until, unused_port};
 
 /// The venv `tests/interop/run.sh` keeps (python-socketio, redis-py, aiohttp pinned in
 /// `tests/requirements.txt`), created here the same way when missing; `None` (skip, loudly)
@@ -169,23 +169,6 @@ impl Sidecar {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }
-}
-
-/// A plain HTTP/1.0 GET on loopback: `(status, body)`; `None` while nothing listens.
-async fn get(url: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_at(rest.find('/')?);
-    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let (_, body) = response.split_once("\r\n\r\n")?;
-    Some((status, body.to_owned()))
 }
 
 /// Plays the kubelet's readiness probe for `pod`: writes the sidecar container's `ready` (and

@@ -335,8 +335,13 @@ pub fn unused_port() -> u16 {
     switchboard_testkit::free_port().expect("a free loopback port")
 }
 
-/// A plain HTTP/1.0 GET on loopback; `None` while nothing listens.
+/// A plain HTTP/1.0 GET on loopback: the body; `None` while nothing listens.
 async fn http_get(url: &str) -> Option<String> {
+    http_response(url).await.map(|(_, body)| body)
+}
+
+/// A plain HTTP/1.0 GET on loopback: `(status, body)`; `None` while nothing listens.
+pub async fn http_response(url: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_at(rest.find('/')?);
@@ -347,6 +352,7 @@ async fn http_get(url: &str) -> Option<String> {
         .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
     let (_, body) = response.split_once("\r\n\r\n")?;
-    Some(body.to_owned())
+    Some((status, body.to_owned()))
 }

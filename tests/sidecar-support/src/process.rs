@@ -467,8 +467,8 @@ impl Drop for Sidecar {
     }
 }
 
-/// A bare HTTP/1.0 GET; returns the status code. Enough for health endpoints, no client crate.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
+/// The raw response of a bare HTTP/1.0 GET (no client crate: health and metrics need no more).
+fn fetch(addr: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
@@ -477,6 +477,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
         .map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     let _ = s.read_to_end(&mut response);
+    Ok(response)
+}
+
+/// A bare HTTP/1.0 GET; returns the status code. Enough for health endpoints.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let response = fetch(addr, path)?;
     let head = String::from_utf8_lossy(&response);
     let status_line = head.lines().next().unwrap_or_default();
     status_line
@@ -488,15 +494,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
 
 /// The body of an HTTP GET (for `/metrics`).
 pub fn http_body(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    let _ = s.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
+    let text = String::from_utf8_lossy(&fetch(addr, path)?).into_owned();
     text.split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .ok_or_else(|| format!("not an HTTP response: {text:?}"))

@@ -29,7 +29,8 @@
 # essential: no apt or docs in an image), one per image, cached by what goes in them; the .debs
 # are cached too. Pods have no internet, so everything is baked in at build time.
 #
-# Cache: ${SWITCHBOARD_CACHE:-~/.cache/switchboard}/images/ (rootfs/, debs/, wheels/, node/, *.tar).
+# Cache: ${SWITCHBOARD_CACHE:-~/.cache/switchboard}/images/ (rootfs/, debs/, wheels/, node/, *.tar,
+# and cargo-target/, the release build's target directory unless CARGO_TARGET_DIR is set).
 # Each step is keyed by a hash of its inputs and redone only when they change; delete the cache
 # directory to pick up new Debian package versions. Needs root (mmdebstrap --mode=root),
 # mmdebstrap, cargo, python3 with pip, npm. Settings (environment):
@@ -182,13 +183,16 @@ release_dir() {
     echo "$SWITCHBOARD_RELEASE_DIR"
     return
   fi
-  log "cargo build --release (operator, sidecar)"
+  # Its own target directory in the cache: a clean clone (CI) then rebuilds only what changed
+  # instead of every dependency; without the cache it is a plain full build.
+  local target="${CARGO_TARGET_DIR:-$cache/cargo-target}"
+  log "cargo build --release (operator, sidecar) into $target"
   # Without SOURCE_DATE_EPOCH: some build scripts watch it, and cargo would rebuild everything
   # that a plain `cargo build --release` built.
-  (cd "$repo" && env -u SOURCE_DATE_EPOCH cargo build --release --locked --quiet \
+  (cd "$repo" && env -u SOURCE_DATE_EPOCH CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet \
     -p switchboard-operator --bin switchboard-operator \
     -p switchboard-sidecar --bin switchboard-sidecar) >&2
-  echo "${CARGO_TARGET_DIR:-$repo/target}/release"
+  echo "$target/release"
 }
 
 # glibc_runtime <dir> <binaries...>: the shared objects the binaries load (as the host's loader

@@ -1,46 +1,33 @@
 #!/usr/bin/env bash
-# End to end on a real cluster: kind, ingress-nginx, the Helm chart, the python-socketio (or Node
-# socket.io) chat example at 3 replicas, and two socket.io clients that reach different pods
-# through the ingress and exchange a message.
+# The user's journey on kind, for Docker users: the same steps, with the same checks, as
+# tests/e2e/node.sh runs on a real node in CI (both source tests/e2e/journey.sh): helm install,
+# both chat examples at 3 replicas with managed Redis, Python and Node socket.io clients across
+# pods through Traefik with its affinity cookie, a Redis failover under Sentinel, a rollout
+# restart, bad input, delete and uninstall.
 #
 #   bash tests/e2e/kind/run.sh            # create, test, delete the cluster
 #   bash tests/e2e/kind/run.sh --keep     # leave the cluster running afterwards
 #
-# Steps: kind cluster (host port E2E_HTTP_PORT -> ingress) -> build both images and the chat
-# example's image (its Dockerfile) and `kind load` them -> ingress-nginx (pinned manifest) ->
-# helm install charts/switchboard -> apply manifests/examples/<example> -> RealtimeCluster Ready
-# -> tests/e2e/chat_check.py: client A and client B, each with its own cookie jar (client B
-# long-polling only, which fails unless the affinity cookie pins it), on two different pods
-# (each reply names its pod); A's message must reach B.
+# Steps: kind cluster (host port E2E_HTTP_PORT -> Traefik) -> build the operator, sidecar and
+# both chat images (their Dockerfiles) and `kind load` them -> Traefik (tests/node/traefik.yaml
+# with the upstream image) -> journey_all.
 #
-# Needs docker, kind (>= 0.20), kubectl, helm, python3 and curl; the chat image has its packages
-# baked in (the pods download nothing). Settings (environment):
+# Needs docker, kind (>= 0.20), kubectl, helm, python3, node and npm; the chat images have their
+# packages baked in (the pods download nothing). Settings (environment):
 #   KIND_CLUSTER           cluster name                      (switchboard-e2e)
 #   KIND_NODE_IMAGE        kind node image, Kubernetes >= 1.29 (kind's default)
 #   E2E_HTTP_PORT          host port of the ingress          (8080)
-#   INGRESS_NGINX_VERSION  ingress-nginx release             (controller-v1.15.1)
+#   TRAEFIK_IMAGE          Traefik's image                   (docker.io/library/traefik:v3.7)
 #   REGISTRY, TAG          image names built and loaded      (ghcr.io/switchboard-dev, e2e)
-#   E2E_EXAMPLE            python or node: which chat example (python)
 #   SKIP_BUILD=1           use images already built with these names
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cluster="${KIND_CLUSTER:-switchboard-e2e}"
 http_port="${E2E_HTTP_PORT:-8080}"
-ingress_nginx_version="${INGRESS_NGINX_VERSION:-controller-v1.15.1}"
-ingress_nginx_manifest="https://raw.githubusercontent.com/kubernetes/ingress-nginx/$ingress_nginx_version/deploy/static/provider/kind/deploy.yaml"
+traefik_image="${TRAEFIK_IMAGE:-docker.io/library/traefik:v3.7}"
 registry="${REGISTRY:-ghcr.io/switchboard-dev}"
 tag="${TAG:-e2e}"
-operator_ns=switchboard-system
-rtc=chat
-case "${E2E_EXAMPLE:-python}" in
-  python) example=python-socketio-chat app_ns=chat-python host=chat-python.localhost chat_image=chat-python ;;
-  node) example=node-socketio-chat app_ns=chat-node host=chat-node.localhost chat_image=chat-node ;;
-  *)
-    echo "E2E_EXAMPLE must be python or node, not '$E2E_EXAMPLE'" >&2
-    exit 64
-    ;;
-esac
 keep=false
 for arg in "$@"; do
   case $arg in
@@ -59,34 +46,21 @@ done
 work="$(mktemp -d)"
 export KUBECONFIG="$work/kubeconfig"
 created=false
-started=$SECONDS
-
-step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
-ok() { printf '    ok: %s\n' "$*"; }
-fail() {
-  printf '\nFAIL: %s\n' "$*" >&2
-  exit 1
-}
+# shellcheck source=tests/e2e/journey.sh
+. "$repo/tests/e2e/journey.sh"
 
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
   if ((status != 0)) && $created; then
-    printf '\n----- diagnostics\n'
-    kubectl get rtc,deploy,sts,pods,ingress -A -o wide 2>&1 || true
-    kubectl -n "$app_ns" describe rtc "$rtc" 2>&1 | sed -n '/^Status:/,$p' || true
-    kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 30 || true
-    printf '\n----- operator logs\n'
-    kubectl -n "$operator_ns" logs -l app.kubernetes.io/instance=switchboard --tail=40 --prefix 2>&1 || true
-    printf '\n----- chat pods (app and sidecar)\n'
-    kubectl -n "$app_ns" logs -l app=chat --all-containers --tail=20 --prefix 2>&1 || true
+    journey_diagnostics
   fi
   if $created && ! $keep; then
     step "delete the kind cluster $cluster"
     kind delete cluster --name "$cluster" || true
   elif $created; then
     printf '\nKept: kind cluster %s (kind export kubeconfig --name %s).\n' "$cluster" "$cluster"
-    printf 'Chat: http://%s:%s/  Delete: kind delete cluster --name %s\n' "$host" "$http_port" "$cluster"
+    printf 'Delete: kind delete cluster --name %s\n' "$cluster"
   fi
   rm -rf "$work"
   exit "$status"
@@ -95,39 +69,26 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# until_ok <seconds> <what> <command...>: retries the command every 2 seconds until it succeeds.
-until_ok() {
-  local limit=$1 what=$2 deadline=$((SECONDS + $1))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "$what: not within ${limit}s"
-    sleep 2
-  done
-  ok "$what"
-}
-
 step "prerequisites"
-for tool in docker kind kubectl helm python3 curl; do
+for tool in docker kind kubectl helm python3 node npm; do
   command -v "$tool" >/dev/null || fail "$tool is not on PATH"
 done
 docker info >/dev/null 2>&1 || fail "docker cannot reach its daemon"
 if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
   fail "a kind cluster named $cluster exists already: kind delete cluster --name $cluster, or set KIND_CLUSTER"
 fi
-ok "docker, kind, kubectl, helm, python3, curl"
+ok "docker, kind, kubectl, helm, python3, node, npm"
+journey_clients_setup
 
-step "kind cluster $cluster (ingress on host port $http_port)"
+step "kind cluster $cluster (Traefik on host port $http_port)"
 cat >"$work/kind.yaml" <<EOF
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 nodes:
   - role: control-plane
-    # ingress-nginx's kind manifest runs its controller on the node labelled ingress-ready,
-    # with host ports 80 and 443 on that node.
-    labels:
-      ingress-ready: "true"
+    # Traefik's web entry point listens on the node's port 8000 (a hostPort, below).
     extraPortMappings:
-      - containerPort: 80
+      - containerPort: 8000
         hostPort: $http_port
         listenAddress: 127.0.0.1
         protocol: TCP
@@ -140,56 +101,49 @@ created=true
 kind create cluster "${kind_args[@]}"
 kubectl version | sed 's/^/    /'
 
-step "images $registry/switchboard-{operator,sidecar}:$tag"
+step "images $registry/switchboard-{operator,sidecar}:$tag and both chat apps"
 if [ "${SKIP_BUILD:-}" != 1 ]; then
   make -C "$repo" images REGISTRY="$registry" TAG="$tag"
 fi
 make -C "$repo" kind-load REGISTRY="$registry" TAG="$tag" KIND_CLUSTER="$cluster"
+# The names the examples' kustomization.yaml give their app images (`images:`).
+for app in chat-python:python-socketio-chat chat-node:node-socketio-chat; do
+  if [ "${SKIP_BUILD:-}" != 1 ]; then
+    docker build -t "switchboard.local/${app%%:*}:dev" "$repo/manifests/examples/${app#*:}"
+  fi
+  kind load docker-image --name "$cluster" "switchboard.local/${app%%:*}:dev"
+done
+export SWITCHBOARD_OPERATOR_IMAGE="$registry/switchboard-operator:$tag"
+export SWITCHBOARD_SIDECAR_IMAGE="$registry/switchboard-sidecar:$tag"
+export SWITCHBOARD_CHAT_PYTHON_IMAGE=switchboard.local/chat-python:dev
+export SWITCHBOARD_CHAT_NODE_IMAGE=switchboard.local/chat-node:dev
+# Empty: the operator's default Redis image, which the node pulls.
+export SWITCHBOARD_REDIS_IMAGE=""
 
-# The name the example's kustomization.yaml gives its app image (`images:`).
-chat_ref="switchboard.local/$chat_image:dev"
-step "image $chat_ref (manifests/examples/$example/Dockerfile)"
-if [ "${SKIP_BUILD:-}" != 1 ]; then
-  docker build -t "$chat_ref" "$repo/manifests/examples/$example"
-fi
-kind load docker-image --name "$cluster" "$chat_ref"
+step "Traefik ($traefik_image), the ingress"
+mkdir -p "$work/traefik"
+cp "$repo/tests/node/traefik.yaml" "$work/traefik/"
+cat >"$work/traefik/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [traefik.yaml]
+images:
+  - name: switchboard.test/traefik
+    newName: ${traefik_image%:*}
+    newTag: "${traefik_image##*:}"
+patches:
+  - target: { kind: Deployment, name: traefik }
+    patch: |
+      - { op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent }
+      - { op: add, path: /spec/template/spec/containers/0/ports/0/hostPort, value: 8000 }
+EOF
+kubectl apply -k "$work/traefik" >/dev/null
+kubectl -n traefik rollout status deployment/traefik --timeout=5m >/dev/null
+ingress_ip=127.0.0.1
+ingress_port=$http_port
+ingress_class=traefik
+ok "Traefik at $ingress_ip:$ingress_port"
 
-step "ingress-nginx $ingress_nginx_version"
-kubectl apply -f "$ingress_nginx_manifest" >/dev/null
-kubectl -n ingress-nginx rollout status deployment/ingress-nginx-controller --timeout=5m
-# Its validating webhook refuses nothing but must answer before any Ingress can be created.
-kubectl -n ingress-nginx wait pod -l app.kubernetes.io/component=controller --for=condition=Ready --timeout=2m
-
-step "helm install switchboard charts/switchboard -n $operator_ns"
-helm install switchboard "$repo/charts/switchboard" -n "$operator_ns" --create-namespace --wait --timeout 5m \
-  --set image.repository="$registry/switchboard-operator" --set image.tag="$tag" \
-  --set sidecar.image.repository="$registry/switchboard-sidecar" --set sidecar.image.tag="$tag"
-kubectl -n "$operator_ns" get pods -o wide | sed 's/^/    /'
-# Pods created before the leader has written the caBundle would start without the sidecar.
-until_ok 120 "webhook caBundle set" test -n "$(kubectl get mutatingwebhookconfiguration \
-  -l app.kubernetes.io/instance=switchboard -o jsonpath='{.items[0].webhooks[0].clientConfig.caBundle}')"
-
-step "apply manifests/examples/$example"
-kubectl apply -k "$repo/manifests/examples/$example" 2>&1 | grep -v 'Sorting order' | sed 's/^/    /'
-kubectl -n "$app_ns" rollout status deployment/chat --timeout=6m
-kubectl -n "$app_ns" wait "rtc/$rtc" --for=condition=Ready --timeout=5m
-kubectl -n "$app_ns" get rtc,pods -o wide | sed 's/^/    /'
-sidecars="$(kubectl -n "$app_ns" get pods -l app=chat \
-  -o jsonpath='{range .items[*]}{.spec.initContainers[0].name}{"\n"}{end}' | grep -c '^switchboard-sidecar$' || true)"
-[ "$sidecars" -eq 3 ] || fail "$sidecars of 3 chat pods carry the switchboard-sidecar"
-ok "3 chat pods with the native sidecar"
-
-step "the ingress serves http://$host:$http_port"
-until_ok 120 "Engine.IO handshake through ingress-nginx" \
-  curl -fsS --resolve "$host:$http_port:127.0.0.1" "http://$host:$http_port/socket.io/?EIO=4&transport=polling"
-
-step "python-socketio clients (tests/requirements.txt)"
-venv="$repo/tests/.venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$repo/tests/requirements.txt"
-
-step "two clients on two pods through the ingress; a message across"
-"$venv/bin/python" "$repo/tests/e2e/chat_check.py" --url "http://$host:$http_port" \
-  --resolve "$host:127.0.0.1" --attempts 20
-
-step "PASS ($((SECONDS - started))s)"
+helm="$(command -v helm)"
+pull_policy=IfNotPresent
+journey_all

@@ -73,10 +73,15 @@ if [ "$mode" = cmin ]; then
     minimized="$(mktemp -d)"
     rmdir "$minimized"
     cargo afl cmin -i "$input" -o "$minimized" -- "$target"
-    # Stable names: the content's hash (afl names drop on each run).
+    # Hand-written seeds keep their names; what the fuzzer found is named by its content's hash
+    # (afl's `id:...,src:...` names change on every run).
     rm -f "$here"/corpus/*
     for f in "$minimized"/*; do
-        cp "$f" "$here/corpus/$(sha1sum "$f" | cut -c1-16)"
+        name="$(basename "$f")"
+        case "$name" in
+        id:*) name="q-$(sha1sum "$f" | cut -c1-16)" ;;
+        esac
+        cp "$f" "$here/corpus/$name"
     done
     rm -rf "$minimized"
     echo "corpus: $(find "$here/corpus" -type f | wc -l) files, $(du -sb "$here/corpus" | cut -f1) bytes"

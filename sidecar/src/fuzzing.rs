@@ -102,11 +102,17 @@ fn max_request(limits: &Limits) -> usize {
     INLINE_MAX + 2 + limits.max_elements.saturating_mul(per_arg)
 }
 
-/// Feeds `data` to the decoder in pieces of `chunk` bytes (0: whole), as a session reads a
-/// connection: decode until more bytes are needed, then read more. Checks every step, and with
-/// `deep` each command and error too (they are the same whatever the pieces, as the caller checks).
-fn stream(data: &[u8], chunk: usize, limits: &Limits, authenticated: bool, deep: bool) -> Trace {
-    let chunk = if chunk == 0 { data.len().max(1) } else { chunk };
+/// Feeds `data` to the decoder in pieces, as a session reads a connection: decode until more
+/// bytes are needed, then read more. `pieces` gives the length of each piece in turn (`None`:
+/// all at once). Checks every step, and with `deep` each command and error too (they are the
+/// same whatever the pieces, as the caller checks).
+fn stream(
+    data: &[u8],
+    pieces: Option<&[usize]>,
+    limits: &Limits,
+    authenticated: bool,
+    deep: bool,
+) -> Trace {
     let mut buf = BytesMut::new();
     let mut items = Vec::new();
     // The buffer always holds `data[front..fed]`.
@@ -114,14 +120,18 @@ fn stream(data: &[u8], chunk: usize, limits: &Limits, authenticated: bool, deep:
     let mut fed = 0;
     // The last `needed` hint for the command starting at `front`.
     let mut hint = 0;
-    for piece in data.chunks(chunk) {
+    let all = [data.len()];
+    let mut lengths = pieces.unwrap_or(&all).iter().cycle();
+    while fed < data.len() {
+        let len = (*lengths.next().unwrap()).clamp(1, data.len() - fed);
+        let piece = &data[fed..fed + len];
         buf.extend_from_slice(piece);
-        fed += piece.len();
+        fed += len;
         loop {
             let held = buf.len();
             let step = decode(&mut buf, limits, authenticated);
             let consumed = held - buf.len();
-            if !matches!(step, Err(_)) {
+            if step.is_ok() {
                 assert_eq!(
                     &buf[..],
                     &data[front + consumed..fed],
@@ -307,28 +317,30 @@ fn check_single_frame(reply: &Reply, text: &str) {
 
 /// Properties 1 to 5 for `data` as requests.
 fn requests(data: &[u8]) {
-    // One split point chosen by the data.
-    let cut = data
-        .iter()
-        .fold(0usize, |h, &b| h.wrapping_mul(31).wrapping_add(b.into()));
+    // Piece lengths chosen by the data: 1 to 16 bytes (more for large inputs, as every step
+    // rescans the partial command), so one pass splits at many points, single bytes included.
+    let scale = (data.len() / 256).max(1);
+    let mut h = data.iter().fold(0x9e37_79b9_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let pieces: Vec<usize> = (0..16)
+        .map(|i| {
+            h = h.rotate_left(5).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            if i == 0 {
+                1
+            } else {
+                scale * (1 + (h >> 60) as usize)
+            }
+        })
+        .collect();
     for (case, (limits, authenticated)) in REQUEST_CASES.iter().enumerate() {
-        let whole = stream(data, 0, limits, *authenticated, true);
-        // Every step rescans the partial command, so small pieces only while that is cheap.
-        let mut chunks = Vec::new();
-        if data.len() > 1 {
-            chunks.push(1 + cut % (data.len() - 1));
-        }
-        if case == 0 && data.len() <= 2048 {
-            chunks.push(7);
-        }
-        if case == 0 && data.len() <= 64 {
-            chunks.push(1);
-        }
-        for chunk in chunks {
-            let split = stream(data, chunk, limits, *authenticated, false);
+        let whole = stream(data, None, limits, *authenticated, true);
+        // Splitting is the decoder's own business, the same under any limits: once is enough.
+        if case == 0 && data.len() > 1 {
+            let split = stream(data, Some(&pieces), limits, *authenticated, false);
             assert_eq!(
                 whole, split,
-                "decoding in pieces of {chunk} differs from decoding whole"
+                "decoding in pieces of {pieces:?} differs from decoding whole"
             );
         }
     }
@@ -346,10 +358,9 @@ fn replies(data: &[u8]) {
             );
             let frame = &rest[..n];
             assert_eq!(value::frame_len(frame, limits), Ok(Some(n)));
-            // Every prefix is incomplete (an upstream link keeps reading); all of them while
-            // that is cheap, else 16.
-            let step = (n / 16).max(1);
-            for cut in (0..n).step_by(step) {
+            // Its prefixes are incomplete (an upstream link keeps reading): the one a byte short,
+            // and three more.
+            for cut in [n - 1, n / 2, n / 3, (n * 7) / 8] {
                 assert_eq!(
                     value::frame_len(&frame[..cut], limits),
                     Ok(None),

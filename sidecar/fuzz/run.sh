@@ -10,6 +10,7 @@
 #                                comes first; prints executions, crashes and hangs, and fails if
 #                                it found any
 #   run.sh --cmin [--out DIR]    minimize corpus/ plus the last run's queue into corpus/
+#                                (afl-cmin.bash; minutes for a few thousand inputs)
 #
 # Needs for fuzzing (not for --smoke): `cargo install cargo-afl` (it builds its bundled AFL++ on
 # first use; `cargo afl config --build` does it explicitly).
@@ -24,7 +25,7 @@ out="$here/out"
 resume=0
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
     exit "${1:-0}"
 }
 
@@ -63,6 +64,15 @@ export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINIT
 [ -t 1 ] || export AFL_NO_UI=1
 
 if [ "$mode" = cmin ]; then
+    # The bundled AFL++'s shell afl-cmin: its Python one (`cargo afl cmin`) recorded no tuples
+    # for this target, and both run the first afl-showmap on PATH, so the bundled one goes first
+    # (a distribution's older AFL++, e.g. Debian's 4.04c, lacks options they use).
+    bundled="$(find "${XDG_DATA_HOME:-$HOME/.local/share}/afl.rs" -path '*/afl/bin/afl-cmin.bash' 2>/dev/null | head -n 1)"
+    if [ -z "$bundled" ]; then
+        echo "run.sh: no bundled AFL++ (cargo afl config --build)" >&2
+        exit 1
+    fi
+    PATH="$(dirname "$bundled"):$PATH"
     queue="$out/default/queue"
     input="$(mktemp -d)"
     trap 'rm -rf "$input"' EXIT
@@ -72,7 +82,11 @@ if [ "$mode" = cmin ]; then
     fi
     minimized="$(mktemp -d)"
     rmdir "$minimized"
-    cargo afl cmin -i "$input" -o "$minimized" -- "$target"
+    "$bundled" -i "$input" -o "$minimized" -- "$target"
+    if [ -z "$(ls -A "$minimized" 2>/dev/null)" ]; then
+        echo "run.sh: afl-cmin kept nothing; corpus/ left as it was" >&2
+        exit 1
+    fi
     # Hand-written seeds keep their names; what the fuzzer found is named by its content's hash
     # (afl's `id:...,src:...` names change on every run).
     rm -f "$here"/corpus/*

@@ -12,8 +12,11 @@
 //! - [`config`]: flags and `SWITCHBOARD_*` variables, read once at start.
 
 // The operator parses what it renders with the sidecar's own flag parser, and the protocol is
-// public for fuzzing; everything else is this crate's own.
+// public for fuzzing; `fuzzing` drives the decoders and the command parser for the fuzz target and
+// its corpus test (hidden: not an API); everything else is this crate's own.
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod glob;
 pub(crate) mod http;
 pub(crate) mod listening;

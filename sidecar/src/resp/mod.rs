@@ -98,7 +98,7 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
 
 /// Parses a decimal integer the way Redis's `string2ll` does: optional `-`, digits only, no `+`,
 /// no leading zeros except "0", no overflow.
-fn parse_int(digits: &[u8]) -> Option<i64> {
+pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
     let (neg, body) = match digits.split_first()? {
         (b'-', rest) => (true, rest),
         _ => (false, digits),

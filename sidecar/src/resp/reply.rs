@@ -50,8 +50,8 @@ impl Reply {
     pub fn encode(&self, proto: Protocol, out: &mut BytesMut) {
         let resp3 = proto == Protocol::Resp3;
         match self {
-            Reply::Simple(s) => line(out, b'+', s.as_bytes()),
-            Reply::Error(s) => line(out, b'-', s.as_bytes()),
+            Reply::Simple(s) => text_line(out, b'+', s.as_bytes()),
+            Reply::Error(s) => text_line(out, b'-', s.as_bytes()),
             Reply::Integer(i) => line(out, b':', i.to_string().as_bytes()),
             Reply::Bulk(b) => {
                 line(out, b'$', b.len().to_string().as_bytes());
@@ -93,6 +93,24 @@ fn line(out: &mut BytesMut, kind: u8, body: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// A status or error line. Its text often quotes what a client sent (`unknown subcommand 'x'`),
+/// so line breaks become spaces, as Redis does: one reply is always exactly one frame, and a
+/// client cannot make the sidecar answer with replies it did not make.
+fn text_line(out: &mut BytesMut, kind: u8, text: &[u8]) {
+    out.put_u8(kind);
+    out.reserve(text.len() + 2);
+    for part in text.split_inclusive(|&b| b == b'\r' || b == b'\n') {
+        match part.split_last() {
+            Some((&(b'\r' | b'\n'), rest)) => {
+                out.put_slice(rest);
+                out.put_u8(b' ');
+            }
+            _ => out.put_slice(part),
+        }
+    }
+    out.put_slice(b"\r\n");
+}
+
 fn aggregate(out: &mut BytesMut, kind: u8, items: &[Reply], proto: Protocol) {
     line(out, kind, items.len().to_string().as_bytes());
     for item in items {
@@ -126,5 +144,20 @@ mod tests {
         assert_eq!(&Reply::NullBulk.to_bytes(Resp2)[..], b"$-1\r\n");
         assert_eq!(&Reply::NullArray.to_bytes(Resp2)[..], b"*-1\r\n");
         assert_eq!(&Reply::NullArray.to_bytes(Resp3)[..], b"_\r\n");
+    }
+
+    /// Found by the fuzzer: `CLIENT "x\r\n+OK"` made `-ERR unknown subcommand 'x` and then a
+    /// second reply, `+OK'. Try CLIENT HELP.`, that the sidecar never sent.
+    #[test]
+    fn line_breaks_in_status_and_error_texts_become_spaces() {
+        let e = Reply::error("ERR unknown subcommand 'x\r\n+OK'. Try CLIENT HELP.");
+        for proto in [Resp2, Resp3] {
+            assert_eq!(
+                &e.to_bytes(proto)[..],
+                b"-ERR unknown subcommand 'x  +OK'. Try CLIENT HELP.\r\n"
+            );
+        }
+        assert_eq!(&Reply::simple("a\nb\r").to_bytes(Resp2)[..], b"+a b \r\n");
+        assert_eq!(&Reply::simple("OK").to_bytes(Resp2)[..], b"+OK\r\n");
     }
 }

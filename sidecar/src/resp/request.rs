@@ -63,12 +63,26 @@ pub fn decode(
     match buf.first() {
         None => Ok(Decoded::Incomplete { needed: 1 }),
         Some(b'*') => decode_multibulk(buf, limits, authenticated),
-        Some(_) => decode_inline(buf),
+        Some(_) => decode_inline(buf, limits),
     }
 }
 
 fn err(msg: impl Into<String>) -> ProtocolError {
     ProtocolError(msg.into())
+}
+
+fn too_many_args(count: usize, limits: &Limits) -> ProtocolError {
+    err(format!(
+        "invalid multibulk length ({count} arguments is over the sidecar's limit of {}; raise --max-args / SWITCHBOARD_MAX_ARGS)",
+        limits.max_elements
+    ))
+}
+
+fn too_big_bulk(len: usize, limits: &Limits) -> ProtocolError {
+    err(format!(
+        "invalid bulk length ({len} bytes is over the sidecar's limit of {}; raise --max-bulk-bytes / SWITCHBOARD_MAX_BULK_BYTES)",
+        limits.max_bulk
+    ))
 }
 
 fn decode_multibulk(
@@ -96,10 +110,7 @@ fn decode_multibulk(
         return Err(err("unauthenticated multibulk length"));
     }
     if count > limits.max_elements {
-        return Err(err(format!(
-            "invalid multibulk length ({count} arguments is over the sidecar's limit of {}; raise --max-args / SWITCHBOARD_MAX_ARGS)",
-            limits.max_elements
-        )));
+        return Err(too_many_args(count, limits));
     }
 
     let mut ranges = Vec::with_capacity(count.min(1024));
@@ -127,10 +138,7 @@ fn decode_multibulk(
             return Err(err("unauthenticated bulk length"));
         }
         if len > limits.max_bulk {
-            return Err(err(format!(
-                "invalid bulk length ({len} bytes is over the sidecar's limit of {}; raise --max-bulk-bytes / SWITCHBOARD_MAX_BULK_BYTES)",
-                limits.max_bulk
-            )));
+            return Err(too_big_bulk(len, limits));
         }
         let start = eol + 2;
         let end = start + len;
@@ -146,7 +154,7 @@ fn decode_multibulk(
     Ok(Decoded::Command(Command { args, raw }))
 }
 
-fn decode_inline(buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+fn decode_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Decoded, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > INLINE_MAX {
             return Err(err("too big inline request"));
@@ -161,6 +169,15 @@ fn decode_inline(buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
     let args = split_args(line).ok_or_else(|| err("unbalanced quotes in request"))?;
     if args.is_empty() {
         return Ok(Decoded::Skipped);
+    }
+    // Redis bounds inline commands by their line alone; the sidecar's limits hold for every
+    // command however it was sent (the line can be longer than `INLINE_MAX` when it arrives
+    // in one read).
+    if args.len() > limits.max_elements {
+        return Err(too_many_args(args.len(), limits));
+    }
+    if let Some(arg) = args.iter().find(|a| a.len() > limits.max_bulk) {
+        return Err(too_big_bulk(arg.len(), limits));
     }
     Ok(Decoded::Command(Command::from_args(args)))
 }
@@ -337,6 +354,47 @@ mod tests {
         assert_eq!(
             decode(&mut buf, &LIMITS, true).unwrap_err().0,
             "too big inline request"
+        );
+    }
+
+    /// Found by the fuzzer: an inline command was not held to the limits (`MGET` with 20 keys
+    /// passed `--max-args 16`), which bound every multibulk one.
+    #[test]
+    fn inline_commands_are_held_to_the_limits_too() {
+        let mut line = b"MGET".to_vec();
+        for i in 0..16 {
+            line.extend_from_slice(format!(" k{i}").as_bytes());
+        }
+        line.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::from(&line[..]);
+        let e = decode(&mut buf, &LIMITS, true).unwrap_err();
+        assert!(
+            e.0.contains("17 arguments") && e.0.contains("--max-args"),
+            "{e}"
+        );
+        let mut buf = BytesMut::from(format!("SET k {}\r\n", "v".repeat(1025)).as_bytes());
+        let e = decode(&mut buf, &LIMITS, true).unwrap_err();
+        assert!(
+            e.0.contains("1025 bytes") && e.0.contains("--max-bulk-bytes"),
+            "{e}"
+        );
+        // At the limits, it is a command.
+        let mut buf = BytesMut::from(format!("SET k {}\r\n", "v".repeat(1024)).as_bytes());
+        assert!(matches!(
+            decode(&mut buf, &LIMITS, true),
+            Ok(Decoded::Command(_))
+        ));
+    }
+
+    /// Found by the fuzzer: `*1\r\n\r\n` was answered `expected '$', got '\r'` with the raw
+    /// byte in the error line; Redis writes it as a space, and so does the reply encoder now.
+    #[test]
+    fn protocol_errors_about_line_breaks_are_one_line() {
+        let mut buf = BytesMut::from(&b"*1\r\n\r\n"[..]);
+        let e = decode(&mut buf, &LIMITS, true).unwrap_err();
+        assert_eq!(
+            &e.reply().to_bytes(crate::resp::Protocol::Resp2)[..],
+            b"-ERR Protocol error: expected '$', got ' '\r\n"
         );
     }
 

@@ -218,8 +218,9 @@ pub const CONTAINERS: &[&str] = &[
     "cluster", "acl", "latency", "slowlog", "module",
 ];
 
+/// An integer argument as Redis reads one (`string2ll`: no `+`, no leading zeros, no spaces).
 fn int(b: &[u8]) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+    crate::resp::parse_int(b)
 }
 
 fn lower(b: &[u8]) -> String {
@@ -409,6 +410,16 @@ mod tests {
             parse("SELECT x"),
             Request::Invalid(Reply::error("ERR value is not an integer or out of range"))
         );
+        // Found by the fuzzer: `SELECT 05` chose database 5, where Redis refuses the number.
+        for db in ["05", "+5", " 5", "5 ", "-0"] {
+            let command = Command::from_args([b("SELECT"), b(db)]);
+            assert_eq!(
+                Request::parse(&command, "select"),
+                Request::Invalid(Reply::error("ERR value is not an integer or out of range")),
+                "{db:?}"
+            );
+        }
+        assert_eq!(parse("SELECT -1"), Request::Select(-1));
         assert_eq!(parse("QUIT"), Request::Quit);
         assert_eq!(
             parse("RESET now"),
@@ -433,6 +444,12 @@ mod tests {
         );
         assert_eq!(
             parse("HELLO x"),
+            Request::Invalid(Reply::error(
+                "ERR Protocol version is not an integer or out of range"
+            ))
+        );
+        assert_eq!(
+            parse("HELLO 03"),
             Request::Invalid(Reply::error(
                 "ERR Protocol version is not an integer or out of range"
             ))

@@ -902,7 +902,7 @@ fn write_bulk_header(out: &mut BytesMut, len: usize) {
 /// Recognises `message`, `smessage` and `pmessage` frames (RESP2 arrays of bulk strings, which a
 /// frame reader has already checked whole) and slices out their parts: channel, payload and an
 /// empty slice, or for `pmessage` pattern, channel and payload. `None` for any other frame.
-fn split_message(frame: &Bytes) -> Option<(Kind, [Bytes; 3])> {
+pub(crate) fn split_message(frame: &Bytes) -> Option<(Kind, [Bytes; 3])> {
     const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
     const SMESSAGE: &[u8] = b"*3\r\n$8\r\nsmessage\r\n";
     const PMESSAGE: &[u8] = b"*4\r\n$8\r\npmessage\r\n";

@@ -21,6 +21,8 @@
 //! the messages it returns to the local table, and runs the timers.
 
 mod machine;
+// The fuzz harness checks the subscriber's in-place message reader against the full parser.
+pub(crate) use machine::split_message;
 #[cfg(test)]
 mod tests;
 

@@ -602,6 +602,101 @@ async fn a_restart_mid_way_converges_without_duplicates() {
     assert_eq!(now.data, secret.data, "the password was not regenerated");
 }
 
+/// Requests of `verb` the operator has sent so far.
+async fn requests(operator: &Operator, verb: &str) -> f64 {
+    operator
+        .metric(&format!(
+            "switchboard_operator_api_requests_total{{verb=\"{verb}\"}}"
+        ))
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_unchanged_cluster_costs_no_patches_and_hand_edits_are_taken_back() {
+    let Some(s) = Scenario::new("skip").await else {
+        return;
+    };
+    let operator = s.operator("op-skip");
+    s.create_pod("chat-a", json!({ "app": "chat" }), true).await;
+    s.create_cluster(
+        "chat",
+        json!({
+            "selector": { "matchLabels": { "app": "chat" } },
+            "framework": "python-socketio",
+        }),
+    )
+    .await;
+    s.until_cluster("chat", "chat Ready", 90, |rtc| {
+        has(rtc, "Ready", "True", "Ready")
+    })
+    .await;
+
+    // A reconcile of a cluster where everything is in place (triggered by a label on its pod
+    // that changes nothing the status reports) sends no patch: no child, no status.
+    let patches = requests(&operator, "patch").await;
+    // Reconciles finished (the duration histogram records one as it ends).
+    let finished = async || {
+        operator
+            .metric("switchboard_operator_reconcile_duration_seconds_count")
+            .await
+            .unwrap()
+    };
+    let before = finished().await;
+    s.pods
+        .patch(
+            "chat-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "touched": "1" } } })),
+        )
+        .await
+        .unwrap();
+    until("a reconcile after the label", 30, finished, |n| *n > before).await;
+    assert_eq!(
+        requests(&operator, "patch").await,
+        patches,
+        "a reconcile that changes nothing sends no patch"
+    );
+
+    // A hand edit of a child is taken back by the reconcile its watch event triggers: the
+    // ConfigMap's data (resourceVersion moved), the StatefulSet's spec (generation moved).
+    let (client, ns) = (&s.client, s.ns.as_str());
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            "chat-sidecar",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "SWITCHBOARD_CHANNEL_PREFIX": "hacked:" } })),
+        )
+        .await
+        .unwrap();
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .patch(
+            "chat-redis-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 2 } })),
+        )
+        .await
+        .unwrap();
+    until(
+        "the hand edits taken back",
+        30,
+        async || {
+            let config: ConfigMap = get(client, ns, "chat-sidecar").await.unwrap();
+            let set: StatefulSet = get(client, ns, "chat-redis-0").await.unwrap();
+            (
+                config
+                    .data
+                    .unwrap_or_default()
+                    .get("SWITCHBOARD_CHANNEL_PREFIX")
+                    .cloned(),
+                set.spec.and_then(|s| s.replicas),
+            )
+        },
+        |(prefix, replicas)| prefix.as_deref() != Some("hacked:") && *replicas == Some(1),
+    )
+    .await;
+}
+
 /// The Gateway API CRDs fetched by `tests/controlplane/gateway-api.sh`; `None` (skip) when absent
 /// outside CI.
 fn gateway_api_crd(channel: &str) -> Option<CustomResourceDefinition> {

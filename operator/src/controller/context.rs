@@ -30,9 +30,10 @@ impl Context {
 }
 
 /// What the reconciles of one running Controller share besides the [`Context`]: its caches of the
-/// owned children and pods, and the HTTPRoutes it last confirmed.
+/// owned children and pods, the HTTPRoutes it last confirmed, and what it last applied.
 pub struct Shared {
     pub context: Arc<Context>,
     pub stores: super::apply::Stores,
     pub routes: super::apply::RoutesSeen,
+    pub sent: super::apply::SentChildren,
 }

@@ -4,8 +4,10 @@
 //! [`validate`](super::validate), [`build`](super::build), [`observe`](super::observe) and
 //! [`status`](super::status); this file is the thin I/O between them: one read (an external
 //! backplane's Secret), the [`Applier`], and the status write with its Events. Pods and owned
-//! children come from the Controller's caches, so a reconcile that finds everything in place
-//! costs its applies and one status patch.
+//! children come from the Controller's caches, and the applier skips patches that cannot change
+//! anything, so a reconcile that finds everything in place and the status unchanged sends no
+//! request at all (at most every [`RESYNC_READY`] it re-applies everything, see
+//! [`apply`](super::apply)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +89,7 @@ impl Reconciler {
             client: &shared.context.client,
             stores: &shared.stores,
             routes: &shared.routes,
+            sent: &shared.sent,
             rtc,
         }
         .apply(&desired)

@@ -1,13 +1,16 @@
 //! The kube-runtime Controller for RealtimeClusters: what triggers a reconcile, and how it stops.
 //!
-//! Triggers: the RealtimeCluster itself; every child it owns (watched by the
+//! Triggers: the RealtimeCluster's spec (a change of its `generation`: the status this operator
+//! writes, and metadata nobody reads, trigger nothing); every child it owns (watched by the
 //! `app.kubernetes.io/managed-by` label, so the operator does not cache the cluster's other
 //! StatefulSets and Services); the external backplane's Secret; and the pods a selector matches
 //! (their readiness feeds `status.pods`).
 //!
 //! The same watches fill the caches ([`Stores`]) the reconciles read instead of listing: owned
-//! children by metadata only (for pruning), pods in full (for the status), Secrets by metadata
-//! only (a Secret's data is read from the API when an external backplane names it).
+//! children by metadata only (for pruning and for skipping patches that cannot change anything),
+//! StatefulSets (without their pod template) and Ingresses in full (the status of a child whose
+//! patch was skipped), pods in full (for the status), Secrets by metadata only (a Secret's data
+//! is read from the API when an external backplane names it).
 
 use std::sync::Arc;
 
@@ -20,11 +23,11 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::apply::{RoutesSeen, Stores};
+use super::apply::{RoutesSeen, SentChildren, Stores};
 use super::context::{Context, Shared};
 use super::reconcile::{error_policy, reconcile};
 use crate::api::RealtimeCluster;
@@ -45,20 +48,32 @@ pub async fn run(
         namespace: namespace.map(str::to_owned),
     };
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(
+    let (clusters, clusters_writer) = reflector::store();
+    // Only spec changes: each status write of a reconcile would otherwise trigger the next one.
+    let spec_changed = watcher(
         scope.api::<RealtimeCluster>(),
         watcher::Config::default().any_semantic(),
     )
-    // A new cluster's children report in bursts (each Service, the StatefulSet's status as its
-    // pods come up); a short debounce folds a burst into one reconcile.
-    .with_config(ControllerConfig::default().debounce(DEBOUNCE));
-    let clusters = controller.store();
+    .default_backoff()
+    .reflect(clusters_writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(spec_changed, clusters.clone())
+        // A new cluster's children report in bursts (each Service, the StatefulSet's status as its
+        // pods come up); a short debounce folds a burst into one reconcile.
+        .with_config(ControllerConfig::default().debounce(DEBOUNCE));
 
     let (services, services_changed) = scope.owned::<Service>(&owned);
-    let (stateful_sets, sets_changed) = scope.owned::<StatefulSet>(&owned);
+    let (stateful_sets, sets_changed) = scope.full::<StatefulSet>(&owned, |set| {
+        // Only replicas and status are read; the pod template is most of a StatefulSet.
+        if let Some(spec) = set.spec.as_mut() {
+            spec.template = Default::default();
+            spec.volume_claim_templates = None;
+        }
+    });
     let (disruption_budgets, budgets_changed) = scope.owned::<PodDisruptionBudget>(&owned);
     let (config_maps, config_maps_changed) = scope.owned::<ConfigMap>(&owned);
-    let (ingresses, ingresses_changed) = scope.owned::<Ingress>(&owned);
+    let (ingresses, ingresses_changed) = scope.full::<Ingress>(&owned, |_| {});
     // Every Secret's metadata: the managed password Secret is owned, an external backplane's is
     // the user's (labelled or not), and both must trigger a reconcile.
     let (secrets, secrets_changed) = scope.owned::<Secret>(&watcher::Config::default());
@@ -85,6 +100,7 @@ pub async fn run(
             pods: pods_reader,
         },
         routes: RoutesSeen::default(),
+        sent: SentChildren::default(),
     });
     let secrets_clusters = clusters.clone();
     controller
@@ -145,6 +161,37 @@ impl Scope {
         .modify(|meta| meta.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
+        (reader, stream)
+    }
+
+    /// A cache of kind `K` in full (less what `strip` removes, and the managed fields) and the
+    /// stream that keeps it and triggers reconciles.
+    fn full<K>(
+        &self,
+        config: &watcher::Config,
+        mut strip: impl FnMut(&mut K) + Send + 'static,
+    ) -> (
+        Store<K>,
+        impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    )
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(self.api::<K>(), config.clone().any_semantic())
+            .default_backoff()
+            .modify(move |object| {
+                object.managed_fields_mut().clear();
+                strip(object);
+            })
+            .reflect(writer)
+            .touched_objects();
         (reader, stream)
     }
 

@@ -12,8 +12,10 @@
 //! not get new clients), `switchboard_sidecar_app_not_listening` is 1 and
 //! `switchboard_sidecar_app_listener_lost_total` counts the episode. Holding one again clears it.
 //!
-//! This module owns only that judgement. It reads the relay's local subscriptions through one
-//! read-only accessor ([`Relay::local_topics`]) and touches nothing else of the relay.
+//! This module owns only that judgement. It reads the relay's local subscriptions through two
+//! accessors ([`Relay::local_topics`], what is held now, and [`Relay::take_recent_topics`], what
+//! was subscribed since the last look, so a subscription shorter than one poll is not missed)
+//! and touches nothing else of the relay.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,8 +148,11 @@ impl Check {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // What was subscribed since the last look counts as held at this one: a listener
+            // that subscribed and died within one poll still arms the check.
+            let recent = relay.take_recent_topics();
             let topics = relay.local_topics();
-            self.observe(topics.iter(), Instant::now());
+            self.observe(recent.iter().chain(topics.iter()), Instant::now());
         }
     }
 }

@@ -162,21 +162,56 @@ pub struct Sent {
     pub at: Instant,
 }
 
-/// The [`Sent`] record of every child this process applied, by kind, namespace and name.
+type ChildKey = (String, String, String);
+
+/// The [`Sent`] record of every child this process applied in the last [`REAPPLY_AFTER`], by
+/// kind, namespace and name.
+///
+/// An older record never allows a skip, so it is dropped: the map holds only what was applied
+/// recently (every live child is re-applied at least that often), and the children of deleted
+/// RealtimeClusters, which no reconcile visits again, leave nothing behind.
 #[derive(Default)]
-pub struct SentChildren(Mutex<HashMap<(String, String, String), Sent>>);
+pub struct SentChildren(Mutex<SentMap>);
+
+#[derive(Default)]
+pub struct SentMap {
+    records: HashMap<ChildKey, Sent>,
+    /// The size at which the next sweep of old records runs (twice the size after the last one).
+    sweep_at: usize,
+}
 
 impl SentChildren {
-    fn get(&self, key: &(String, String, String)) -> Option<Sent> {
-        self.0.lock().expect("sent lock poisoned").get(key).cloned()
+    fn get(&self, key: &ChildKey) -> Option<Sent> {
+        self.0
+            .lock()
+            .expect("sent lock poisoned")
+            .records
+            .get(key)
+            .cloned()
     }
 
-    fn record(&self, key: (String, String, String), sent: Sent) {
-        self.0.lock().expect("sent lock poisoned").insert(key, sent);
+    fn record(&self, key: ChildKey, sent: Sent) {
+        let mut map = self.0.lock().expect("sent lock poisoned");
+        if map.records.len() >= map.sweep_at {
+            let now = sent.at;
+            map.records
+                .retain(|_, s| now.saturating_duration_since(s.at) < REAPPLY_AFTER);
+            map.sweep_at = (map.records.len() * 2).max(1024);
+        }
+        map.records.insert(key, sent);
     }
 
-    fn forget(&self, key: &(String, String, String)) {
-        self.0.lock().expect("sent lock poisoned").remove(key);
+    fn forget(&self, key: &ChildKey) {
+        self.0
+            .lock()
+            .expect("sent lock poisoned")
+            .records
+            .remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().expect("sent lock poisoned").records.len()
     }
 }
 
@@ -662,5 +697,37 @@ mod tests {
         let mut c = a.clone();
         c.data.as_mut().unwrap().insert("k".into(), "v2".into());
         assert_ne!(desired_hash(&a), desired_hash(&c));
+    }
+
+    #[test]
+    fn records_too_old_to_allow_a_skip_are_swept_so_deleted_clusters_leave_nothing() {
+        let sent_children = SentChildren::default();
+        let start = Instant::now();
+        let key = |i: usize| ("ConfigMap".to_owned(), "ns".to_owned(), format!("gone-{i}"));
+        // Children of clusters deleted since: applied once, never again.
+        for i in 0..2000 {
+            sent_children.record(key(i), sent("ConfigMap", start));
+        }
+        assert_eq!(sent_children.len(), 2000, "young records are all kept");
+        // Later, the live clusters' children are applied again.
+        let later = start + REAPPLY_AFTER + Duration::from_secs(1);
+        for i in 0..1100 {
+            let live = ("ConfigMap".to_owned(), "ns".to_owned(), format!("live-{i}"));
+            sent_children.record(live, sent("ConfigMap", later));
+        }
+        assert!(
+            sent_children.get(&key(0)).is_none(),
+            "an expired record was swept"
+        );
+        assert!(
+            sent_children.len() <= 1100,
+            "only the live records remain: {}",
+            sent_children.len()
+        );
+        assert!(
+            sent_children
+                .get(&("ConfigMap".into(), "ns".into(), "live-0".into()))
+                .is_some()
+        );
     }
 }

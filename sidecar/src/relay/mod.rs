@@ -15,7 +15,7 @@ pub mod registry;
 pub mod shard;
 pub mod table;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -49,7 +49,15 @@ pub struct Relay {
     /// One backplane task per shard, in shard order; empty when embedded.
     shards: Vec<mpsc::Sender<Request>>,
     router: Router,
+    /// Local subscriptions made since [`Relay::take_recent_topics`] was last called: the
+    /// listening check samples the table once a second, and an app whose listener subscribed
+    /// and died between two looks must still arm it. At most [`RECENT_TOPICS`] are kept.
+    recent: Mutex<Vec<Topic>>,
 }
+
+/// Bound of [`Relay::take_recent_topics`]: beyond it new subscriptions are not recorded (the
+/// table still shows every one held), so nothing grows when nobody takes them.
+const RECENT_TOPICS: usize = 256;
 
 impl Relay {
     /// A relay for one pod alone.
@@ -60,6 +68,7 @@ impl Relay {
             shared,
             shards: Vec::new(),
             router: Router::new(Bytes::new(), 1),
+            recent: Mutex::default(),
         }
     }
 
@@ -94,6 +103,7 @@ impl Relay {
             shared,
             shards,
             router,
+            recent: Mutex::default(),
         }
     }
 
@@ -110,6 +120,11 @@ impl Relay {
     /// listening check's one look into the relay).
     pub fn local_topics(&self) -> Vec<Topic> {
         self.shared.table.counts().into_keys().collect()
+    }
+
+    /// The local subscriptions made since the last call (see `recent`), oldest first.
+    pub fn take_recent_topics(&self) -> Vec<Topic> {
+        std::mem::take(&mut *self.recent.lock().expect("recent topics lock poisoned"))
     }
 
     /// Asks one shard's task; `None` when embedded (or the task is gone).
@@ -203,9 +218,14 @@ impl Relay {
         for name in names {
             if subs.insert(kind, name.clone()) {
                 let frame = confirmation(outbox, kind, true, Some(name), subs.count(kind));
-                self.shared
-                    .table
-                    .insert(Topic::new(kind, name.clone()), outbox, frame);
+                let topic = Topic::new(kind, name.clone());
+                {
+                    let mut recent = self.recent.lock().expect("recent topics lock poisoned");
+                    if recent.len() < RECENT_TOPICS {
+                        recent.push(topic.clone());
+                    }
+                }
+                self.shared.table.insert(topic, outbox, frame);
                 self.shared.metrics.local_subscriptions.inc();
             } else {
                 outbox.reply(confirmation(

@@ -36,25 +36,8 @@ release=switchboard
 operator_ns=switchboard-system
 rtc=chat
 app_ns=""
-journey_started=$SECONDS
-
-step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - journey_started))" "$*"; }
-ok() { printf '    ok: %s\n' "$*"; }
-fail() {
-  printf '\nFAIL: %s\n' "$*" >&2
-  exit 1
-}
-
-# until_ok <seconds> <what> <command...>: retries the command every second until it succeeds.
-until_ok() {
-  local limit=$1 what=$2 deadline=$((SECONDS + $1))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "$what: not within ${limit}s"
-    sleep 1
-  done
-  ok "$what"
-}
+# shellcheck source=tests/e2e/lib.sh
+. "$repo/tests/e2e/lib.sh"
 
 condition() { # <namespace> <type>: the RealtimeCluster condition's "status reason: message"
   kubectl -n "$1" get rtc "$rtc" -o jsonpath="{.status.conditions[?(@.type==\"$2\")].status} {.status.conditions[?(@.type==\"$2\")].reason}: {.status.conditions[?(@.type==\"$2\")].message}"
@@ -311,5 +294,5 @@ journey_all() {
   journey_rollout
   journey_bad_input
   journey_teardown
-  step "PASS ($((SECONDS - journey_started))s)"
+  step "PASS ($((SECONDS - started))s)"
 }

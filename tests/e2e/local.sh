@@ -46,12 +46,8 @@ export KUBECONFIG="$work/admin.kubeconfig"
 controlplane_pid="" operator_pid=""
 started=$SECONDS
 
-step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
-ok() { printf '    ok: %s\n' "$*"; }
-fail() {
-  printf '\nFAIL: %s\n' "$*" >&2
-  exit 1
-}
+# shellcheck source=tests/e2e/lib.sh
+. "$repo/tests/e2e/lib.sh"
 
 cleanup() {
   local status=$?
@@ -91,16 +87,6 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# until <seconds> <what> <command...>: retries the command every second until it succeeds.
-until_ok() {
-  local limit=$1 what=$2 deadline=$((SECONDS + $1))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "$what: not within ${limit}s"
-    sleep 1
-  done
-  ok "$what"
-}
 
 condition() { # <type>: the RealtimeCluster condition's "status reason"
   kubectl -n "$app_ns" get rtc "$rtc" \

@@ -151,17 +151,8 @@ impl Scope {
             + Sync
             + 'static,
     {
-        let (reader, writer) = reflector::store();
         // An `Api` of `PartialObjectMeta` lists and watches metadata only.
-        let stream = watcher(
-            self.api::<PartialObjectMeta<K>>(),
-            config.clone().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|meta| meta.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
-        (reader, stream)
+        self.full::<PartialObjectMeta<K>>(config, |_| {})
     }
 
     /// A cache of kind `K` in full (less what `strip` removes, and the managed fields) and the

@@ -2,7 +2,8 @@
 # Runs every test: the Rust workspace (unit tests, byte-for-byte oracle tests against a real
 # redis-server, API tests against a real kube-apiserver), the interop suite (real python-socketio
 # and Node socket.io apps, each behind its own sidecar, one shared redis-server), the example chat
-# apps, and the install path (Helm chart + operator + examples) on the local control plane.
+# apps, the install path (Helm chart + operator + examples) on the local control plane, and the
+# journey on a real node (tests/e2e/node.sh: real pods, images built here).
 #
 # Needs redis-server on PATH, and for the API tests the control plane from
 # tests/controlplane/build.sh (SWITCHBOARD_CONTROLPLANE_BIN, or its default cache path); without
@@ -31,3 +32,14 @@ bash tests/e2e/examples.sh
 
 echo "==> install path: Helm chart, operator with the chart's RBAC, examples on the local control plane"
 bash tests/e2e/local.sh
+
+# The journey on a real node needs root and the node build (tests/node/build.sh); `.ci/run` has
+# both. Elsewhere it is skipped loudly, and under CI=true it runs (and fails without them).
+if [[ ${CI:-} == true || -n ${SWITCHBOARD_NODE_BIN:-} ]]; then
+  echo "==> the journey on a real node: helm install, both examples, clients, failover, rollout, bad input, teardown"
+  bash tests/e2e/node.sh
+else
+  echo
+  echo "#### SKIPPING the real-node journey (tests/e2e/node.sh): set SWITCHBOARD_NODE_BIN (tests/node/build.sh) or CI=true"
+  echo
+fi

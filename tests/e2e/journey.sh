@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154 # repo, work, helm, ingress_* and pull_policy: the caller's
+# shellcheck shell=bash disable=SC2154,SC2016 # SC2154: repo, work, helm, ingress_* and pull_policy are the caller's; SC2016: until_eval evaluates its single-quoted code
 # The user's journey, as steps that each assert: sourced by tests/e2e/node.sh (a real node on this
 # machine) and tests/e2e/kind/run.sh (kind, for Docker users), so both run the same checks. The
 # caller brings up the cluster and its ingress, then runs `journey_all`.
@@ -103,8 +103,8 @@ journey_install() {
   operator_pods="$(kubectl -n "$operator_ns" get pods -l app.kubernetes.io/instance="$release" -o jsonpath='{.items[*].metadata.name}')"
   until_ok 60 "the Lease is held by one of the operator pods" leader_is_a_pod
   configuration="$(kubectl get mutatingwebhookconfiguration -l app.kubernetes.io/instance="$release" -o name | head -n 1)"
-  until_ok 60 "caBundle set on $configuration (the operator's own CA)" \
-    test -n "$(kubectl get "$configuration" -o jsonpath='{.webhooks[0].clientConfig.caBundle}')"
+  until_eval 60 "caBundle set on $configuration (the operator's own CA)" \
+    'test -n "$(kubectl get "$configuration" -o jsonpath="{.webhooks[0].clientConfig.caBundle}")"'
 }
 
 leader_is_a_pod() {
@@ -185,7 +185,7 @@ journey_failover() {
   step "$app_ns: replicas: 3 (Sentinel), then the Redis primary is deleted while messages flow"
   kubectl -n "$app_ns" patch rtc "$rtc" --type=merge -p '{"spec":{"backplane":{"managed":{"replicas":3}}}}' >/dev/null
   sts="$(kubectl -n "$app_ns" get sts -l app.kubernetes.io/instance="$rtc" -o name | head -n 1)"
-  until_ok 60 "$sts at 3 replicas" test "$(kubectl -n "$app_ns" get "$sts" -o jsonpath='{.spec.replicas}')" = 3
+  until_eval 60 "$sts at 3 replicas" 'test "$(kubectl -n "$app_ns" get "$sts" -o jsonpath="{.spec.replicas}")" = 3'
   kubectl -n "$app_ns" rollout status "$sts" --timeout=5m >/dev/null
   ok "kubectl rollout status $sts"
   # The app pods carry the new (Sentinel) URL only once recreated.
@@ -199,7 +199,7 @@ journey_failover() {
   "$venv/bin/python" "$repo/tests/e2e/node_clients.py" --url "http://chat-python.localhost:$ingress_port" \
     --resolve "chat-python.localhost:$ingress_ip" --expect-no-disconnect --after 150 \
     --during "kubectl -n $app_ns delete pod $primary --wait=false >/dev/null" | sed 's/^/    /'
-  until_ok 60 "a new primary elected" test "$(primary_pod)" != "$primary"
+  until_eval 60 "a new primary elected" 'test "$(primary_pod)" != "$primary"'
   ok "failover to $(primary_pod): no disconnect, no message lost"
 }
 
@@ -217,9 +217,18 @@ journey_rollout() {
 
 bad_pod() { kubectl -n journey-bad get pods -l app=chat -o jsonpath='{.items[0].metadata.name}'; }
 bad_pod_running() { [ "$(kubectl -n journey-bad get pods -l app=chat -o jsonpath='{.items[0].status.phase}')" = Running ]; }
-# The API server's proxy passes the sidecar's 503 on as an error carrying its answer; a proxy
-# that cannot reach the pod says something else.
-readyz_503() { sidecar_get journey-bad "$(bad_pod)" /readyz 2>&1 | grep -q 'the backplane is not connected'; }
+# The sidecar's /readyz from inside the pod (the app container has Python): the API server's pod
+# proxy turns a 503 into its own "ServiceUnavailable" and drops the answer, which names the cause.
+readyz() {
+  kubectl -n journey-bad exec "$(bad_pod)" -c app -- python -c '
+import urllib.error, urllib.request
+try:
+    answer = urllib.request.urlopen("http://127.0.0.1:9091/readyz", timeout=5)
+except urllib.error.HTTPError as e:
+    answer = e
+print(answer.status, answer.read().decode().strip())'
+}
+readyz_503() { readyz 2>&1 | grep -q '^503 not ready: the backplane is not connected'; }
 
 journey_bad_input() {
   step "bad input on a real cluster"
@@ -257,7 +266,7 @@ EOF
   ok "BackplaneReady: $(condition journey-bad BackplaneReady)"
   until_ok 120 "the app pod is running" bad_pod_running
   until_ok 60 "the sidecar's /readyz answers 503" readyz_503
-  ok "/readyz: $(sidecar_get journey-bad "$(bad_pod)" /readyz 2>&1 | tail -n 1)"
+  ok "/readyz: $(readyz 2>&1 | tail -n 1)"
   # Not Ready must not mean restarting: watch the containers for a while.
   local until=$((SECONDS + 20)) restarts
   while ((SECONDS < until)); do
@@ -278,12 +287,12 @@ journey_teardown() {
   step "kubectl delete rtc: everything the operator made is removed"
   for app_ns in chat-python chat-node; do
     kubectl -n "$app_ns" delete rtc "$rtc" --wait=true --timeout=2m >/dev/null
-    until_ok 120 "$app_ns: no StatefulSet, Service, Secret, ConfigMap, Ingress or PDB of $rtc left" \
-      test -z "$(kubectl -n "$app_ns" get sts,svc,secret,configmap,ingress,pdb -l app.kubernetes.io/instance="$rtc" -o name)"
+    until_eval 120 "$app_ns: no StatefulSet, Service, Secret, ConfigMap, Ingress or PDB of $rtc left" \
+      'test -z "$(kubectl -n "$app_ns" get sts,svc,secret,configmap,ingress,pdb -l app.kubernetes.io/instance="$rtc" -o name)"'
   done
   step "helm uninstall: nothing of $release left"
   "$helm" uninstall "$release" -n "$operator_ns" --wait --timeout 2m >/dev/null
-  until_ok 120 "no object labelled app.kubernetes.io/instance=$release" test -z "$(leftovers)"
+  until_eval 120 "no object labelled app.kubernetes.io/instance=$release" 'test -z "$(leftovers)"'
 }
 
 journey_all() {

@@ -20,3 +20,7 @@ until_ok() {
   done
   ok "$what"
 }
+
+# until_eval <seconds> <what> <shell code>: until_ok with the code evaluated afresh on every try.
+# (until_ok's own arguments, a "$(...)" among them, are expanded once, before its first try.)
+until_eval() { until_ok "$1" "$2" eval "$3"; }

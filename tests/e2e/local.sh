@@ -178,8 +178,9 @@ KUBECONFIG="$operator_kubeconfig" POD_NAMESPACE="$operator_ns" POD_NAME=local-e2
 operator_pid=$!
 until_ok 90 "operator /readyz (leader, webhook certificate issued)" \
   curl -fsS "http://127.0.0.1:$http_port/readyz"
-until_ok 90 "caBundle set on $configuration" \
-  test -n "$(kubectl get "$configuration" -o jsonpath='{.webhooks[0].clientConfig.caBundle}')"
+# shellcheck disable=SC2016 # until_eval evaluates it on every try
+until_eval 90 "caBundle set on $configuration" \
+  'test -n "$(kubectl get "$configuration" -o jsonpath="{.webhooks[0].clientConfig.caBundle}")"'
 
 # check_example <dir> <namespace> <host>: applies a chat example and checks what the operator and
 # the webhook made of it.

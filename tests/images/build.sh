@@ -213,29 +213,40 @@ glibc_runtime() {
   cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
 }
 
+# target_python <rootfs> <pythonpath> <args...>: the root filesystem's own python3, run on this
+# host (both Debian bookworm, one glibc) with its standard library from the root filesystem.
+target_python() {
+  local root=$1 path=$2
+  shift 2
+  PYTHONHOME="$root/usr" PYTHONPATH="$path" PYTHONNOUSERSITE=1 "$root/usr/bin/python3" "$@"
+}
+
 # python_packages <rootfs>: prints a cached dir with the chat-python example's requirements
 # installed for the rootfs' Python under usr/local/lib/python3.X/dist-packages.
 python_packages() {
   local root=$1 requirements="$repo/manifests/examples/python-socketio-chat/requirements.txt"
-  local version key
-  local stdlib
-  for stdlib in "$root"/usr/lib/python3.[0-9]*/os.py; do
-    version="$(basename "$(dirname "$stdlib")")"
-    version="${version#python}"
-  done
-  [ -n "$version" ] || die "no python3.X in $root"
-  key="$(hash_of wheels-v2 "$SOURCE_DATE_EPOCH" "$version" "$(cat "$requirements")")"
-  local dir="$cache/wheels/$key"
+  local version full key
+  version="$(target_python "$root" "" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
+    die "cannot run the python3 of $root"
+  full="$(target_python "$root" "" -c 'import platform; print(platform.python_version())')"
+  key="$(hash_of wheels-v3 "$SOURCE_DATE_EPOCH" "$full" "$(cat "$requirements")")"
+  local dir="$cache/wheels/$key" site
+  site="$dir/usr/local/lib/python$version/dist-packages"
   if [ ! -e "$dir/.complete" ]; then
-    log "chat-python: pip install -r requirements.txt for Python $version (cold)"
-    rm -rf "$dir"
-    # Wheels only, for Debian's CPython and glibc, whatever Python runs pip here.
-    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-      --only-binary=:all: --implementation cp --python-version "$version" \
-      --abi "cp${version/./}" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 --platform linux_x86_64 \
-      --target "$dir/usr/local/lib/python$version/dist-packages" -r "$requirements" >&2
-    rm -rf "$dir/usr/local/lib/python$version/dist-packages/bin"
+    log "chat-python: pip install -r requirements.txt for Python $full (cold)"
+    rm -rf "$dir" "$cache/stage/pip"
+    # The host's pip, run by the image's own interpreter: dependency markers are evaluated for
+    # the Python that will import them. (The host's Python with --python-version evaluates them
+    # for itself: redis needs async-timeout below Python 3.11.3, Debian's is 3.11.2, and an
+    # image built that way fails at `import redis` in the pod.)
+    mkdir -p "$cache/stage/pip"
+    cp -r "$(python3 -c 'import os, pip; print(os.path.dirname(pip.__file__))')" "$cache/stage/pip/"
+    target_python "$root" "$cache/stage/pip" -m pip install --quiet --disable-pip-version-check \
+      --no-warn-script-location --only-binary=:all: --target "$site" -r "$requirements" >&2
+    rm -rf "${site:?}/bin" "$cache/stage/pip"
+    # What app.py imports, imported by the image's interpreter before anything is packed.
+    target_python "$root" "$site" -c 'import aiohttp, engineio, redis.asyncio, socketio' ||
+      die "chat-python: the packages do not import with the image's Python $full"
     touch "$dir/.complete"
   fi
   echo "$dir"
@@ -294,12 +305,12 @@ node_rootfs() { rootfs chat-node "node:1000:1000:/home/node" nodejs; }
 # Cold, each takes a minute or two, mostly dpkg unpacking the essential set: build them side by
 # side (and beside cargo), then use them below, cached by then; a failure shows again there.
 rootfs_jobs=()
-wants redis && { redis_rootfs >/dev/null || true; } &
-rootfs_jobs+=($!)
-wants chat-python && { python_rootfs >/dev/null || true; } &
-rootfs_jobs+=($!)
-wants chat-node && { node_rootfs >/dev/null || true; } &
-rootfs_jobs+=($!)
+for name in redis chat-python chat-node; do
+  wants "$name" || continue
+  # Only the background build: its failure shows again below, where the rootfs is used.
+  { "${name/chat-/}_rootfs" >/dev/null || true; } &
+  rootfs_jobs+=($!)
+done
 
 if wants operator || wants sidecar; then
   release="$(release_dir)"
@@ -327,7 +338,7 @@ if wants operator || wants sidecar; then
 fi
 
 
-wait "${rootfs_jobs[@]}"
+((${#rootfs_jobs[@]} == 0)) || wait "${rootfs_jobs[@]}"
 
 if wants redis; then
   root="$(redis_rootfs)"

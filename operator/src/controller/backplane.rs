@@ -61,6 +61,10 @@ const DOWN_AFTER_MS: &str = "5000";
 /// Sentinel), and replicas are repointed at the new primary within that time. Redis' default,
 /// 3 minutes, would leave a shard without a primary that long if the elected Sentinel dies mid-way.
 const FAILOVER_TIMEOUT_MS: &str = "60000";
+/// How long a restarted primary waits for the Sentinels to fail over before it takes the role
+/// back itself (`REDIS_START`): twice `DOWN_AFTER_MS` plus the election, well inside the
+/// liveness probe's first 45 s.
+const RESTARTED_PRIMARY_WAIT_SECONDS: &str = "20";
 
 /// `--maxclients`: Redis' default is 10000. Each pod's sidecar holds two links (subscriber and
 /// control) plus one per pass-through application connection, so a few hundred pods with
@@ -265,18 +269,39 @@ fn redis_args(managed: &ManagedBackplane) -> Vec<String> {
 /// so these scripts use `$NAME` / `${NAME}` and never `$$` (a test checks both).
 const FIND_PRIMARY: &str = r#"export REDISCLI_AUTH="$REDIS_PASSWORD"
 addr() { if [ "$#" -eq 2 ] && [ "$2" = "6379" ]; then echo "$1"; fi; }
-primary=""
-for peer in $PEERS; do
-  primary=$(addr $(timeout 3 redis-cli -h "$peer" -p 26379 --raw SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME" 2>/dev/null || true))
-  if [ -n "$primary" ]; then break; fi
-done
-primary="${primary:-$FIRST_PRIMARY}"
+ask_sentinels() {
+  named=""
+  for peer in $PEERS; do
+    named=$(addr $(timeout 3 redis-cli -h "$peer" -p 26379 --raw SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME" 2>/dev/null || true))
+    if [ -n "$named" ]; then break; fi
+  done
+}
+ask_sentinels
+primary="${named:-$FIRST_PRIMARY}"
 "#;
 
 /// The rest of the `redis` container's entrypoint, run as `sh -c <script> redis-server <args>`:
 /// primary when the Sentinels (or the fallback) name this pod, else a replica of the one they
 /// name. The Sentinels repoint it on every later failover.
-const REDIS_START: &str = r#"if [ "$primary" = "$SELF" ]; then
+///
+/// Running Sentinels that name this very pod mean the primary restarted (a pod deleted, a
+/// crash) before they failed over. Starting at once would make it a second, empty primary for
+/// as long as the failover takes (the sidecars that reached it then missed what was published
+/// on the new one; seen on the real node) or, when it is back before they notice, keep an
+/// empty primary that its replicas resync to. So it waits, not listening, up to
+/// `$RESTARTED_PRIMARY_WAIT_SECONDS` for them to promote a replica, and only then, if none
+/// could take over, starts as the primary.
+const REDIS_START: &str = r#"if [ "$primary" = "$SELF" ] && [ -n "$named" ]; then
+  echo "the Sentinels still name this restarted pod the primary; waiting up to ${RESTARTED_PRIMARY_WAIT_SECONDS}s for them to promote a replica" >&2
+  i=0
+  while [ "$i" -lt "$RESTARTED_PRIMARY_WAIT_SECONDS" ] && [ "$primary" = "$SELF" ]; do
+    sleep 1
+    i=$((i + 1))
+    ask_sentinels
+    primary="${named:-$SELF}"
+  done
+fi
+if [ "$primary" = "$SELF" ]; then
   exec redis-server "$@"
 fi
 exec redis-server "$@" --replicaof "$primary" 6379
@@ -451,6 +476,10 @@ fn sentinel_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: 
     env.extend([
         value_env("QUORUM", quorum(managed).to_string()),
         value_env("DOWN_AFTER_MS", DOWN_AFTER_MS),
+        value_env(
+            "RESTARTED_PRIMARY_WAIT_SECONDS",
+            RESTARTED_PRIMARY_WAIT_SECONDS,
+        ),
         value_env("FAILOVER_TIMEOUT_MS", FAILOVER_TIMEOUT_MS),
         value_env("SENTINEL_DIR", SENTINEL_DIR),
     ]);

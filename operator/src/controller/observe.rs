@@ -7,6 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
@@ -94,6 +95,7 @@ pub fn observe(
             .map(|hash| outdated(&pods, hash))
             .unwrap_or_default(),
         sidecar_not_ready: sidecar_not_ready(&pods),
+        no_sidecar_ready_since: no_sidecar_ready_since(&pods),
     }
 }
 
@@ -198,6 +200,35 @@ pub fn sidecar_not_ready(pods: &[Pod]) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// When every live injected pod's sidecar is running and none is ready: the latest of their
+/// start times. `None` when one is ready, one is not running (starting, restarting: too early to
+/// judge), or there is none.
+pub fn no_sidecar_ready_since(pods: &[Pod]) -> Option<Timestamp> {
+    let mut latest: Option<Timestamp> = None;
+    for pod in live(pods).filter(|p| injected(p)) {
+        let status = pod.status.as_ref()?;
+        let sidecar = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .chain(status.init_container_statuses.iter().flatten())
+            .find(|c| c.name == SIDECAR_CONTAINER)?;
+        if sidecar.ready {
+            return None;
+        }
+        let started = sidecar
+            .state
+            .as_ref()?
+            .running
+            .as_ref()?
+            .started_at
+            .as_ref()?
+            .0;
+        latest = Some(latest.map_or(started, |l| l.max(started)));
+    }
+    latest
 }
 
 fn injected(pod: &Pod) -> bool {
@@ -361,8 +392,32 @@ mod tests {
         assert_eq!(observed.outdated, ["chat-old"]);
         // Running but failing its readiness probe; a sidecar still starting is not judged.
         assert_eq!(observed.sidecar_not_ready, ["chat-deaf"]);
+        // Some sidecars are ready: the backplane is reachable.
+        assert_eq!(observed.no_sidecar_ready_since, None);
         assert_eq!(observed.selector, "app=chat");
         assert_eq!(observed.ingress, IngressState::NotRequested);
+    }
+
+    #[test]
+    fn no_sidecar_ready_since_the_last_of_them_started() {
+        let pod = |name: &str, state: &str, ready: bool| -> Pod {
+            serde_yaml::from_str(&format!(
+                "metadata: {{ name: {name} }}\nspec:\n  initContainers: [{{ name: switchboard-sidecar, image: s, restartPolicy: Always }}]\n  containers: [{{ name: app, image: a }}]\nstatus:\n  initContainerStatuses: [{{ name: switchboard-sidecar, ready: {ready}, restartCount: 0, image: s, imageID: '', state: {state} }}]"
+            ))
+            .unwrap()
+        };
+        let at = |t: &str| format!("{{ running: {{ startedAt: '{t}' }} }}");
+        let (early, late) = ("2026-12-01T10:00:00Z", "2026-12-01T10:00:20Z");
+        let stuck = [pod("a", &at(early), false), pod("b", &at(late), false)];
+        assert_eq!(no_sidecar_ready_since(&stuck), Some(late.parse().unwrap()));
+        let one_ready = [pod("a", &at(early), false), pod("b", &at(late), true)];
+        assert_eq!(no_sidecar_ready_since(&one_ready), None);
+        let one_starting = [
+            pod("a", &at(early), false),
+            pod("b", "{ waiting: { reason: PodInitializing } }", false),
+        ];
+        assert_eq!(no_sidecar_ready_since(&one_starting), None);
+        assert_eq!(no_sidecar_ready_since(&[]), None);
     }
 
     #[test]

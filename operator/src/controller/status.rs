@@ -78,7 +78,16 @@ pub struct Observed {
     pub outdated: Vec<String>,
     /// Injected pods whose running sidecar is not ready, by name (sorted).
     pub sidecar_not_ready: Vec<String>,
+    /// When no sidecar is ready although every injected pod's sidecar runs: the latest of their
+    /// start times. With an external backplane, past [`UNREACHABLE_AFTER`] that says the
+    /// sidecars cannot reach it (the operator itself never dials the user's Redis).
+    pub no_sidecar_ready_since: Option<Timestamp>,
 }
+
+/// How long every sidecar may stay not ready after starting before an external backplane is
+/// reported unreachable: a sidecar connects within a second or two when it can, and retries
+/// with backoff when it cannot.
+pub const UNREACHABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The status for `observed`, carrying over transition times from `previous`.
 pub fn status(
@@ -88,7 +97,7 @@ pub fn status(
     now: Timestamp,
 ) -> RealtimeClusterStatus {
     let parts = [
-        backplane_condition(&observed.backplane),
+        backplane_condition(observed, now),
         ingress_condition(&observed.ingress),
         sidecars_condition(observed),
     ];
@@ -162,8 +171,8 @@ pub fn transitions<'a>(
         .collect()
 }
 
-fn backplane_condition(backplane: &Backplane) -> Condition {
-    match backplane {
+fn backplane_condition(observed: &Observed, now: Timestamp) -> Condition {
+    match &observed.backplane {
         Backplane::Managed(shards) => {
             let waiting: Vec<String> = shards
                 .iter()
@@ -190,12 +199,24 @@ fn backplane_condition(backplane: &Backplane) -> Condition {
                 )
             }
         }
-        Backplane::External { url } => draft(
-            BACKPLANE_READY,
-            true,
-            "External",
-            format!("sidecars relay to the external Redis at {url}"),
-        ),
+        Backplane::External { url } => match observed.no_sidecar_ready_since {
+            Some(since) if now.duration_since(since).unsigned_abs() >= UNREACHABLE_AFTER => draft(
+                BACKPLANE_READY,
+                false,
+                "Unreachable",
+                format!(
+                    "no sidecar has connected to the external Redis at {url} in {}s ({} running): check that the URL in the Secret spec.backplane.external.urlSecretRef names a Redis server the pods can reach (host name, port, NetworkPolicy), and its password; each sidecar's log and its /readyz on port 9091 name the error",
+                    now.duration_since(since).as_secs(),
+                    observed.pods.injected
+                ),
+            ),
+            _ => draft(
+                BACKPLANE_READY,
+                true,
+                "External",
+                format!("sidecars relay to the external Redis at {url}"),
+            ),
+        },
         Backplane::SecretMissing { secret } => draft(
             BACKPLANE_READY,
             false,
@@ -285,6 +306,25 @@ fn sidecars_condition(observed: &Observed) -> Condition {
                 pods.matched - pods.injected,
                 pods.matched,
                 names(&observed.uninjected)
+            ),
+        )
+    } else if !observed.sidecar_not_ready.is_empty()
+        && observed
+            .sidecar_not_ready
+            .iter()
+            .all(|pod| observed.outdated.contains(pod))
+    {
+        // A change of topology (replicas 1 -> 3 puts Sentinel in front of Redis) changes the
+        // address in the sidecar's ConfigMap and removes the old Service: pods started before
+        // it still dial the old address until they are recreated, so restarting is the fix.
+        (
+            false,
+            "ConfigurationOutdated",
+            format!(
+                "{} of {} sidecars are not ready and run with an older sidecar configuration ({}), whose backplane address may be gone; restart them (kubectl rollout restart deployment/<name>) to apply the current one",
+                observed.sidecar_not_ready.len(),
+                pods.injected,
+                names(&observed.sidecar_not_ready)
             ),
         )
     } else if pods.ready < pods.injected && !observed.sidecar_not_ready.is_empty() {
@@ -393,6 +433,7 @@ mod tests {
             uninjected: Vec::new(),
             outdated: Vec::new(),
             sidecar_not_ready: Vec::new(),
+            no_sidecar_ready_since: None,
         }
     }
 
@@ -468,6 +509,58 @@ mod tests {
             ),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn an_external_backplane_no_sidecar_reaches_is_unreachable_after_the_grace() {
+        let mut o = observed();
+        o.backplane = Backplane::External {
+            url: "redis://nowhere:6379".into(),
+        };
+        o.pods.ready = 0;
+        o.sidecar_not_ready = vec!["chat-1".into(), "chat-2".into(), "chat-3".into()];
+        let started = Timestamp::from_second(1_000).unwrap();
+        o.no_sidecar_ready_since = Some(started);
+        // Just started: the sidecars may still be connecting.
+        let s = status(Some(1), &o, None, Timestamp::from_second(1_010).unwrap());
+        assert_eq!(condition(&s, BACKPLANE_READY).reason, "External");
+        let s = status(Some(1), &o, None, Timestamp::from_second(1_045).unwrap());
+        let c = condition(&s, BACKPLANE_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Unreachable")
+        );
+        assert!(
+            c.message.starts_with(
+                "no sidecar has connected to the external Redis at redis://nowhere:6379 in 45s (3 running)"
+            ),
+            "{c:?}"
+        );
+        assert!(c.message.contains("urlSecretRef"), "{c:?}");
+        assert_eq!(condition(&s, READY).reason, "BackplaneNotReady");
+    }
+
+    #[test]
+    fn outdated_pods_that_lost_the_backplane_are_told_to_restart() {
+        let mut o = observed();
+        o.pods.ready = 1;
+        o.outdated = vec!["chat-1".into(), "chat-2".into()];
+        o.sidecar_not_ready = vec!["chat-1".into(), "chat-2".into()];
+        let s = status(Some(2), &o, None, Timestamp::now());
+        let c = condition(&s, SIDECARS_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ConfigurationOutdated")
+        );
+        assert!(
+            c.message.starts_with("2 of 3 sidecars are not ready and run with an older sidecar configuration (chat-1, chat-2)"),
+            "{c:?}"
+        );
+        assert!(c.message.contains("kubectl rollout restart"), "{c:?}");
+        // A pod on the current configuration that is not ready is a different story.
+        o.sidecar_not_ready.push("chat-3".into());
+        let s = status(Some(2), &o, None, Timestamp::now());
+        assert_eq!(condition(&s, SIDECARS_READY).reason, "SidecarsNotReady");
     }
 
     #[test]

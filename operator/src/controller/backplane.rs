@@ -445,7 +445,12 @@ fn redis_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32
         ]);
         // `redis-server` is the script's `$0`, so `"$@"` is exactly `args`.
         let command = ["sh", "-c", &redis_start_script(), "redis-server"].map(String::from);
-        (command.to_vec(), sentinel_pod_env(rtc, managed, shard))
+        let mut env = sentinel_pod_env(rtc, managed, shard);
+        env.push(value_env(
+            "RESTARTED_PRIMARY_WAIT_SECONDS",
+            RESTARTED_PRIMARY_WAIT_SECONDS,
+        ));
+        (command.to_vec(), env)
     } else {
         // Bypass the image's entrypoint: it chowns and drops privileges, which needs root.
         (vec!["redis-server".into()], vec![password_env(rtc)])
@@ -476,10 +481,6 @@ fn sentinel_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: 
     env.extend([
         value_env("QUORUM", quorum(managed).to_string()),
         value_env("DOWN_AFTER_MS", DOWN_AFTER_MS),
-        value_env(
-            "RESTARTED_PRIMARY_WAIT_SECONDS",
-            RESTARTED_PRIMARY_WAIT_SECONDS,
-        ),
         value_env("FAILOVER_TIMEOUT_MS", FAILOVER_TIMEOUT_MS),
         value_env("SENTINEL_DIR", SENTINEL_DIR),
     ]);

@@ -901,6 +901,28 @@ fn start_scripts_survive_kubelet_expansion() {
             assert!(!script.contains(&format!("$({})", e.name)), "{}", e.name);
         }
     }
+    // Every upper-case variable a script reads is in its own container's env (a missing one is
+    // `parameter not set` under `set -u`: a crash loop only a real pod shows).
+    for c in &pod_spec(shard).containers {
+        let script = &c.command.as_ref().unwrap()[2];
+        let defined: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        let mut rest = script.as_str();
+        while let Some(at) = rest.find('$') {
+            rest = &rest[at + 1..];
+            let name: String = rest
+                .trim_start_matches('{')
+                .chars()
+                .take_while(|ch| ch.is_ascii_uppercase() || *ch == '_')
+                .collect();
+            if name.len() > 1 && name != "REDISCLI_AUTH" {
+                assert!(
+                    defined.contains(&name.as_str()),
+                    "{} reads ${name}, not in its env",
+                    c.name
+                );
+            }
+        }
+    }
     let sentinel = backplane::sentinel_start_script();
     let resolve = sentinel.find("sentinel resolve-hostnames yes").unwrap();
     assert!(resolve < sentinel.find("sentinel monitor").unwrap());

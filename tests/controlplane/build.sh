@@ -93,7 +93,7 @@ GOFLAGS=-buildvcs=false GOBIN="$bin" go install -v -trimpath \
 
 all_present || { log "a binary is missing from $bin"; exit 1; }
 "$bin/kube-apiserver" --version >&2
-"$bin/etcd" --version | head -1 >&2
+"$bin/etcd" --version | sed -n 1p >&2
 echo "$stamp_want" >"$bin/.stamp"
 log "done"
 echo "$bin"

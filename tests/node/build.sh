@@ -143,8 +143,8 @@ fi
 
 all_present || { log "a binary is missing from $bin"; exit 1; }
 "$bin/containerd" --version >&2
-"$bin/coredns" -version | head -1 >&2
-"$bin/traefik" version | head -2 >&2
+"$bin/coredns" -version | sed -n 1p >&2
+"$bin/traefik" version | sed -n 1,2p >&2
 echo "$stamp_want" >"$bin/.stamp"
 log "done"
 echo "$bin"

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -182,19 +182,8 @@ pub fn sidecar_not_ready(pods: &[Pod]) -> Vec<String> {
     let mut names: Vec<String> = live(pods)
         .filter(|p| injected(p))
         .filter(|p| {
-            let Some(status) = p.status.as_ref() else {
-                return false;
-            };
-            status
-                .container_statuses
-                .iter()
-                .flatten()
-                .chain(status.init_container_statuses.iter().flatten())
-                .any(|c| {
-                    c.name == SIDECAR_CONTAINER
-                        && !c.ready
-                        && c.state.as_ref().is_some_and(|s| s.running.is_some())
-                })
+            sidecar_status(p)
+                .is_some_and(|c| !c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
         })
         .map(|p| p.name_any())
         .collect();
@@ -208,27 +197,26 @@ pub fn sidecar_not_ready(pods: &[Pod]) -> Vec<String> {
 pub fn no_sidecar_ready_since(pods: &[Pod]) -> Option<Timestamp> {
     let mut latest: Option<Timestamp> = None;
     for pod in live(pods).filter(|p| injected(p)) {
-        let status = pod.status.as_ref()?;
-        let sidecar = status
-            .container_statuses
-            .iter()
-            .flatten()
-            .chain(status.init_container_statuses.iter().flatten())
-            .find(|c| c.name == SIDECAR_CONTAINER)?;
+        let sidecar = sidecar_status(pod)?;
         if sidecar.ready {
             return None;
         }
-        let started = sidecar
-            .state
-            .as_ref()?
-            .running
-            .as_ref()?
-            .started_at
-            .as_ref()?
-            .0;
+        let running = sidecar.state.as_ref()?.running.as_ref()?;
+        let started = running.started_at.as_ref()?.0;
         latest = Some(latest.map_or(started, |l| l.max(started)));
     }
     latest
+}
+
+/// The sidecar's container status: an init container (native sidecar) or a plain one.
+fn sidecar_status(pod: &Pod) -> Option<&ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == SIDECAR_CONTAINER)
 }
 
 fn injected(pod: &Pod) -> bool {

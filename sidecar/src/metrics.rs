@@ -19,6 +19,8 @@ pub struct Metrics {
     pub publishes_sent: Counter,
     pub publishes_buffered: Gauge,
     pub publishes_dropped: Counter,
+    pub publishes_replayed: Counter,
+    pub messages_deduplicated: Counter,
     pub messages_received: Counter,
     pub messages_delivered: Counter,
     pub messages_dropped_slow_client: Counter,
@@ -107,6 +109,16 @@ impl Metrics {
             "publishes_dropped",
             "Publishes dropped because the outage buffer was full",
             m.publishes_dropped.clone(),
+        );
+        r.register(
+            "publishes_replayed",
+            "Publishes sent again after the backplane links died before proving them delivered",
+            m.publishes_replayed.clone(),
+        );
+        r.register(
+            "messages_deduplicated",
+            "Replayed messages dropped because this sidecar had delivered them already",
+            m.messages_deduplicated.clone(),
         );
         r.register(
             "messages_received",

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::replay::{self, Dedup, Recent, Unconfirmed};
 use super::{Request, Settings, Shared};
 use crate::pubsub::{Kind, Topic};
 use crate::relay::buffer::PublishBuffer;
@@ -76,12 +77,18 @@ struct SubPending {
     heartbeat: bool,
     /// The PING after the reconnect's resubscriptions: once answered, they are all in place.
     restored: bool,
+    /// A PING's [`Unconfirmed::mark`]: once answered, what was acknowledged before it went out
+    /// has been delivered.
+    confirms: Option<u64>,
 }
 
 /// Replies the control link owes, in order.
 #[derive(Debug)]
 enum CtlPending {
     Publish(Bytes),
+    /// An announcement of replays (see [`replay`]): not sent again, the next flush announces
+    /// whatever is replayed then.
+    Announce,
     Adjust(Option<oneshot::Sender<()>>),
     Snapshot,
     Touch,
@@ -110,6 +117,9 @@ struct Live {
     peer_check_asked: bool,
     heartbeats_unanswered: usize,
     heartbeat_deadline: Option<Instant>,
+    /// Publishes acknowledged on this connection, kept until a subscriber-link PING proves
+    /// them delivered.
+    unconfirmed: Unconfirmed,
 }
 
 pub(crate) struct Machine {
@@ -125,6 +135,13 @@ pub(crate) struct Machine {
     /// Upstream subscriptions last added to the gauge (every shard adds its own).
     gauged: i64,
     buffer: PublishBuffer,
+    /// How many publishes at the front of `buffer` are replays (sent before, maybe delivered):
+    /// the flush announces them first.
+    replays: usize,
+    /// Frames delivered lately, and those set aside after a loss or an announcement, so a
+    /// replay of one is not delivered twice.
+    recent: Recent,
+    dedup: Dedup,
     /// Peers seen before the last outage; flushing waits for them to come back.
     awaited_peers: HashSet<String>,
     /// Shard 0: this sidecar's registry entry, local subscribers per topic of every shard.
@@ -153,6 +170,9 @@ impl Machine {
             refcounts: HashMap::new(),
             gauged: 0,
             buffer,
+            replays: 0,
+            recent: Recent::default(),
+            dedup: Dedup::default(),
             awaited_peers: HashSet::new(),
             registered: HashMap::new(),
             marks: HashMap::new(),
@@ -215,6 +235,7 @@ impl Machine {
             peer_check_asked: false,
             heartbeats_unanswered: 0,
             heartbeat_deadline: None,
+            unconfirmed: Unconfirmed::default(),
         };
         for kind in Kind::ALL {
             let mut names: Vec<Bytes> = self
@@ -228,6 +249,9 @@ impl Machine {
                 self.write_sub(&mut live, kind.subscribe_command(), chunk, None);
             }
         }
+        // Every sidecar hears every announcement of replays on every shard.
+        let channel = [Bytes::from_static(replay::CHANNEL)];
+        self.write_sub(&mut live, "SUBSCRIBE", &channel, None);
         live.sub_out
             .extend_from_slice(&crate::upstream::command(&["PING"]).raw);
         live.sub_pending.push_back(SubPending {
@@ -235,6 +259,7 @@ impl Machine {
             done: None,
             heartbeat: false,
             restored: true,
+            confirms: None,
         });
         if self.keeps_registry() {
             self.resnapshot_quietly(&mut live);
@@ -254,14 +279,17 @@ impl Machine {
         self.update_gauges();
     }
 
-    /// The links are gone: keeps what can be kept (publishes in flight go back in front of the
-    /// buffer, subscriptions stay counted for the reconnect) and answers what cannot wait.
+    /// The links are gone: keeps what can be kept (publishes not proven delivered go back in
+    /// front of the buffer, subscriptions stay counted for the reconnect, what was delivered
+    /// lately is set aside against replays) and answers what cannot wait.
     pub(crate) fn disconnected(&mut self) {
         let Some(live) = self.live.take() else {
             return;
         };
         self.shared.set_connected(false);
-        let mut in_flight = Vec::new();
+        self.set_aside_recent();
+        let mut in_flight: Vec<Bytes> = live.unconfirmed.take().collect();
+        let acknowledged = in_flight.len();
         for pending in live.ctl_pending {
             match pending {
                 CtlPending::Publish(raw) => in_flight.push(raw),
@@ -279,10 +307,16 @@ impl Machine {
         }
         if !in_flight.is_empty() {
             tracing::info!(
-                publishes = in_flight.len(),
-                "re-queued publishes the backplane never acknowledged"
+                unacknowledged = in_flight.len() - acknowledged,
+                acknowledged_unproven = acknowledged,
+                "re-queued the publishes not proven delivered (never acknowledged, or acknowledged by a server that went away before flushing them); they are announced and sent again after the reconnect, and sidecars that already delivered one drop the copy"
             );
         }
+        self.replays += in_flight.len();
+        self.shared
+            .metrics
+            .publishes_replayed
+            .inc_by(in_flight.len() as u64);
         self.buffer.requeue_front(in_flight);
         for pending in live.sub_pending {
             if let Some(done) = pending.done {
@@ -337,14 +371,54 @@ impl Machine {
         let Some(channel) = self.unprefixed(&channel) else {
             return Ok(None);
         };
-        let resp2 = self.settings.channel_prefix.is_empty().then_some(frame);
-        Ok(Some(Message {
+        if &channel[..] == replay::CHANNEL {
+            if kind == Kind::Channel {
+                self.on_announcement(&payload);
+            }
+            return Ok(None);
+        }
+        let message = Message {
             kind,
             pattern,
             channel,
             payload,
-            resp2,
-        }))
+            resp2: None,
+        };
+        if self.dedup.is_replay(&message) {
+            self.shared.metrics.messages_deduplicated.inc();
+            return Ok(None);
+        }
+        if self.live.is_some() {
+            let (messages, bytes) = self.limits();
+            self.recent.record(&frame, messages, bytes);
+        }
+        let resp2 = self.settings.channel_prefix.is_empty().then_some(frame);
+        Ok(Some(Message { resp2, ..message }))
+    }
+
+    /// The outage buffer's limits, which also bound what is kept against replays.
+    fn limits(&self) -> (usize, usize) {
+        (self.settings.buffer_messages, self.settings.buffer_bytes)
+    }
+
+    /// Another sidecar (or this one) is about to replay publishes: what was delivered of them
+    /// is set aside and their copies will be dropped.
+    fn on_announcement(&mut self, payload: &Bytes) {
+        self.set_aside_recent();
+        self.dedup.announced(payload, &self.settings.channel_prefix);
+    }
+
+    fn set_aside_recent(&mut self) {
+        // Long enough for every peer to reconnect and flush (within the grace period).
+        let memory = self.settings.flush_grace * 2 + Duration::from_secs(10);
+        let ttl = memory.as_millis() / self.settings.heartbeat.as_millis().max(1) + 1;
+        let limits = self.limits();
+        self.dedup.set_aside(
+            &mut self.recent,
+            &self.settings.channel_prefix,
+            u32::try_from(ttl).unwrap_or(u32::MAX),
+            limits,
+        );
     }
 
     /// A frame from the subscriber link: a message for the local table, or a reply it owed.
@@ -352,7 +426,7 @@ impl Machine {
         let mut live = self.live.take()?;
         let message = self.on_sub_frame(&mut live, frame);
         self.live = Some(live);
-        message
+        message.filter(|m| &m.channel[..] != replay::CHANNEL)
     }
 
     /// A frame from the control link.
@@ -371,6 +445,8 @@ impl Machine {
     pub(crate) fn heartbeat(&mut self, now: Instant) -> Result<(), Lost> {
         let limit = self.heartbeat_limit();
         let registry = self.keeps_registry();
+        self.recent.rotate();
+        self.dedup.tick();
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
@@ -389,6 +465,7 @@ impl Machine {
             done: None,
             heartbeat: true,
             restored: false,
+            confirms: Some(live.unconfirmed.mark()),
         });
         if registry {
             push_ctl(live, &self.registry.touch(), CtlPending::Touch);
@@ -658,6 +735,7 @@ impl Machine {
             done,
             heartbeat: false,
             restored: false,
+            confirms: None,
         });
     }
 
@@ -725,6 +803,9 @@ impl Machine {
             return;
         }
         let done = live.sub_pending.pop_front().expect("front exists");
+        if let Some(mark) = done.confirms {
+            live.unconfirmed.confirm(mark);
+        }
         if done.heartbeat {
             Self::heartbeat_answered(live);
         }
@@ -763,11 +844,14 @@ impl Machine {
             return Ok(());
         };
         match pending {
-            CtlPending::Publish(_) => {
-                if let Some(e) = refused {
-                    tracing::warn!(error = %e, "the backplane refused a publish");
+            CtlPending::Publish(raw) => match refused {
+                Some(e) => tracing::warn!(error = %e, "the backplane refused a publish"),
+                None => {
+                    let (messages, bytes) = self.limits();
+                    live.unconfirmed.acked(raw, messages, bytes);
                 }
-            }
+            },
+            CtlPending::Announce => {}
             CtlPending::Adjust(done) => {
                 if frame == Value::Integer(0) {
                     self.resnapshot(live);
@@ -848,11 +932,27 @@ impl Machine {
         push_ctl(live, &snapshot, CtlPending::Snapshot);
     }
 
+    /// Sends what the outage held: the replays first, each run after its announcement.
     fn flush(&mut self, live: &mut Live) {
         live.flush_deadline = None;
         live.next_peer_check = None;
         let n = self.buffer.len();
-        for raw in self.buffer.drain() {
+        let mut held = self.buffer.drain();
+        let replays: Vec<Bytes> = held.by_ref().take(self.replays).collect();
+        let fresh: Vec<Bytes> = held.collect();
+        self.replays = 0;
+        for (announcement, run) in replay::announcements(replays, self.settings.max_bulk) {
+            if let Some(listed) = announcement {
+                let raw = self.publish_command(Kind::Channel, replay::CHANNEL, &listed);
+                live.ctl_out.extend_from_slice(&raw);
+                live.ctl_pending.push_back(CtlPending::Announce);
+            }
+            for raw in run {
+                live.ctl_out.extend_from_slice(&raw);
+                live.ctl_pending.push_back(CtlPending::Publish(raw));
+            }
+        }
+        for raw in fresh {
             live.ctl_out.extend_from_slice(&raw);
             live.ctl_pending.push_back(CtlPending::Publish(raw));
         }

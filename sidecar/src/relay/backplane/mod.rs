@@ -10,8 +10,9 @@
 //!
 //! When either link fails, both are dropped and rebuilt with jittered exponential backoff.
 //! Meanwhile local connections notice nothing: subscriptions are recorded and restored on
-//! reconnect, publishes are held in a bounded [`PublishBuffer`], and publishes that were in
-//! flight when the link died are put back in front of them. After reconnecting, the buffer is
+//! reconnect, publishes are held in a bounded [`PublishBuffer`], and publishes not proven
+//! delivered when the link died are put back in front of them, to be announced and replayed
+//! without reaching anyone twice (see [`replay`]). After reconnecting, the buffer is
 //! flushed only once every sidecar that was alive before the outage has resubscribed on the same
 //! server (or `--flush-grace-ms` passed), so the other pods are subscribed again when the
 //! messages arrive; publishes made meanwhile wait behind them.
@@ -21,6 +22,7 @@
 //! the messages it returns to the local table, and runs the timers.
 
 mod machine;
+mod replay;
 // The fuzz harness checks the subscriber's in-place message reader against the full parser.
 pub(crate) use machine::split_message;
 #[cfg(test)]

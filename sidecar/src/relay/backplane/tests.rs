@@ -190,13 +190,24 @@ fn answer_ctl(m: &mut Machine, peers: &[(&str, &str)], now: Instant) -> Vec<Stri
     }
 }
 
+/// The publishes written, `channel payload`; an announcement of replays shows what it lists:
+/// `announce [app:a 1, app:a 2]`.
 fn published(bytes: BytesMut) -> Vec<String> {
     commands(bytes)
         .into_iter()
         .filter(|c| c[0] == "PUBLISH")
-        .map(|c| format!("{} {}", c[1], c[2]))
+        .map(|c| {
+            if c[1] == ANNOUNCEMENTS {
+                let listed = published(BytesMut::from(c[2].as_bytes()));
+                format!("announce [{}]", listed.join(", "))
+            } else {
+                format!("{} {}", c[1], c[2])
+            }
+        })
         .collect()
 }
+
+const ANNOUNCEMENTS: &str = "app:__switchboard:replays";
 
 #[test]
 fn a_subscribe_is_answered_only_once_the_backplane_confirms_every_channel() {
@@ -266,9 +277,14 @@ fn a_failover_mid_subscribe_resubscribes_on_the_new_primary() {
     assert!(shared.is_ready());
     assert_eq!(
         commands(m.take_sub_writes()),
-        vec![vec!["SUBSCRIBE", "app:room"], vec!["PING"]]
+        vec![
+            vec!["SUBSCRIBE", "app:room"],
+            vec!["SUBSCRIBE", ANNOUNCEMENTS],
+            vec!["PING"]
+        ]
     );
     m.sub_frame(confirm("subscribe", "app:room", 1));
+    m.sub_frame(confirm("subscribe", ANNOUNCEMENTS, 2));
     assert!(m.take_ctl_writes().iter().count() > 0, "the snapshot");
     m.sub_frame(pong());
     let ctl = commands(m.take_ctl_writes());
@@ -346,7 +362,14 @@ fn an_outage_buffers_publishes_up_to_the_limit_and_flushes_them_in_order() {
     m.ctl_frame(registry_read(&[]), now).unwrap();
     assert_eq!(
         published(m.take_ctl_writes()),
-        vec!["app:a 1", "app:a 2", "app:a 3", "app:a 4"]
+        vec![
+            "announce [app:a 1]",
+            "app:a 1",
+            "app:a 2",
+            "app:a 3",
+            "app:a 4"
+        ],
+        "the one sent before is announced as a replay"
     );
     assert_eq!(m.buffered(), 0);
     publish(&mut m, "a", "6");
@@ -524,6 +547,7 @@ fn other_shards_mark_and_check_peers_through_shard_0() {
         "no registry on this shard's links"
     );
     m.take_sub_writes();
+    m.sub_frame(confirm("subscribe", ANNOUNCEMENTS, 1));
     m.sub_frame(pong());
     let marks = m.take_outbound();
     assert!(
@@ -638,4 +662,160 @@ fn raw_messages_are_read_in_place_and_passed_on_as_they_came() {
         .expect("a shard message");
     assert_eq!(got.kind, Kind::Shard);
     assert_eq!(got.resp2, Some(raw));
+}
+
+/// A `message` frame as the subscriber link receives it.
+fn message_frame(channel: &str, payload: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    crate::resp::write_bulks(
+        &mut out,
+        b'*',
+        &[b"message", channel.as_bytes(), payload.as_bytes()],
+    );
+    out.freeze()
+}
+
+/// The frame of an announcement listing `publishes` (`(channel, payload)`, prefixed).
+fn announcement_frame(publishes: &[(&str, &str)]) -> Bytes {
+    let mut listed = BytesMut::new();
+    for (channel, payload) in publishes {
+        crate::resp::write_bulks(
+            &mut listed,
+            b'*',
+            &[b"PUBLISH", channel.as_bytes(), payload.as_bytes()],
+        );
+    }
+    let mut out = BytesMut::new();
+    crate::resp::write_bulks(
+        &mut out,
+        b'*',
+        &[b"message", ANNOUNCEMENTS.as_bytes(), &listed[..]],
+    );
+    out.freeze()
+}
+
+/// Connects on `server` after a loss and flushes what the outage held (no peers to wait for).
+fn reconnect_and_flush(m: &mut Machine, server: &str, now: Instant) -> Vec<String> {
+    m.connected(Bytes::copy_from_slice(server.as_bytes()), now);
+    m.take_sub_writes();
+    assert_eq!(verbs(m.take_ctl_writes()), vec!["SNAPSHOT"]);
+    m.peer_check_due();
+    assert_eq!(verbs(m.take_ctl_writes()), vec!["READ"]);
+    m.ctl_frame(Value::Integer(1), now).unwrap(); // the snapshot
+    m.ctl_frame(registry_read(&[]), now).unwrap();
+    published(m.take_ctl_writes())
+}
+
+#[test]
+fn acknowledged_publishes_are_replayed_until_a_later_subscriber_ping_proves_them_delivered() {
+    let (mut m, shared) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    publish(&mut m, "a", "1");
+    publish(&mut m, "a", "2");
+    assert_eq!(published(m.take_ctl_writes()), vec!["app:a 1", "app:a 2"]);
+    m.ctl_frame(Value::Integer(1), now).unwrap();
+    m.ctl_frame(Value::Integer(1), now).unwrap();
+
+    // A heartbeat's PING on the subscriber link goes out after both were acknowledged; its
+    // answer means the server ran past them and wrote out their messages.
+    m.heartbeat(now).unwrap();
+    assert_eq!(verbs(m.take_sub_writes()), vec!["PING"]);
+    answer_ctl(&mut m, &[], now);
+    m.sub_frame(pong());
+
+    // Acknowledged, but the server dies before a PING proves it delivered: it may sit unsent
+    // in the server's buffer for the subscribers. And one never acknowledged.
+    publish(&mut m, "a", "3");
+    publish(&mut m, "a", "4");
+    assert_eq!(published(m.take_ctl_writes()), vec!["app:a 3", "app:a 4"]);
+    m.ctl_frame(Value::Integer(1), now).unwrap();
+    m.disconnected();
+    assert_eq!(m.buffered(), 2);
+    assert_eq!(shared.metrics.publishes_replayed.get(), 2);
+
+    publish(&mut m, "a", "5");
+    assert_eq!(
+        reconnect_and_flush(&mut m, "run-2", now),
+        vec![
+            "announce [app:a 3, app:a 4]",
+            "app:a 3",
+            "app:a 4",
+            "app:a 5"
+        ],
+        "announced, then sent again in order, then what the outage held"
+    );
+
+    // Lost again before anything is acknowledged: all three go again, announced again (the
+    // announcement itself is not resent: the next flush makes a new one).
+    m.disconnected();
+    assert_eq!(
+        reconnect_and_flush(&mut m, "run-3", now),
+        vec![
+            "announce [app:a 3, app:a 4, app:a 5]",
+            "app:a 3",
+            "app:a 4",
+            "app:a 5"
+        ]
+    );
+}
+
+#[test]
+fn a_receiver_drops_the_announced_replays_it_delivered_and_delivers_the_rest() {
+    let (mut m, shared) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    let mut done = acquire(&mut m, &["a"]);
+    m.take_sub_writes();
+    m.sub_frame(confirm("subscribe", "app:a", 2));
+    assert_eq!(done.try_recv(), Ok(Ok(())));
+    let delivered = |m: &mut Machine, payload: &str| {
+        m.sub_raw(message_frame("app:a", payload))
+            .unwrap()
+            .map(|msg| String::from_utf8_lossy(&msg.payload).into_owned())
+    };
+    assert_eq!(delivered(&mut m, "1").as_deref(), Some("1"));
+    assert_eq!(delivered(&mut m, "2").as_deref(), Some("2"));
+
+    // The server dies; on the new one a peer announces the publishes it sends again: 1 (which
+    // arrived here) and 3 (which did not).
+    m.disconnected();
+    connect_settled(&mut m, "run-2", &[], now);
+    assert_eq!(
+        m.sub_raw(announcement_frame(&[("app:a", "1"), ("app:a", "3")]))
+            .unwrap(),
+        None,
+        "announcements are the sidecars' own, never the app's"
+    );
+    assert_eq!(delivered(&mut m, "1"), None, "already delivered: dropped");
+    assert_eq!(delivered(&mut m, "3").as_deref(), Some("3"), "never seen");
+    assert_eq!(
+        delivered(&mut m, "1").as_deref(),
+        Some("1"),
+        "a new publish of the same payload is delivered"
+    );
+    assert_eq!(shared.metrics.messages_deduplicated.get(), 1);
+
+    // A sidecar whose own links stayed up still drops the replays of what it delivered (the
+    // publisher alone lost its links).
+    assert_eq!(delivered(&mut m, "4").as_deref(), Some("4"));
+    m.sub_raw(announcement_frame(&[("app:a", "4")])).unwrap();
+    assert_eq!(delivered(&mut m, "4"), None);
+
+    // Through a pattern the announcement channel matches, the app sees nothing either.
+    let pattern_match = Bytes::from_static(
+        b"*4\r\n$8\r\npmessage\r\n$5\r\napp:*\r\n$25\r\napp:__switchboard:replays\r\n$0\r\n\r\n",
+    );
+    assert_eq!(m.sub_raw(pattern_match).unwrap(), None);
+
+    // An announced replay that never comes is forgotten once it no longer can: after that a
+    // publish of the same payload is delivered.
+    assert_eq!(delivered(&mut m, "5").as_deref(), Some("5"));
+    m.sub_raw(announcement_frame(&[("app:a", "5")])).unwrap();
+    for _ in 0..30 {
+        m.heartbeat(now).unwrap();
+        m.sub_frame(pong());
+        answer_ctl(&mut m, &[], now);
+    }
+    assert_eq!(delivered(&mut m, "5").as_deref(), Some("5"));
 }

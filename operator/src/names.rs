@@ -50,3 +50,20 @@ pub const ENV_LISTEN: &str = "SWITCHBOARD_LISTEN";
 pub const ENV_HTTP_LISTEN: &str = "SWITCHBOARD_HTTP_LISTEN";
 pub const ENV_SIDECAR_ID: &str = "SWITCHBOARD_SIDECAR_ID";
 pub const ENV_LOG_FORMAT: &str = "SWITCHBOARD_LOG_FORMAT";
+// TLS to an external backplane (`spec.backplane.external.tls`).
+pub const ENV_UPSTREAM_TLS_CA_FILE: &str = "SWITCHBOARD_UPSTREAM_TLS_CA_FILE";
+pub const ENV_UPSTREAM_TLS_CERT_FILE: &str = "SWITCHBOARD_UPSTREAM_TLS_CERT_FILE";
+pub const ENV_UPSTREAM_TLS_KEY_FILE: &str = "SWITCHBOARD_UPSTREAM_TLS_KEY_FILE";
+pub const ENV_UPSTREAM_TLS_SERVER_NAME: &str = "SWITCHBOARD_UPSTREAM_TLS_SERVER_NAME";
+pub const ENV_UPSTREAM_TLS_INSECURE_SKIP_VERIFY: &str =
+    "SWITCHBOARD_UPSTREAM_TLS_INSECURE_SKIP_VERIFY";
+
+/// Where the injector mounts `spec.backplane.external.tls`'s Secrets in the sidecar (read-only),
+/// and the volumes that carry them.
+pub const BACKPLANE_CA_DIR: &str = "/etc/switchboard/backplane-tls/ca";
+pub const BACKPLANE_CA_FILE: &str = "/etc/switchboard/backplane-tls/ca/ca.crt";
+pub const BACKPLANE_CLIENT_DIR: &str = "/etc/switchboard/backplane-tls/client";
+pub const BACKPLANE_CLIENT_CERT_FILE: &str = "/etc/switchboard/backplane-tls/client/tls.crt";
+pub const BACKPLANE_CLIENT_KEY_FILE: &str = "/etc/switchboard/backplane-tls/client/tls.key";
+pub const BACKPLANE_CA_VOLUME: &str = "switchboard-backplane-ca";
+pub const BACKPLANE_CLIENT_VOLUME: &str = "switchboard-backplane-client-cert";

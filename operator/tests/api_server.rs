@@ -222,6 +222,15 @@ fn invalid_specs() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "Required value",
         ),
         (
+            "tls-insecure-with-a-ca",
+            with(json!({ "backplane": { "external": {
+                "urlSecretRef": { "name": "redis" },
+                "tls": { "insecureSkipVerify": true, "caSecretRef": { "name": "redis-ca" } }
+            } } })),
+            "spec.backplane.external.tls",
+            "caSecretRef would be ignored",
+        ),
+        (
             "storage-class-without-persistence",
             with(
                 json!({ "backplane": { "managed": { "persistence": { "storageClassName": "fast" } } } }),

@@ -35,7 +35,8 @@ pub struct Config {
 
     /// The shared backplane, one URL per shard in shard order (repeat the flag; in the variable,
     /// separate them with spaces): `redis://[user:password@]host:port[/db]` or
-    /// `redis+sentinel://[user@]host:26379,host:26379/<master>[/<db>]`. Absent: embedded mode.
+    /// `redis+sentinel://[user@]host:26379,host:26379/<master>[/<db>]`; `rediss://` and
+    /// `rediss+sentinel://` for TLS (to the Sentinels too). Absent: embedded mode.
     #[arg(
         long = "upstream",
         env = "SWITCHBOARD_UPSTREAM_URL",
@@ -47,6 +48,30 @@ pub struct Config {
     /// in the URL, so the URL can live in a ConfigMap and this in a Secret. Never logged.
     #[arg(long, env = "SWITCHBOARD_UPSTREAM_PASSWORD", hide_env_values = true)]
     pub upstream_password: Option<Secret>,
+
+    /// PEM file of CA certificates trusted for the backplane's TLS, in addition to the system's.
+    #[arg(long, env = "SWITCHBOARD_UPSTREAM_TLS_CA_FILE")]
+    pub upstream_tls_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate (chain) for mutual TLS with the backplane; with
+    /// --upstream-tls-key-file.
+    #[arg(long, env = "SWITCHBOARD_UPSTREAM_TLS_CERT_FILE")]
+    pub upstream_tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of --upstream-tls-cert-file.
+    #[arg(long, env = "SWITCHBOARD_UPSTREAM_TLS_KEY_FILE")]
+    pub upstream_tls_key_file: Option<std::path::PathBuf>,
+
+    /// The name every backplane server's certificate is checked against (and sent as SNI),
+    /// instead of the host connected to: for servers (a primary found through Sentinel, by IP)
+    /// that share a certificate issued for one name.
+    #[arg(long, env = "SWITCHBOARD_UPSTREAM_TLS_SERVER_NAME")]
+    pub upstream_tls_server_name: Option<String>,
+
+    /// Accept any certificate from the backplane (the traffic is encrypted, the server is not
+    /// authenticated). For tests only.
+    #[arg(long, env = "SWITCHBOARD_UPSTREAM_TLS_INSECURE_SKIP_VERIFY")]
+    pub upstream_tls_insecure_skip_verify: bool,
 
     /// Password local clients must send with AUTH or HELLO. Absent: no local authentication
     /// (the listener is loopback-only).
@@ -260,11 +285,33 @@ impl Config {
                     .into(),
             );
         }
+        let mut secure = false;
         for url in &self.upstreams {
-            crate::upstream::Endpoint::parse(url)
+            let endpoint = crate::upstream::Endpoint::parse(url)
                 .map_err(|e| format!("--upstream (SWITCHBOARD_UPSTREAM_URL): {e}"))?;
+            secure |= endpoint.secure;
+        }
+        if self.tls_options().any() && !secure {
+            return Err(
+                "--upstream-tls-* settings are given but no --upstream (SWITCHBOARD_UPSTREAM_URL) uses TLS: write rediss:// or rediss+sentinel://"
+                    .into(),
+            );
+        }
+        if secure {
+            crate::upstream::Tls::new(&self.tls_options())?;
         }
         Ok(self)
+    }
+
+    /// The backplane's TLS settings (`--upstream-tls-*`).
+    pub fn tls_options(&self) -> crate::upstream::TlsOptions {
+        crate::upstream::TlsOptions {
+            ca_file: self.upstream_tls_ca_file.clone(),
+            cert_file: self.upstream_tls_cert_file.clone(),
+            key_file: self.upstream_tls_key_file.clone(),
+            server_name: self.upstream_tls_server_name.clone(),
+            insecure_skip_verify: self.upstream_tls_insecure_skip_verify,
+        }
     }
 
     /// The listening check's expectation (`--expect-subscription`, `--listening-grace-seconds`).

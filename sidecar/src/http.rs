@@ -23,8 +23,12 @@ pub async fn serve(
     let healthz = warp::path!("healthz").map(|| "ok\n".to_string());
     let readyz = warp::path!("readyz").map(move || {
         if !relay.is_ready() {
+            let why = relay
+                .last_error()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
             warp::reply::with_status(
-                "not ready: the backplane is not connected\n".to_string(),
+                format!("not ready: the backplane is not connected{why}\n"),
                 StatusCode::SERVICE_UNAVAILABLE,
             )
         } else if let Some(reason) = listening.not_listening() {

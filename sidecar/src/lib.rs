@@ -50,9 +50,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
     let shards = config
         .upstreams
         .iter()
-        .map(|url| Ok(Endpoint::parse(url)?.with_password(password)))
-        .collect::<Result<Vec<_>, upstream::EndpointError>>()
+        .map(|url| Endpoint::parse(url).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, String>>()
         .map_err(std::io::Error::other)?;
+    let tls = if shards.iter().any(|s| s.secure) {
+        if config.upstream_tls_insecure_skip_verify {
+            tracing::warn!(
+                "--upstream-tls-insecure-skip-verify: the backplane's certificates are NOT checked; anyone on the path can pose as it"
+            );
+        }
+        Some(upstream::Tls::new(&config.tls_options()).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
+    let shards: Vec<Endpoint> = shards
+        .into_iter()
+        .map(|s| s.with_password(password).with_tls(tls.as_ref()))
+        .collect();
     // Pass-through commands (keys, transactions) all go to shard 0: they are not sharded.
     let pool = shards.first().cloned().map(|endpoint| {
         Arc::new(upstream::pool::Pool::new(

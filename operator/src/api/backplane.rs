@@ -115,10 +115,64 @@ impl Default for Persistence {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalBackplane {
     /// The Secret key holding the URL, password included: `redis://[user:password@]host:port[/db]`
-    /// or `redis+sentinel://[user:password@]host:26379[,host:26379...]/<master>[/db]`; several
-    /// shards as URLs separated by spaces. `rediss://` (TLS) is not supported yet. The URL reaches
-    /// the sidecar straight from this Secret; only its password-free form is copied elsewhere.
+    /// or `redis+sentinel://[user:password@]host:26379[,host:26379...]/<master>[/db]`, or their TLS
+    /// forms `rediss://` and `rediss+sentinel://` (TLS to the Sentinels too); several shards as
+    /// URLs separated by spaces. The URL reaches the sidecar straight from this Secret; only its
+    /// password-free form is copied elsewhere.
     pub url_secret_ref: SecretKeyRef,
+
+    /// How the sidecar checks (and authenticates to) a `rediss://` backplane. Without it the
+    /// sidecar trusts the system roots of its image, which is what public cloud endpoints need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackplaneTls>,
+}
+
+/// TLS to an external backplane. The Secrets are mounted read-only into the sidecar.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.insecureSkipVerify && has(self.caSecretRef))")
+    .message("spec.backplane.external.tls: insecureSkipVerify turns certificate checks off, so caSecretRef would be ignored; set only one of them"))]
+pub struct BackplaneTls {
+    /// A Secret key holding the PEM CA bundle that signed the servers' certificates (a private
+    /// CA), trusted in addition to the system roots. The key defaults to `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
+
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) the sidecar presents to servers that
+    /// require client certificates (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<SecretName>,
+
+    /// The name every server's certificate is checked against (and sent as SNI) instead of the
+    /// host dialed: for servers reached by IP (a primary found through Sentinel) that share a
+    /// certificate issued for one name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+
+    /// Accept any server certificate: the traffic is encrypted but the server is not
+    /// authenticated. For tests only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// A key of a Secret holding a CA bundle.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret in the RealtimeCluster's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretName {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// A key of a Secret in the RealtimeCluster's namespace.
@@ -146,4 +200,8 @@ fn default_volume_size() -> Quantity {
 
 fn default_url_key() -> String {
     "url".into()
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }

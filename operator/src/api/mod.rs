@@ -11,7 +11,10 @@ mod ingress;
 mod sidecar;
 mod status;
 
-pub use backplane::{Backplane, ExternalBackplane, ManagedBackplane, Persistence, SecretKeyRef};
+pub use backplane::{
+    Backplane, BackplaneTls, CaSecretRef, ExternalBackplane, ManagedBackplane, Persistence,
+    SecretKeyRef, SecretName,
+};
 pub use framework::{App, Framework, Listening, Preset};
 pub use ingress::{Affinity, Cookie, GatewayRef, Ingress, IngressTls};
 pub use sidecar::Sidecar;

@@ -456,7 +456,7 @@ mod tests {
             }
         );
 
-        let bad = resolve_backplane(&rtc, Some(&secret("url", "rediss://x:6379")));
+        let bad = resolve_backplane(&rtc, Some(&secret("url", "http://x:6379")));
         assert!(matches!(bad.backplane, Backplane::InvalidUrl(ref m) if m.contains("rediss")));
         assert_eq!(bad.upstream, None);
 

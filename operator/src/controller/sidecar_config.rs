@@ -32,7 +32,9 @@ pub use crate::names::CONFIG_HASH_ANNOTATION;
 use crate::names::{
     ENV_CHANNEL_PREFIX, ENV_CLIENT_BUFFER_BYTES, ENV_EXPECT_SUBSCRIPTION,
     ENV_LISTENING_GRACE_SECONDS, ENV_PUBLISH_BUFFER_BYTES, ENV_PUBLISH_BUFFER_MESSAGES,
-    ENV_UPSTREAM_PASSWORD, ENV_UPSTREAM_URL,
+    ENV_UPSTREAM_PASSWORD, ENV_UPSTREAM_TLS_CA_FILE, ENV_UPSTREAM_TLS_CERT_FILE,
+    ENV_UPSTREAM_TLS_INSECURE_SKIP_VERIFY, ENV_UPSTREAM_TLS_KEY_FILE, ENV_UPSTREAM_TLS_SERVER_NAME,
+    ENV_UPSTREAM_URL,
 };
 
 /// Name of the sidecar's ConfigMap.
@@ -73,6 +75,42 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
             ENV_LISTENING_GRACE_SECONDS.to_owned(),
             rtc.spec.listening_grace_seconds().to_string(),
         );
+    }
+    // TLS to an external backplane: the files the injector mounts from its Secrets. They are
+    // here, not in the pod, so adding or changing them changes the hash and rolls the pods,
+    // which picks up the mounts.
+    if let Some(tls) = rtc
+        .spec
+        .backplane
+        .external
+        .as_ref()
+        .and_then(|e| e.tls.as_ref())
+    {
+        if tls.ca_secret_ref.is_some() {
+            data.insert(
+                ENV_UPSTREAM_TLS_CA_FILE.to_owned(),
+                crate::names::BACKPLANE_CA_FILE.to_owned(),
+            );
+        }
+        if tls.client_certificate_secret_ref.is_some() {
+            data.insert(
+                ENV_UPSTREAM_TLS_CERT_FILE.to_owned(),
+                crate::names::BACKPLANE_CLIENT_CERT_FILE.to_owned(),
+            );
+            data.insert(
+                ENV_UPSTREAM_TLS_KEY_FILE.to_owned(),
+                crate::names::BACKPLANE_CLIENT_KEY_FILE.to_owned(),
+            );
+        }
+        if let Some(name) = &tls.server_name {
+            data.insert(ENV_UPSTREAM_TLS_SERVER_NAME.to_owned(), name.clone());
+        }
+        if tls.insecure_skip_verify {
+            data.insert(
+                ENV_UPSTREAM_TLS_INSECURE_SKIP_VERIFY.to_owned(),
+                "true".to_owned(),
+            );
+        }
     }
     ConfigMap {
         metadata: child_meta(

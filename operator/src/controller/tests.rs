@@ -196,24 +196,45 @@ fn external_urls_lose_their_password_and_bad_schemes_name_the_secret() {
         "redis://redis.shared:6379"
     );
     for url in [
-        "rediss://:s3cret@r:6379",
         "http://r",
         "redis://:s3cret@",
         "redis://:s3cret@a:6379,b:6379",
         "redis+sentinel://:s3cret@s:26379",
         "redis+sentinel://:s3cret@s:26379/",
         "redis+sentinel://:s3cret@s:26379,/m",
-        "redis://a:6379 rediss://:s3cret@b:6379",
+        "rediss+sentinel://:s3cret@s:26379",
+        "redis://a:6379 http://:s3cret@b:6379",
         " \n",
     ] {
         let e = external_url(&external, url).unwrap_err().to_string();
         assert!(e.contains("Secret shared-redis (key url"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
     }
-    let tls = external_url(&external, "rediss://r:6379")
+    // TLS URLs keep their scheme; their password goes like any other.
+    assert_eq!(
+        external_url(&external, "rediss://app:s3cret@r.cache.amazonaws.com:6379").unwrap(),
+        "rediss://app@r.cache.amazonaws.com:6379"
+    );
+    assert_eq!(
+        external_url(&external, "rediss+sentinel://:s3cret@s:26379,t:26379/m").unwrap(),
+        "rediss+sentinel://s:26379,t:26379/m"
+    );
+    let scheme = external_url(&external, "memcached://r")
         .unwrap_err()
         .to_string();
-    assert!(tls.contains("rediss:// (TLS)"), "{tls}");
+    assert!(scheme.contains("rediss:// (TLS)"), "{scheme}");
+    // spec.backplane.external.tls with no TLS URL is a mistake, said before any pod starts.
+    let mut with_tls = external.clone();
+    with_tls.spec.backplane.external.as_mut().unwrap().tls = Some(Default::default());
+    let plain = external_url(&with_tls, "redis://:s3cret@r:6379")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        plain.contains("spec.backplane.external.tls is set"),
+        "{plain}"
+    );
+    assert!(!plain.contains("s3cret"), "{plain}");
+    assert!(external_url(&with_tls, "rediss://:s3cret@r:6379").is_ok());
     let second = external_url(&external, "redis://a:6379 http://b")
         .unwrap_err()
         .to_string();

@@ -147,8 +147,9 @@ pub fn validate(rtc: &RealtimeCluster) -> Result<(), ValidateError> {
 /// Checks the external backplane's URL (read from its Secret) and returns it without its
 /// password, fit for a ConfigMap, a log line or a condition message. The value may hold several
 /// URLs separated by whitespace, one per shard (the sidecar's `SWITCHBOARD_UPSTREAM_URL`); each
-/// must be `redis://` or `redis+sentinel://`. The sidecar does not speak TLS yet, so `rediss://`
-/// is refused here rather than failing in every pod.
+/// must be `redis://` or `redis+sentinel://`, or their TLS forms `rediss://` and
+/// `rediss+sentinel://`. `spec.backplane.external.tls` without any TLS URL is refused here rather
+/// than in every pod (the sidecar would refuse to start).
 pub fn external_url(rtc: &RealtimeCluster, url: &str) -> Result<String, ValidateError> {
     let bad = |reason: String| {
         let r = rtc.spec.backplane.external.as_ref();
@@ -173,23 +174,31 @@ pub fn external_url(rtc: &RealtimeCluster, url: &str) -> Result<String, Validate
         };
         redacted.push(one_external_url(url).map_err(|reason| bad(format!("{which}{reason}")))?);
     }
+    let tls_given = rtc
+        .spec
+        .backplane
+        .external
+        .as_ref()
+        .is_some_and(|e| e.tls.is_some());
+    if tls_given && !redacted.iter().any(|u| u.starts_with("rediss")) {
+        return Err(bad(
+            "uses no TLS, yet spec.backplane.external.tls is set; write rediss:// (or rediss+sentinel://), or remove spec.backplane.external.tls".into(),
+        ));
+    }
     Ok(redacted.join(" "))
 }
 
 /// One shard's URL without its password, or why it is unusable (never quoting the URL, which may
 /// hold the password).
 fn one_external_url(url: &str) -> Result<String, &'static str> {
-    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis://") {
-        ("redis", rest)
-    } else if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-        ("redis+sentinel", rest)
-    } else if url.starts_with("rediss://") {
+    let schemes = ["redis", "rediss", "redis+sentinel", "rediss+sentinel"];
+    let Some((scheme, rest)) = schemes.iter().find_map(|s| {
+        url.strip_prefix(s)
+            .and_then(|r| r.strip_prefix("://"))
+            .map(|r| (*s, r))
+    }) else {
         return Err(
-            "uses rediss:// (TLS), which the sidecar does not support yet; use redis:// or redis+sentinel:// over a trusted network",
-        );
-    } else {
-        return Err(
-            "must start with redis:// or redis+sentinel://, e.g. redis://:password@redis.example:6379",
+            "must start with redis://, rediss:// (TLS), redis+sentinel:// or rediss+sentinel:// (TLS), e.g. rediss://:password@redis.example:6380",
         );
     };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -200,12 +209,13 @@ fn one_external_url(url: &str) -> Result<String, &'static str> {
     if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
         return Err("has no host; use redis://host:port or redis+sentinel://host:26379/<master>");
     }
-    if scheme == "redis" && hosts.contains(',') {
+    let sentinel = scheme.ends_with("+sentinel");
+    if !sentinel && hosts.contains(',') {
         return Err(
             "lists several hosts, which only redis+sentinel:// takes (for one server per shard, separate the URLs with spaces)",
         );
     }
-    if scheme == "redis+sentinel" && tail.trim_start_matches('/').split('/').next() == Some("") {
+    if sentinel && tail.trim_start_matches('/').split('/').next() == Some("") {
         return Err("names no master; use redis+sentinel://host:26379[,host:26379...]/<master>");
     }
     // Keep the username (ACL user), drop the password.

@@ -252,6 +252,21 @@ fn injection_patch(
         }
     }
 
+    // The Secrets of the backplane's TLS, mounted into the sidecar.
+    let volumes: Vec<Value> = sidecar::tls_volumes(rtc)
+        .iter()
+        .map(|(v, _)| json(v))
+        .collect();
+    if !volumes.is_empty() {
+        if spec.volumes.is_none() {
+            ops.push(add(&["spec", "volumes"], Value::Array(volumes)));
+        } else {
+            for v in volumes {
+                ops.push(add(&["spec", "volumes", "-"], v));
+            }
+        }
+    }
+
     let container = json(&sidecar::container(rtc, settings));
     if settings.native_sidecars {
         // First, so the app's own init containers (migrations, cache warmers) can use it too.

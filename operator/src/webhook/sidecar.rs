@@ -16,7 +16,8 @@
 
 use k8s_openapi::api::core::v1::{
     ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Probe, SeccompProfile, SecurityContext,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -97,8 +98,77 @@ pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container 
         resources: spec.resources.clone(),
         security_context: Some(restricted()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: {
+            let mounts: Vec<VolumeMount> = tls_volumes(rtc).into_iter().map(|(_, m)| m).collect();
+            (!mounts.is_empty()).then_some(mounts)
+        },
         ..Container::default()
     }
+}
+
+/// The volumes for `spec.backplane.external.tls`'s Secrets, each with its read-only mount in the
+/// sidecar (at the paths the ConfigMap's `SWITCHBOARD_UPSTREAM_TLS_*` name). Not `optional`: a
+/// missing Secret keeps the pod in `ContainerCreating` with an event naming it.
+pub fn tls_volumes(rtc: &RealtimeCluster) -> Vec<(Volume, VolumeMount)> {
+    use crate::names::{
+        BACKPLANE_CA_DIR, BACKPLANE_CA_VOLUME, BACKPLANE_CLIENT_DIR, BACKPLANE_CLIENT_VOLUME,
+    };
+    let Some(tls) = rtc
+        .spec
+        .backplane
+        .external
+        .as_ref()
+        .and_then(|e| e.tls.as_ref())
+    else {
+        return Vec::new();
+    };
+    let volume = |name: &str, secret: &str, items: &[(&str, &str)], dir: &str| {
+        (
+            Volume {
+                name: name.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.to_owned()),
+                    items: Some(
+                        items
+                            .iter()
+                            .map(|(key, path)| KeyToPath {
+                                key: (*key).to_owned(),
+                                path: (*path).to_owned(),
+                                mode: None,
+                            })
+                            .collect(),
+                    ),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            VolumeMount {
+                name: name.to_owned(),
+                mount_path: dir.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        )
+    };
+    let mut out = Vec::new();
+    if let Some(ca) = &tls.ca_secret_ref {
+        out.push(volume(
+            BACKPLANE_CA_VOLUME,
+            &ca.name,
+            &[(&ca.key, "ca.crt")],
+            BACKPLANE_CA_DIR,
+        ));
+    }
+    if let Some(client) = &tls.client_certificate_secret_ref {
+        out.push(volume(
+            BACKPLANE_CLIENT_VOLUME,
+            &client.name,
+            &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")],
+            BACKPLANE_CLIENT_DIR,
+        ));
+    }
+    out
 }
 
 /// The variables each application container should have: every name of

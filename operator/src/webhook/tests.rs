@@ -1020,3 +1020,133 @@ fn the_patch_applies_to_the_pod_as_sent_and_keeps_fields_this_build_does_not_kno
         json!({ INJECTED_BY_ANNOTATION: "chat", CONFIG_HASH_ANNOTATION: HASH })
     );
 }
+
+/// A secret volume: its name, its Secret, and its `(key, path)` items.
+type SecretVolume = (String, Option<String>, Vec<(String, String)>);
+
+#[test]
+fn an_external_tls_backplane_mounts_its_secrets_and_names_the_files() {
+    let tls = cluster(
+        "cloud",
+        "chat",
+        "python-socketio",
+        "  backplane:
+    external:
+      urlSecretRef: { name: elasticache }
+      tls:
+        caSecretRef: { name: private-ca }
+        clientCertificateSecretRef: { name: sidecar-client }
+        serverName: redis.internal.example",
+    );
+    for base in [BARE_POD, RICH_POD] {
+        let injected = inject(
+            &pod(base),
+            std::slice::from_ref(&tls),
+            &settings(true),
+            Some(HASH),
+            "cloud",
+        );
+        let spec = injected.spec.as_ref().unwrap();
+        let volumes: Vec<SecretVolume> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                let s = v.secret.as_ref()?;
+                let items = s.items.iter().flatten();
+                Some((
+                    v.name.clone(),
+                    s.secret_name.clone(),
+                    items.map(|i| (i.key.clone(), i.path.clone())).collect(),
+                ))
+            })
+            .collect();
+        let expect = |name: &str, secret: &str, items: &[(&str, &str)]| {
+            (
+                name.to_owned(),
+                Some(secret.to_owned()),
+                items
+                    .iter()
+                    .map(|(k, p)| ((*k).to_owned(), (*p).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(
+            volumes.contains(&expect(
+                "switchboard-backplane-ca",
+                "private-ca",
+                &[("ca.crt", "ca.crt")]
+            )),
+            "{volumes:?}"
+        );
+        assert!(
+            volumes.contains(&expect(
+                "switchboard-backplane-client-cert",
+                "sidecar-client",
+                &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")]
+            )),
+            "{volumes:?}"
+        );
+        let mounts: Vec<(String, String, Option<bool>)> = sidecar_of(&injected)
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                (
+                    "switchboard-backplane-ca".to_owned(),
+                    "/etc/switchboard/backplane-tls/ca".to_owned(),
+                    Some(true)
+                ),
+                (
+                    "switchboard-backplane-client-cert".to_owned(),
+                    "/etc/switchboard/backplane-tls/client".to_owned(),
+                    Some(true)
+                ),
+            ]
+        );
+    }
+    // The ConfigMap points the sidecar at the mounted files, so adding TLS rolls the pods.
+    let config = sidecar_config::config_map(&tls, "rediss://redis.internal.example:6379");
+    let data = config.data.unwrap();
+    for (key, value) in [
+        (
+            "SWITCHBOARD_UPSTREAM_TLS_CA_FILE",
+            "/etc/switchboard/backplane-tls/ca/ca.crt",
+        ),
+        (
+            "SWITCHBOARD_UPSTREAM_TLS_CERT_FILE",
+            "/etc/switchboard/backplane-tls/client/tls.crt",
+        ),
+        (
+            "SWITCHBOARD_UPSTREAM_TLS_KEY_FILE",
+            "/etc/switchboard/backplane-tls/client/tls.key",
+        ),
+        (
+            "SWITCHBOARD_UPSTREAM_TLS_SERVER_NAME",
+            "redis.internal.example",
+        ),
+    ] {
+        assert_eq!(data.get(key).map(String::as_str), Some(value), "{key}");
+    }
+    assert!(!data.contains_key("SWITCHBOARD_UPSTREAM_TLS_INSECURE_SKIP_VERIFY"));
+    // Without TLS nothing is mounted.
+    let external = cluster(
+        "webui",
+        "chat",
+        "python-socketio",
+        "  backplane:\n    external: { urlSecretRef: { name: shared-redis } }",
+    );
+    let plain = inject(
+        &pod(BARE_POD),
+        &[external],
+        &settings(true),
+        Some(HASH),
+        "webui",
+    );
+    assert!(sidecar_of(&plain).volume_mounts.is_none());
+    assert!(plain.spec.unwrap().volumes.is_none());
+}

@@ -112,6 +112,11 @@ impl Relay {
         self.shared.is_ready()
     }
 
+    /// Why the backplane could not be reached the last time a shard tried, while not ready.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error()
+    }
+
     pub fn is_embedded(&self) -> bool {
         self.shards.is_empty()
     }

@@ -2,14 +2,17 @@
 //!
 //! Two schemes: `redis://[user[:password]@]host:port[/db]`, one server; and
 //! `redis+sentinel://[user[:password]@]host1:port1,host2:port2/<master>[/<db>]`, a primary found
-//! by asking the Sentinels (see `sentinel`). A password given with `--upstream-password`
-//! replaces the URL's, so URLs in ConfigMaps can carry none.
+//! by asking the Sentinels (see `sentinel`). Each has a TLS form, `rediss://` and
+//! `rediss+sentinel://` (TLS to the Sentinels and to the primary; see `tls`). A password given
+//! with `--upstream-password` replaces the URL's, so URLs in ConfigMaps can carry none.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
+
+use super::tls::Tls;
 
 /// The port Sentinels listen on when a `redis+sentinel://` URL names none.
 pub const SENTINEL_PORT: u16 = 26379;
@@ -61,14 +64,19 @@ pub struct Endpoint {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: i64,
+    /// The URL asks for TLS (`rediss://`, `rediss+sentinel://`).
+    pub secure: bool,
+    /// The TLS client settings, given with [`Endpoint::with_tls`] (`None` until then).
+    pub tls: Option<Tls>,
 }
 
 impl fmt::Display for Endpoint {
     /// The URL without credentials: safe to log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.secure { "s" } else { "" };
         match &self.target {
             Target::Direct(addr) => {
-                write!(f, "redis://{addr}")?;
+                write!(f, "redis{s}://{addr}")?;
                 if self.db != 0 {
                     write!(f, "/{}", self.db)?;
                 }
@@ -77,7 +85,7 @@ impl fmt::Display for Endpoint {
                 sentinels, master, ..
             } => {
                 let hosts: Vec<String> = sentinels.iter().map(Addr::to_string).collect();
-                write!(f, "redis+sentinel://{}/{master}", hosts.join(","))?;
+                write!(f, "redis{s}+sentinel://{}/{master}", hosts.join(","))?;
                 if self.db != 0 {
                     write!(f, "/{}", self.db)?;
                 }
@@ -100,18 +108,27 @@ impl Endpoint {
             reason: reason.to_owned(),
         };
         if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            return parse_sentinel(rest).map_err(|reason| fail(&reason));
+            return parse_sentinel(rest, false).map_err(|reason| fail(&reason));
         }
-        let info = url
+        if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
+            return parse_sentinel(rest, true).map_err(|reason| fail(&reason));
+        }
+        // The redis crate parses the rest of the URL; TLS is ours (it is built without its own).
+        let (plain, secure) = match url.strip_prefix("rediss://") {
+            Some(rest) => (format!("redis://{rest}"), true),
+            None if url.starts_with("redis://") => (url.to_owned(), false),
+            None => {
+                return Err(fail(
+                    "expected redis://, rediss:// (TLS), redis+sentinel:// or rediss+sentinel:// (TLS)",
+                ));
+            }
+        };
+        let info = plain
+            .as_str()
             .into_connection_info()
             .map_err(|e| fail(&e.to_string()))?;
         let (host, port) = match info.addr() {
             ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-            ConnectionAddr::TcpTls { .. } => {
-                return Err(fail(
-                    "rediss:// (TLS) is not supported by this sidecar version yet; use redis:// inside the cluster network",
-                ));
-            }
             _ => {
                 return Err(fail(
                     "expected redis://host:port or redis+sentinel://host:port,.../<master>",
@@ -124,7 +141,17 @@ impl Endpoint {
             username: settings.username().map(str::to_owned),
             password: settings.password().map(str::to_owned),
             db: settings.db(),
+            secure,
+            tls: None,
         })
+    }
+
+    /// Gives a TLS endpoint its client settings (plain endpoints ignore them).
+    pub fn with_tls(mut self, tls: Option<&Tls>) -> Self {
+        if self.secure {
+            self.tls = tls.cloned();
+        }
+        self
     }
 
     /// Replaces the URL's password (`--upstream-password`), if one is given.
@@ -141,7 +168,7 @@ impl Endpoint {
 }
 
 /// `[user[:password]@]host[:port],host[:port]/<master>[/<db>]`, after the scheme.
-fn parse_sentinel(rest: &str) -> Result<Endpoint, String> {
+fn parse_sentinel(rest: &str, secure: bool) -> Result<Endpoint, String> {
     let (userinfo, rest) = match rest.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
@@ -191,6 +218,8 @@ fn parse_sentinel(rest: &str) -> Result<Endpoint, String> {
         username,
         password,
         db,
+        secure,
+        tls: None,
     })
 }
 
@@ -262,12 +291,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("s3cret"), "{err}");
-        assert!(
-            Endpoint::parse("rediss://x:6379")
-                .unwrap_err()
-                .to_string()
-                .contains("TLS")
-        );
+        assert!(err.contains("rediss:// (TLS)"), "{err}");
+        // TLS forms: the scheme is kept (and shown), the password never.
+        let e = Endpoint::parse("rediss://app:s3cret@cache.example:6380/1").unwrap();
+        assert!(e.secure);
+        assert_eq!(e.to_string(), "rediss://cache.example:6380/1");
+        assert_eq!(e.username.as_deref(), Some("app"));
+        assert_eq!(e.password.as_deref(), Some("s3cret"));
+        let s = Endpoint::parse("rediss+sentinel://:s3cret@s1:26380,s2/m").unwrap();
+        assert!(s.secure && s.is_sentinel());
+        assert_eq!(s.to_string(), "rediss+sentinel://s1:26380,s2:26379/m");
+        assert!(!Endpoint::parse("redis://h:6379").unwrap().secure);
     }
 
     #[test]

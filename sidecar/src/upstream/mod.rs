@@ -7,15 +7,16 @@ pub mod endpoint;
 pub mod pipeline;
 pub mod pool;
 mod sentinel;
+pub mod tls;
 
-pub use endpoint::{Addr, Endpoint, EndpointError, Target};
+pub use endpoint::{Addr, Endpoint, Target};
+pub use tls::{ReadHalf, Tls, TlsOptions, WriteHalf};
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::resp::{Command, Limits, Protocol, ProtocolError, Value, value};
 
@@ -33,6 +34,8 @@ pub enum UpstreamError {
     ConnectTimeout(String),
     #[error("{endpoint} refused the handshake: {message}")]
     Handshake { endpoint: String, message: String },
+    #[error("cannot reach {endpoint}: {reason}")]
+    Tls { endpoint: String, reason: String },
     #[error("connection to the backplane failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("the backplane closed the connection")]
@@ -97,14 +100,7 @@ impl Endpoint {
     ) -> Result<Link, UpstreamError> {
         let endpoint = self.to_string();
         let connecting = async {
-            let stream = TcpStream::connect((addr.host.as_str(), addr.port))
-                .await
-                .map_err(|source| UpstreamError::Connect {
-                    endpoint: format!("{endpoint} at {addr}"),
-                    source,
-                })?;
-            stream.set_nodelay(true)?;
-            let mut link = Link::new(stream);
+            let mut link = self.dial(addr).await?;
             let mut handshake: Vec<Command> = Vec::new();
             let user = self.username.clone().unwrap_or_else(|| "default".into());
             match (proto, &self.password) {
@@ -147,9 +143,62 @@ impl Endpoint {
             }
             Ok(link)
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let Ok(connected) = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await else {
+            if self.tls.is_some() {
+                // A plain server waits for the end of a command line the TLS hello never sends.
+                return Err(UpstreamError::Tls {
+                    endpoint: format!("{self} at {addr}"),
+                    reason: format!(
+                        "no TLS answer within {CONNECT_TIMEOUT:?}; is this its TLS port? (redis:// is for plain ports)"
+                    ),
+                });
+            }
+            return Err(UpstreamError::ConnectTimeout(format!("{self} at {addr}")));
+        };
+        connected.map_err(|e| self.name_tls_error(e, addr))
+    }
+
+    /// A TLS alert during the handshake's commands (a client certificate refused) is an I/O
+    /// error of the first read: named like a failed TLS handshake.
+    fn name_tls_error(&self, e: UpstreamError, addr: &Addr) -> UpstreamError {
+        let Some(tls) = &self.tls else {
+            return e;
+        };
+        match e {
+            UpstreamError::Io(io) => match tls::explain(&io, &tls.checked_name(&addr.host)) {
+                Some(reason) => UpstreamError::Tls {
+                    endpoint: format!("{self} at {addr}"),
+                    reason,
+                },
+                None => UpstreamError::Io(io),
+            },
+            other => other,
+        }
+    }
+
+    /// Opens a connection to `addr`: TCP, then TLS when the URL is `rediss://`.
+    pub(crate) async fn dial(&self, addr: &Addr) -> Result<Link, UpstreamError> {
+        let at = || format!("{self} at {addr}");
+        let stream = TcpStream::connect((addr.host.as_str(), addr.port))
             .await
-            .map_err(|_| UpstreamError::ConnectTimeout(format!("{self} at {addr}")))?
+            .map_err(|source| UpstreamError::Connect {
+                endpoint: at(),
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        let (reader, writer) = match &self.tls {
+            None => tls::split_plain(stream),
+            Some(tls) => {
+                let stream = tls.handshake(stream, &addr.host).await.map_err(|reason| {
+                    UpstreamError::Tls {
+                        endpoint: at(),
+                        reason,
+                    }
+                })?;
+                tls::split_tls(stream)
+            }
+        };
+        Ok(Link::new(reader, writer))
     }
 }
 
@@ -203,13 +252,12 @@ impl<R: AsyncReadExt + Unpin> FrameReader<R> {
 
 /// One request/response connection: the handshake; pass-through links are [`pipeline`]s built on one.
 pub struct Link {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<ReadHalf>,
+    writer: WriteHalf,
 }
 
 impl Link {
-    pub(crate) fn new(stream: TcpStream) -> Self {
-        let (r, w) = stream.into_split();
+    fn new(r: ReadHalf, w: WriteHalf) -> Self {
         // Replies to pass-through commands may be large (HGETALL, LRANGE): only a corrupt stream
         // should hit these.
         Link {
@@ -220,7 +268,7 @@ impl Link {
 
     /// Sends one command and returns its raw reply frame.
     pub async fn forward(&mut self, command: &[u8]) -> Result<Bytes, UpstreamError> {
-        self.writer.write_all(command).await?;
+        self.writer.send(command).await?;
         self.reader.next_frame().await
     }
 
@@ -251,7 +299,7 @@ impl Link {
     }
 
     /// Splits into a frame reader and the write half, for the relay's long-lived links.
-    pub fn into_parts(self) -> (FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
+    pub fn into_parts(self) -> (FrameReader<ReadHalf>, WriteHalf) {
         (self.reader, self.writer)
     }
 }

@@ -187,7 +187,7 @@ impl Pipeline {
                         pending.queue.push_back((call.raw, call.sink));
                     }
                 }
-                if let Err(e) = writer.write_all(&out).await {
+                if let Err(e) = writer.send(&out).await {
                     break Some(UpstreamError::Io(e).to_string());
                 }
                 out.clear();

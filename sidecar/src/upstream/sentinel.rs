@@ -9,9 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use super::{Addr, Endpoint, Link, UpstreamError, command};
+use super::{Addr, Endpoint, UpstreamError, command};
 use crate::resp::Value;
 
 /// How long one Sentinel may take to answer before the next is asked.
@@ -65,11 +63,8 @@ pub(super) async fn primary(
 
 /// One Sentinel, authenticated with the backplane's own credentials when there are any.
 async fn ask(endpoint: &Endpoint, sentinel: &Addr, master: &str) -> Result<Answer, String> {
-    let stream = TcpStream::connect((sentinel.host.as_str(), sentinel.port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let mut link = Link::new(stream);
+    // Sentinels of a TLS backplane speak TLS too.
+    let mut link = endpoint.dial(sentinel).await.map_err(|e| e.to_string())?;
     if let Some(pw) = &endpoint.password {
         let auth = match &endpoint.username {
             Some(user) => command(&["AUTH", user, pw]),

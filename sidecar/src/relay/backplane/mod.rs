@@ -35,8 +35,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
@@ -47,7 +45,7 @@ use super::table::{Delivery, Table};
 use crate::metrics::Metrics;
 use crate::pubsub::{Kind, Topic};
 use crate::resp::Protocol;
-use crate::upstream::{Endpoint, FrameReader, UpstreamError};
+use crate::upstream::{Endpoint, FrameReader, ReadHalf, UpstreamError, WriteHalf};
 
 /// What the relay asks of the backplane task.
 #[derive(Debug)]
@@ -106,6 +104,8 @@ pub struct Shared {
     pub peer_totals: RwLock<super::fleet::Totals>,
     /// Shards connected right now, out of `shards`.
     connected: AtomicUsize,
+    /// Why the last connection attempt failed, while a shard is down (for `/readyz`).
+    last_error: RwLock<Option<String>>,
     shards: usize,
     pub metrics: Arc<Metrics>,
 }
@@ -119,6 +119,7 @@ impl Shared {
             peers: Default::default(),
             peer_totals: Default::default(),
             connected: AtomicUsize::new(0),
+            last_error: RwLock::new(None),
             shards,
             metrics,
         })
@@ -126,6 +127,15 @@ impl Shared {
 
     pub fn is_ready(&self) -> bool {
         self.connected.load(Ordering::Relaxed) == self.shards
+    }
+
+    /// Why a shard could not connect the last time it tried (cleared once every shard is up).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.read().expect("lock poisoned").clone()
+    }
+
+    fn set_last_error(&self, error: Option<String>) {
+        *self.last_error.write().expect("lock poisoned") = error;
     }
 
     pub(crate) fn set_connected(&self, up: bool) {
@@ -163,10 +173,10 @@ pub struct Backplane {
 
 /// The sockets of a connected pair of links.
 struct Links {
-    sub_in: FrameReader<OwnedReadHalf>,
-    sub_out: OwnedWriteHalf,
-    ctl_in: FrameReader<OwnedReadHalf>,
-    ctl_out: OwnedWriteHalf,
+    sub_in: FrameReader<ReadHalf>,
+    sub_out: WriteHalf,
+    ctl_in: FrameReader<ReadHalf>,
+    ctl_out: WriteHalf,
     /// A registry read asked of shard 0 for a peer check (shards other than 0).
     peer_check_reply: Option<oneshot::Receiver<Result<Fleet, String>>>,
 }
@@ -258,6 +268,7 @@ impl Backplane {
         loop {
             match self.connect().await {
                 Ok(connected) => {
+                    self.shared.set_last_error(None);
                     tracing::info!(
                         shard = self.shard,
                         endpoint = %self.endpoint,
@@ -269,6 +280,7 @@ impl Backplane {
                     return Some(connected);
                 }
                 Err(e) => {
+                    self.shared.set_last_error(Some(e.to_string()));
                     attempt += 1;
                     if attempt == 1 && first {
                         tracing::warn!(shard = self.shard, endpoint = %self.endpoint, error = %e, "cannot reach the backplane yet; retrying (the sidecar is not ready until it connects)");
@@ -475,13 +487,13 @@ impl Backplane {
 
 async fn write_within(
     limit: Duration,
-    out: &mut OwnedWriteHalf,
+    out: &mut WriteHalf,
     bytes: &BytesMut,
 ) -> Result<(), UpstreamError> {
     if bytes.is_empty() {
         return Ok(());
     }
-    tokio::time::timeout(limit, out.write_all(bytes))
+    tokio::time::timeout(limit, out.send(bytes))
         .await
         .map_err(|_| {
             UpstreamError::Io(std::io::Error::new(

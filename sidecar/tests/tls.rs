@@ -4,71 +4,16 @@
 
 use switchboard_sidecar_support as support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use support::process::sidecar_binary;
+use support::tls::{Certificates, ca, write};
 use support::{
     RawClient, RedisServer, Sidecar, SidecarOptions, TempDir, command, free_port, http_body,
     wait_for,
 };
-
-/// A CA, a server certificate for `localhost` and 127.0.0.1, and a client certificate, as PEM
-/// files in `dir`.
-struct Certificates {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
-impl Certificates {
-    fn generate(dir: &Path) -> Self {
-        let ca = ca("switchboard-test-backplane-ca");
-        let mut server =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        server.distinguished_name.push(DnType::CommonName, "redis");
-        let server_key = KeyPair::generate().unwrap();
-        let server_cert = server.signed_by(&server_key, &ca).unwrap();
-        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-        client
-            .distinguished_name
-            .push(DnType::CommonName, "sidecar");
-        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_key = KeyPair::generate().unwrap();
-        let client_cert = client.signed_by(&client_key, &ca).unwrap();
-        Certificates {
-            ca: write(dir, "ca.crt", &ca.pem()),
-            server_cert: write(dir, "server.crt", &server_cert.pem()),
-            server_key: write(dir, "server.key", &server_key.serialize_pem()),
-            client_cert: write(dir, "client.crt", &client_cert.pem()),
-            client_key: write(dir, "client.key", &client_key.serialize_pem()),
-        }
-    }
-}
 
 /// A redis-server that also serves TLS on the returned port (`auth_clients`: "no", or "yes" for
 /// mutual TLS). Its plain port stays for the test's own checks.

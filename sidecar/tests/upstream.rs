@@ -552,3 +552,49 @@ fn channels_live_on_their_shard_and_one_shard_down_stalls_no_other() {
         list(&[&format!("{prefix}{c1}")])
     );
 }
+
+#[test]
+fn a_sentinel_failover_over_tls_loses_no_message() {
+    let dir = support::TempDir::new("sentinel-tls");
+    let certs = support::tls::Certificates::generate(dir.path());
+    let mut group = SentinelGroup::start_with_tls("chat", 1, 3, None, Some(&certs.server_files()));
+    let url = group.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let sidecar = |id: &str| {
+        SidecarOptions::default()
+            .env("SWITCHBOARD_UPSTREAM_URL", &url)
+            .env(
+                "SWITCHBOARD_UPSTREAM_TLS_CA_FILE",
+                certs.ca.to_str().unwrap(),
+            )
+            .arg("--sidecar-id", id)
+            .arg("--heartbeat-ms", "250")
+            .arg("--peer-ttl-ms", "3000")
+            .arg("--reconnect-max-ms", "250")
+            .arg("--flush-grace-ms", "15000")
+            .start()
+    };
+    let (a, b) = (sidecar("tls-a"), sidecar("tls-b"));
+    let mut sub = RawClient::connect(b.addr, "sub-b");
+    sub.call(command(&[b"SUBSCRIBE", b"news"]));
+    let mut probe = RawClient::connect(a.addr, "probe");
+    wait_for("b to count in NUMSUB", Duration::from_secs(10), || {
+        probe.call(command(&[b"PUBSUB", b"NUMSUB", b"news"])) == b"*2\r\n$4\r\nnews\r\n:1\r\n"
+    });
+    let publishers = ["pub-a"];
+    let traffic = Traffic::start("news", &[(publishers[0], a.addr)]);
+    traffic.wait_for_more(50);
+    let first = group.servers[0].port();
+    group.server(first).stop();
+    group.wait_for_new_primary(first);
+    wait_for("both sidecars ready again", Duration::from_secs(30), || {
+        a.readyz() == Ok(200) && b.readyz() == Ok(200)
+    });
+    traffic.wait_for_more(50);
+    let sent = traffic.stop();
+    expect_every_message(&mut sub, &publishers, &sent);
+    assert!(
+        a.log_text().contains("rediss+sentinel://"),
+        "the log names the TLS URL"
+    );
+}

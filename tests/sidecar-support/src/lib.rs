@@ -11,6 +11,7 @@ pub mod oracle;
 pub mod process;
 pub mod resp;
 pub mod sentinel;
+pub mod tls;
 
 pub use client::{REPLY_DEADLINE, RawClient, ReadError};
 pub use oracle::{Conn, Endpoint, Oracle, Side, Transcript, norm, self_check};

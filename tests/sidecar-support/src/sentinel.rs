@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,9 +62,38 @@ fn elements(v: &Value) -> &[Value] {
     }
 }
 
+/// PEM files for a group that speaks TLS: every server and Sentinel serves `cert` (valid for
+/// 127.0.0.1) and trusts `ca`; replication and the Sentinels' own links use TLS too.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// The `redis-server` / `redis-sentinel` settings serving TLS on `port`.
+    fn settings(&self, port: u16) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", path(&self.cert)),
+            ("tls-key-file", path(&self.key)),
+            ("tls-ca-cert-file", path(&self.ca)),
+            ("tls-auth-clients", "no".into()),
+            ("tls-replication", "yes".into()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [format!("--{k}"), v])
+        .collect()
+    }
+}
+
 /// A `redis-sentinel` process with its own (rewritable) config file.
 pub struct SentinelProcess {
     pub port: u16,
+    /// Its TLS port, in a TLS group (the plain `port` stays for the test's own queries).
+    pub tls_port: Option<u16>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -97,51 +127,89 @@ pub struct SentinelGroup {
     pub servers: Vec<RedisServer>,
     pub sentinels: Vec<SentinelProcess>,
     password: Option<String>,
+    /// In a TLS group, each server's TLS port (what the Sentinels name), in `servers` order.
+    tls_ports: Vec<u16>,
 }
 
 impl SentinelGroup {
     /// Starts everything and waits until every Sentinel knows the primary, all replicas and
     /// every other Sentinel (what a failover needs).
     pub fn start(master: &str, replicas: usize, sentinels: usize, password: Option<&str>) -> Self {
-        let primary = RedisServer::start_with_password(password);
-        let primary_port = primary.port().to_string();
-        let mut servers = vec![primary];
-        for _ in 0..replicas {
-            let mut args = vec!["--replicaof", "127.0.0.1", &primary_port];
+        Self::start_with_tls(master, replicas, sentinels, password, None)
+    }
+
+    /// The same, every server and Sentinel also serving TLS (see [`TlsFiles`]); the Sentinels
+    /// monitor and name the TLS ports.
+    pub fn start_with_tls(
+        master: &str,
+        replicas: usize,
+        sentinels: usize,
+        password: Option<&str>,
+        tls: Option<&TlsFiles>,
+    ) -> Self {
+        let tls_ports: Vec<u16> = match tls {
+            Some(_) => (0..=replicas).map(|_| free_port()).collect(),
+            None => Vec::new(),
+        };
+        let server_args = |i: usize| -> Vec<String> {
+            let mut args = tls.map(|t| t.settings(tls_ports[i])).unwrap_or_default();
             if let Some(p) = password {
-                args.extend(["--masterauth", p]);
+                args.extend(["--masterauth".to_string(), p.to_string()]);
             }
+            args
+        };
+        let args0 = server_args(0);
+        let args0: Vec<&str> = args0.iter().map(String::as_str).collect();
+        let primary = RedisServer::start_with_args(password, &args0);
+        // Replicas follow the port the Sentinels will name: the TLS one in a TLS group.
+        let primary_port = tls_ports.first().copied().unwrap_or(primary.port());
+        let mut servers = vec![primary];
+        for i in 1..=replicas {
+            let mut args = vec![
+                "--replicaof".to_string(),
+                "127.0.0.1".to_string(),
+                primary_port.to_string(),
+            ];
+            args.extend(server_args(i));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             servers.push(RedisServer::start_with_args(password, &args));
         }
         let quorum = sentinels / 2 + 1;
         let sentinels = (0..sentinels)
-            .map(|_| start_sentinel(master, servers[0].port(), quorum, password))
+            .map(|_| start_sentinel(master, primary_port, quorum, password, tls))
             .collect();
         let group = Self {
             master: master.to_string(),
             servers,
             sentinels,
             password: password.map(str::to_string),
+            tls_ports,
         };
         group.wait_until_settled(group.servers[0].port());
         group
     }
 
-    /// The URL the operator writes: every Sentinel, the master's name, no password.
+    /// The URL the operator writes: every Sentinel, the master's name, no password
+    /// (`rediss+sentinel://` and the TLS ports in a TLS group).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("127.0.0.1:{}", s.tls_port.unwrap_or(s.port)))
             .collect();
-        format!("redis+sentinel://{}/{}", hosts.join(","), self.master)
+        let scheme = if self.tls_ports.is_empty() {
+            "redis+sentinel"
+        } else {
+            "rediss+sentinel"
+        };
+        format!("{scheme}://{}/{}", hosts.join(","), self.master)
     }
 
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }
 
-    /// What one Sentinel says the primary's port is.
+    /// What one Sentinel says the primary's port is (its plain port, in a TLS group too).
     pub fn primary_port_per(&self, sentinel: &SentinelProcess) -> Option<u16> {
         let reply = query(
             sentinel.addr(),
@@ -149,7 +217,12 @@ impl SentinelGroup {
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.master],
         )
         .ok()?;
-        text(elements(&reply).get(1)?).parse().ok()
+        let named: u16 = text(elements(&reply).get(1)?).parse().ok()?;
+        if self.tls_ports.is_empty() {
+            return Some(named);
+        }
+        let i = self.tls_ports.iter().position(|p| *p == named)?;
+        Some(self.servers[i].port())
     }
 
     /// The data server on `port`.
@@ -265,9 +338,11 @@ fn start_sentinel(
     primary: u16,
     quorum: usize,
     password: Option<&str>,
+    tls: Option<&TlsFiles>,
 ) -> SentinelProcess {
     let dir = TempDir::new("sentinel");
     let port = free_port();
+    let tls_port = tls.map(|_| free_port());
     let mut conf = format!(
         "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
          sentinel monitor {master} 127.0.0.1 {primary} {quorum}\n\
@@ -281,6 +356,15 @@ fn start_sentinel(
             "sentinel auth-pass {master} {p}\nrequirepass {p}\n"
         ));
     }
+    if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+        for pair in tls.settings(tls_port).chunks(2) {
+            conf.push_str(&format!(
+                "{} {}\n",
+                pair[0].trim_start_matches("--"),
+                pair[1]
+            ));
+        }
+    }
     let path = dir.path().join("sentinel.conf");
     std::fs::write(&path, conf).expect("write sentinel.conf");
     let child = Command::new("redis-sentinel")
@@ -292,6 +376,7 @@ fn start_sentinel(
         .unwrap_or_else(|e| panic!("spawn redis-sentinel (apt-get install redis-sentinel): {e}"));
     let sentinel = SentinelProcess {
         port,
+        tls_port,
         dir,
         child: Some(child),
     };

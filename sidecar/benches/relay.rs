@@ -62,9 +62,26 @@ const PIPELINE_BATCH: u64 = 256;
 const PHASE_DEADLINE: Duration = Duration::from_secs(60);
 
 fn main() {
-    let redis = RedisServer::start();
+    // The server also serves TLS on a second port, for the pods of measurement 5.
+    let dir = support::TempDir::new("bench-tls");
+    let certs = support::tls::Certificates::generate(dir.path());
+    let tls_port = support::free_port();
+    let tls_args = procs::tls_args(&certs, tls_port);
+    let redis = RedisServer::start_with_args(
+        None,
+        &tls_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let mut pods: Vec<Sidecar> = (0..PODS)
         .map(|i| procs::start_sidecar(redis.url(), &format!("bench-pod-{}", pod_name(i))))
+        .collect();
+    let mut tls_pods: Vec<Sidecar> = (0..PODS)
+        .map(|i| {
+            procs::start_tls_sidecar(
+                format!("rediss://localhost:{tls_port}"),
+                &certs.ca,
+                &format!("bench-tls-pod-{}", pod_name(i)),
+            )
+        })
         .collect();
     print_context(&pods);
 
@@ -109,9 +126,25 @@ fn main() {
             busy.push((idle, loaded));
         }
         report::busy_pod(&busy[0], &busy[1]);
+
+        // 5. The same path with TLS between the sidecars and Redis, against clear text.
+        let over_tls = Side::via_sidecars(&tls_pods);
+        let tls_processes = Processes {
+            redis: &redis,
+            sidecars: &tls_pods,
+        };
+        let mut clear_rounds = Vec::new();
+        let mut tls_rounds = Vec::new();
+        for round in 0..THROUGHPUT_ROUNDS {
+            clear_rounds.push(measure_throughput(&via_sidecars, &processes, round + 10).await);
+            tls_rounds.push(measure_throughput(&over_tls, &tls_processes, round + 10).await);
+        }
+        let clear_lat = measure_latency(&via_sidecars).await;
+        let tls_lat = measure_latency(&over_tls).await;
+        report::tls(clear_rounds, tls_rounds, &clear_lat, &tls_lat);
     });
     drop(runtime);
-    for pod in &mut pods {
+    for pod in pods.iter_mut().chain(tls_pods.iter_mut()) {
         procs::assert_healthy(pod);
     }
 }
@@ -140,7 +173,12 @@ impl Side {
 
     fn via_sidecars(sidecars: &[Sidecar]) -> Self {
         Side {
-            name: "sidecar",
+            // Both names start differently, so each side's channels are its own.
+            name: if sidecars[0].log_text().contains("rediss://") {
+                "tls"
+            } else {
+                "sidecar"
+            },
             publisher: sidecars[0].addr,
             pods: sidecars.iter().map(|s| s.addr).collect(),
         }
@@ -639,6 +677,66 @@ mod report {
         println!();
     }
 
+    /// Measurement 5: the sidecars' path with TLS to Redis against clear text.
+    pub fn tls(
+        clear: Vec<Throughput>,
+        tls: Vec<Throughput>,
+        clear_lat: &Latencies,
+        tls_lat: &Latencies,
+    ) {
+        println!(
+            "5. TLS to the backplane: measurements 1 and 2 through sidecars whose links to \
+             redis-server are TLS (rediss://, rustls) vs clear text; median of \
+             {THROUGHPUT_ROUNDS} alternating rounds"
+        );
+        let ((clear, clear_all), (tls, tls_all)) = (median(clear), median(tls));
+        println!(
+            "  {:<32} {:>14} {:>14} {:>14}",
+            "", "clear", "tls", "tls/clear"
+        );
+        println!("  {}", "-".repeat(32 + 3 * 15));
+        let (c, t) = (&clear.run, &tls.run);
+        row(
+            "deliveries/s (all subscribers)",
+            format!("{:.0}", c.deliveries_per_sec()),
+            format!("{:.0}", t.deliveries_per_sec()),
+            ratio(t.deliveries_per_sec(), c.deliveries_per_sec()),
+        );
+        row(
+            "delivered / expected",
+            format!("{}/{}", c.delivered, c.expected),
+            format!("{}/{}", t.delivered, t.expected),
+            String::new(),
+        );
+        let per =
+            |cpu: Duration, run: &FanoutRun| cpu.as_secs_f64() * 1e9 / run.delivered.max(1) as f64;
+        let (cs, ts) = (per(clear.sidecar_cpu, c), per(tls.sidecar_cpu, t));
+        row(
+            "CPU/delivery, sidecars",
+            format!("{cs:.0} ns"),
+            format!("{ts:.0} ns"),
+            ratio(ts, cs),
+        );
+        let (cr, tr) = (per(clear.redis_cpu, c), per(tls.redis_cpu, t));
+        row(
+            "CPU/delivery, redis-server",
+            format!("{cr:.0} ns"),
+            format!("{tr:.0} ns"),
+            ratio(tr, cr),
+        );
+        for (label, q) in [("latency p50", 0.50), ("latency p99", 0.99)] {
+            let (c, t) = (clear_lat.quantile(q), tls_lat.quantile(q));
+            row(
+                label,
+                micros(c),
+                micros(t),
+                ratio(t.as_secs_f64(), c.as_secs_f64()),
+            );
+        }
+        println!("  all rounds, deliveries/s: clear {clear_all}; tls {tls_all}");
+        println!();
+    }
+
     pub fn latency(direct: &Latencies, sidecar: &Latencies) {
         println!(
             "2. end-to-end latency, publish -> delivery: {LATENCY_SAMPLES} samples after \
@@ -1028,6 +1126,33 @@ mod procs {
             .binary(sidecar_binary())
             .log("warn")
             .start()
+    }
+
+    /// A pod whose sidecar reaches Redis over TLS, trusting `ca`.
+    pub fn start_tls_sidecar(upstream: String, ca: &std::path::Path, id: &str) -> Sidecar {
+        SidecarOptions::upstream(upstream)
+            .arg("--sidecar-id", id)
+            .arg("--upstream-tls-ca-file", ca.to_str().expect("a UTF-8 path"))
+            .binary(sidecar_binary())
+            .log("info")
+            .start()
+    }
+
+    /// redis-server's settings serving TLS on `port` with the bench's certificates.
+    pub fn tls_args(certs: &super::support::tls::Certificates, port: u16) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&certs.server_cert),
+            "--tls-key-file".into(),
+            path(&certs.server_key),
+            "--tls-ca-cert-file".into(),
+            path(&certs.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 
     /// Panics (with the sidecar's log) if it crashed during the bench or is not ready.

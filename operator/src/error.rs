@@ -16,6 +16,10 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+
+    /// Issuing the managed backplane's TLS certificate failed; retried with backoff.
+    #[error("issuing the backplane's TLS certificate: {0}")]
+    Certificate(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -40,6 +44,7 @@ impl Error {
                 _ => "api",
             },
             Error::Kube { .. } => "api_unreachable",
+            Error::Certificate(_) => "certificate",
         }
     }
 

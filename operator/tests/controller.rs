@@ -122,7 +122,7 @@ async fn a_cluster_is_built_updated_and_collected() {
     let data = config.data.unwrap();
     assert_eq!(
         data["SWITCHBOARD_UPSTREAM_URL"],
-        "redis://chat-redis-0.lifecycle.svc:6379"
+        "rediss://chat-redis-0.lifecycle.svc:6379"
     );
     assert!(
         !data
@@ -563,6 +563,10 @@ async fn a_restart_mid_way_converges_without_duplicates() {
         get(&client, ns, "chat-redis-auth").await
     })
     .await;
+    let tls: Secret = eventually("Secret chat-redis-tls", 60, async || {
+        get(&client, ns, "chat-redis-tls").await
+    })
+    .await;
     drop(first);
     let _second = Operator::start(cp, ns, "switchboard-operator", "op-second");
     until(
@@ -592,7 +596,8 @@ async fn a_restart_mid_way_converges_without_duplicates() {
         BTreeMap::from([
             ("ConfigMap", 1),
             ("Ingress", 1),
-            ("Secret", 1),
+            // the password and the TLS certificate
+            ("Secret", 2),
             // client, headless, app
             ("Service", 3),
             ("StatefulSet", 1),
@@ -600,6 +605,8 @@ async fn a_restart_mid_way_converges_without_duplicates() {
     );
     let now: Secret = get(&client, ns, "chat-redis-auth").await.unwrap();
     assert_eq!(now.data, secret.data, "the password was not regenerated");
+    let tls_now: Secret = get(&client, ns, "chat-redis-tls").await.unwrap();
+    assert_eq!(tls_now.data, tls.data, "the certificate was not reissued");
 }
 
 /// Requests of `verb` the operator has sent so far.
@@ -774,8 +781,8 @@ async fn sentinel_shards_traefik_and_gateway_routes_apply() {
     .await;
     assert_eq!(
         config.data.unwrap()["SWITCHBOARD_UPSTREAM_URL"],
-        "redis+sentinel://ha-redis-0-sentinel.shapes.svc:26379/ha-redis-0 \
-         redis+sentinel://ha-redis-1-sentinel.shapes.svc:26379/ha-redis-1"
+        "rediss+sentinel://ha-redis-0-sentinel.shapes.svc:26379/ha-redis-0 \
+         rediss+sentinel://ha-redis-1-sentinel.shapes.svc:26379/ha-redis-1"
     );
     let app: Service = eventually("Service ha-app", 30, async || {
         get(&client, ns, "ha-app").await

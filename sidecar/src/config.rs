@@ -297,8 +297,12 @@ impl Config {
                     .into(),
             );
         }
-        if secure {
-            crate::upstream::Tls::new(&self.tls_options())?;
+        // The files themselves are read at start (`Tls::new`), which names any that is wrong.
+        if self.upstream_tls_cert_file.is_some() != self.upstream_tls_key_file.is_some() {
+            return Err(
+                "--upstream-tls-cert-file and --upstream-tls-key-file go together: give both for mutual TLS, or neither"
+                    .into(),
+            );
         }
         Ok(self)
     }

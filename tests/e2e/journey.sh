@@ -160,7 +160,27 @@ journey_examples() {
       kubectl -n "$app_ns" wait pod -l app.kubernetes.io/instance="$rtc",app.kubernetes.io/component=backplane --for=condition=Ready --timeout=1s
     until_ok 240 "$app_ns: 3 pods Ready, each with the injected native sidecar" pods_injected "$app_ns"
     until_ok 120 "$app_ns: RealtimeCluster Ready" condition_is "$app_ns" Ready True
+    backplane_speaks_tls_only "$app_ns"
   done
+}
+
+# backplane_speaks_tls_only <namespace>: the sidecars' URL is rediss://, and the managed Redis
+# answers a TLS client (verifying the operator's CA) but no clear-text one.
+backplane_speaks_tls_only() {
+  local url pod
+  url="$(kubectl -n "$1" get configmap "$rtc-sidecar" -o jsonpath='{.data.SWITCHBOARD_UPSTREAM_URL}')"
+  case "$url" in rediss://*) ;; *) fail "$1: the sidecars' backplane URL is not TLS: $url" ;; esac
+  pod="$(kubectl -n "$1" get pods -l app.kubernetes.io/instance="$rtc",app.kubernetes.io/component=backplane -o name | head -n 1)"
+  # shellcheck disable=SC2016 # expanded by the container's shell
+  [ "$(kubectl -n "$1" exec "${pod#*/}" -c redis -- sh -c \
+    'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --tls --cacert /tls/ca.crt -h localhost -p 6379 PING')" = PONG ] ||
+    fail "$1: the managed Redis does not answer over TLS"
+  # shellcheck disable=SC2016
+  if kubectl -n "$1" exec "${pod#*/}" -c redis -- sh -c \
+    'REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 redis-cli -p 6379 PING' 2>/dev/null | grep -q PONG; then
+    fail "$1: the managed Redis answers in clear text"
+  fi
+  ok "$1: the backplane speaks TLS only ($url), verified against the operator's CA"
 }
 
 journey_clients() {
@@ -176,7 +196,7 @@ primary_pod() {
   local host
   # shellcheck disable=SC2016 # expanded by the container's shell
   host="$(kubectl -n "$app_ns" exec "${sts#*/}-0" -c sentinel -- sh -c \
-    'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p 26379 --raw SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME"' | head -n 1)"
+    'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli $REDIS_CLI_TLS -p 26379 --raw SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME"' | head -n 1)"
   echo "${host%%.*}"
 }
 

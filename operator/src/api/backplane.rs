@@ -67,6 +67,12 @@ pub struct ManagedBackplane {
     /// Pub/sub needs no storage; enable it only when the app keeps state in Redis too.
     #[serde(default)]
     pub persistence: Persistence,
+
+    /// Serve Redis, its replication and the Sentinels over TLS only, with a certificate the
+    /// operator issues (Secret `<name>-redis-tls`); the sidecars verify it. Turn off only for an
+    /// image built without TLS.
+    #[serde(default = "yes")]
+    pub tls: bool,
 }
 
 impl Default for ManagedBackplane {
@@ -77,8 +83,13 @@ impl Default for ManagedBackplane {
             image: default_redis_image(),
             resources: None,
             persistence: Persistence::default(),
+            tls: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Storage for a managed Redis (append-only file on a PersistentVolumeClaim).

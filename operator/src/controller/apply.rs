@@ -375,8 +375,9 @@ impl Applier<'_> {
         Ok(Ensured::Applied(applied))
     }
 
-    /// Creates `secret` unless it exists: the password is generated once and never rewritten,
-    /// so a reconcile never rotates it under running Redis servers and sidecars.
+    /// Creates `secret` unless it exists: the password and the TLS certificate are generated
+    /// once and never rewritten, so a reconcile never rotates them under running Redis servers
+    /// and sidecars.
     async fn create_once(&self, secret: &Secret) -> Result<()> {
         let name = secret.name_any();
         let namespace = secret.namespace().unwrap_or_default();
@@ -387,10 +388,15 @@ impl Applier<'_> {
         if cached.is_some() {
             return Ok(());
         }
+        // Built without data because the cache had it, and gone since: never create it empty
+        // (it is never rewritten); the deletion's watch event brings a reconcile that issues it.
+        if secret.data.is_none() && secret.string_data.is_none() {
+            return Ok(());
+        }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         match api.create(&PostParams::default(), secret).await {
             Ok(_) => {
-                tracing::info!(secret = %name, "generated the Redis password");
+                tracing::info!(secret = %name, "generated the backplane's credentials");
                 Ok(())
             }
             // The cache lags, or another writer (a previous leader) created it meanwhile.

@@ -25,8 +25,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -34,6 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::backplane_tls;
 use super::meta::{child_meta, labels, restricted_container};
 use crate::api::{ManagedBackplane, RealtimeCluster};
 
@@ -128,17 +129,19 @@ pub fn pod_host(rtc: &RealtimeCluster, shard: i32, ordinal: i32) -> String {
 }
 
 /// The in-cluster URL of shard `shard`, without credentials: `redis://<svc>.<ns>.svc:6379` for a
-/// single server, `redis+sentinel://<sentinel-svc>.<ns>.svc:26379/<master>` with Sentinel.
+/// single server, `redis+sentinel://<sentinel-svc>.<ns>.svc:26379/<master>` with Sentinel; with
+/// TLS (the default) `rediss://` and `rediss+sentinel://`.
 pub fn shard_url(rtc: &RealtimeCluster, shard: i32) -> String {
     let namespace = rtc.namespace().unwrap_or_default();
+    let s = if backplane_tls::enabled(rtc) { "s" } else { "" };
     match &rtc.spec.backplane.managed {
         Some(managed) if uses_sentinel(managed) => format!(
-            "redis+sentinel://{}.{namespace}.svc:{SENTINEL_PORT}/{}",
+            "redis{s}+sentinel://{}.{namespace}.svc:{SENTINEL_PORT}/{}",
             sentinel_service_name(rtc, shard),
             master_name(rtc, shard)
         ),
         _ => format!(
-            "redis://{}.{namespace}.svc:{REDIS_PORT}",
+            "redis{s}://{}.{namespace}.svc:{REDIS_PORT}",
             shard_name(rtc, shard)
         ),
     }
@@ -233,8 +236,35 @@ fn shard_selector(rtc: &RealtimeCluster, shard: i32) -> BTreeMap<String, String>
         .collect()
 }
 
+/// A file of the TLS Secret as mounted in the Redis and Sentinel containers.
+fn tls_file(key: &str) -> String {
+    format!("{}/{key}", backplane_tls::MOUNT_DIR)
+}
+
+/// The settings that make a server (or a Sentinel) listen on `port` with TLS only, present the
+/// operator's certificate, and use TLS for replication and for the links Sentinels open.
+/// Clients authenticate with the password, not with certificates.
+fn tls_settings(port: i32) -> Vec<(&'static str, String)> {
+    vec![
+        ("port", "0".into()),
+        ("tls-port", port.to_string()),
+        ("tls-cert-file", tls_file(backplane_tls::CERT_KEY)),
+        ("tls-key-file", tls_file(backplane_tls::KEY_KEY)),
+        ("tls-ca-cert-file", tls_file(backplane_tls::CA_KEY)),
+        ("tls-auth-clients", "no".into()),
+        ("tls-replication", "yes".into()),
+    ]
+}
+
 fn redis_args(managed: &ManagedBackplane) -> Vec<String> {
-    let mut args: Vec<String> = vec!["--port".into(), REDIS_PORT.to_string()];
+    let mut args: Vec<String> = if managed.tls {
+        tls_settings(REDIS_PORT)
+            .into_iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v])
+            .collect()
+    } else {
+        vec!["--port".into(), REDIS_PORT.to_string()]
+    };
     if managed.persistence.enabled {
         args.extend(["--appendonly", "yes", "--dir", "/data"].map(String::from));
     } else {
@@ -272,7 +302,7 @@ addr() { if [ "$#" -eq 2 ] && [ "$2" = "6379" ]; then echo "$1"; fi; }
 ask_sentinels() {
   named=""
   for peer in $PEERS; do
-    named=$(addr $(timeout 3 redis-cli -h "$peer" -p 26379 --raw SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME" 2>/dev/null || true))
+    named=$(addr $(timeout 3 redis-cli $REDIS_CLI_TLS -h "$peer" -p 26379 --raw SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME" 2>/dev/null || true))
     if [ -n "$named" ]; then break; fi
   done
 }
@@ -318,7 +348,7 @@ const SENTINEL_START: &str = r#"  i=0
     sleep 1
   done
   cat > "$conf.new" <<EOF
-port 26379
+$SENTINEL_LISTEN
 dir $SENTINEL_DIR
 requirepass $REDIS_PASSWORD
 sentinel resolve-hostnames yes
@@ -407,6 +437,15 @@ fn sentinel_pod_env(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i3
         value_env("MASTER_NAME", master_name(rtc, shard)),
         value_env("PEERS", peers.join(" ")),
         value_env("FIRST_PRIMARY", pod_host(rtc, shard, 0)),
+        // How the scripts' redis-cli reaches the Sentinels (split into words on purpose).
+        value_env(
+            "REDIS_CLI_TLS",
+            if managed.tls {
+                format!("--tls --cacert {}", tls_file(backplane_tls::CA_KEY))
+            } else {
+                String::new()
+            },
+        ),
     ]
 }
 
@@ -466,11 +505,14 @@ fn redis_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32
         liveness_probe: Some(tcp_probe("redis", 15, 10)),
         resources: managed.resources.clone(),
         security_context: Some(restricted_container()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: "/data".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(with_tls_mount(
+            managed,
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: "/data".into(),
+                ..VolumeMount::default()
+            },
+        )),
         working_dir: Some("/data".into()),
         ..Container::default()
     }
@@ -483,6 +525,19 @@ fn sentinel_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: 
         value_env("DOWN_AFTER_MS", DOWN_AFTER_MS),
         value_env("FAILOVER_TIMEOUT_MS", FAILOVER_TIMEOUT_MS),
         value_env("SENTINEL_DIR", SENTINEL_DIR),
+        // The first lines of sentinel.conf: where it listens (TLS only, by default).
+        value_env(
+            "SENTINEL_LISTEN",
+            if managed.tls {
+                tls_settings(SENTINEL_PORT)
+                    .into_iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                format!("port {SENTINEL_PORT}")
+            },
+        ),
     ]);
     Container {
         name: "sentinel".into(),
@@ -499,14 +554,31 @@ fn sentinel_container(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: 
         // No resources: `managed.resources` sizes Redis; a Sentinel needs a few MB and little
         // CPU, and a namespace's LimitRange still applies its defaults.
         security_context: Some(restricted_container()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: SENTINEL_VOLUME.into(),
-            mount_path: SENTINEL_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(with_tls_mount(
+            managed,
+            VolumeMount {
+                name: SENTINEL_VOLUME.into(),
+                mount_path: SENTINEL_DIR.into(),
+                ..VolumeMount::default()
+            },
+        )),
         working_dir: Some(SENTINEL_DIR.into()),
         ..Container::default()
     }
+}
+
+/// `mount`, and the TLS Secret read-only when the backplane uses TLS.
+fn with_tls_mount(managed: &ManagedBackplane, mount: VolumeMount) -> Vec<VolumeMount> {
+    let mut mounts = vec![mount];
+    if managed.tls {
+        mounts.push(VolumeMount {
+            name: backplane_tls::VOLUME.into(),
+            mount_path: backplane_tls::MOUNT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    mounts
 }
 
 /// Prefer spreading a shard's servers over nodes: all on one node, losing the node loses the
@@ -572,6 +644,17 @@ fn stateful_set(rtc: &RealtimeCluster, managed: &ManagedBackplane, shard: i32) -
         };
         (vec![scratch], None)
     };
+    if managed.tls {
+        volumes.push(Volume {
+            name: backplane_tls::VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(backplane_tls::secret_name(rtc)),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     if sentinel {
         volumes.push(Volume {
             name: SENTINEL_VOLUME.into(),

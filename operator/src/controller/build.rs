@@ -13,14 +13,14 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::DynamicObject;
 
-use super::{backplane, ingress, sidecar_config};
+use super::{backplane, backplane_tls, ingress, sidecar_config};
 use crate::api::RealtimeCluster;
 
 /// The desired children of one RealtimeCluster. For each kind, whatever the RealtimeCluster owns
 /// and this set does not name is deleted by the applier, except where a field says otherwise.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
-    /// Created when absent, never updated: the managed Redis' password.
+    /// Created when absent, never updated: the managed Redis' password and its TLS material.
     pub secrets: Vec<Secret>,
     /// Per shard a headless and a client Service, then the app's Service (with `spec.ingress`).
     pub services: Vec<Service>,
@@ -38,13 +38,22 @@ pub struct Desired {
 
 /// Everything `rtc` should own. `upstream` is the backplane's URL without a password (managed:
 /// [`backplane::upstream_url`]; external: what `observe` resolved from the Secret, or `None`);
-/// `password` is the one to create the password Secret with if it does not exist yet.
-pub fn build(rtc: &RealtimeCluster, upstream: Option<&str>, password: &str) -> Desired {
+/// `password` is the one to create the password Secret with if it does not exist yet, and `tls`
+/// the certificates for the TLS Secret if it does not (`None` when it exists).
+pub fn build(
+    rtc: &RealtimeCluster,
+    upstream: Option<&str>,
+    password: &str,
+    tls: Option<&backplane_tls::Material>,
+) -> Desired {
     let mut desired = Desired::default();
     if rtc.spec.backplane.external.is_none() && rtc.spec.backplane.managed.is_some() {
         desired
             .secrets
             .push(backplane::password_secret(rtc, password));
+    }
+    if backplane_tls::enabled(rtc) {
+        desired.secrets.push(backplane_tls::secret(rtc, tls));
     }
     for shard in backplane::shards(rtc) {
         desired
@@ -80,7 +89,7 @@ mod tests {
     fn a_full_managed_cluster_is_one_set() {
         let rtc = fixture(include_str!("../../tests/fixtures/full.yaml"));
         let upstream = backplane::upstream_url(&rtc).unwrap();
-        let desired = build(&rtc, Some(&upstream), "pw");
+        let desired = build(&rtc, Some(&upstream), "pw", None);
         let shards = rtc.spec.backplane.managed.as_ref().unwrap().shards as usize;
         assert_eq!(desired.stateful_sets.len(), shards);
         assert_eq!(desired.disruption_budgets.len(), shards);
@@ -88,7 +97,10 @@ mod tests {
         assert_eq!(desired.services.len(), 2 * shards + 1);
         assert_eq!(
             names(&desired.secrets),
-            [format!("{}-redis-auth", rtc.name_any())]
+            [
+                format!("{}-redis-auth", rtc.name_any()),
+                format!("{}-redis-tls", rtc.name_any())
+            ]
         );
         assert_eq!(
             desired.sidecar_config.as_ref().map(|c| c.name_any()),
@@ -109,12 +121,12 @@ mod tests {
     #[test]
     fn an_external_backplane_has_no_redis_and_keeps_the_config_map_without_a_url() {
         let rtc = fixture(include_str!("../../tests/fixtures/external.yaml"));
-        let desired = build(&rtc, None, "pw");
+        let desired = build(&rtc, None, "pw", None);
         assert!(desired.secrets.is_empty());
         assert!(desired.stateful_sets.is_empty());
         assert!(desired.disruption_budgets.is_empty());
         assert_eq!(desired.sidecar_config, None);
-        let with_url = build(&rtc, Some("redis://redis.example:6379"), "pw");
+        let with_url = build(&rtc, Some("redis://redis.example:6379"), "pw", None);
         let data = with_url.sidecar_config.unwrap().data.unwrap();
         assert_eq!(
             data["SWITCHBOARD_UPSTREAM_URL"],
@@ -125,14 +137,14 @@ mod tests {
     #[test]
     fn a_gateway_route_replaces_the_ingress() {
         let rtc = fixture(include_str!("../../tests/fixtures/gateway.yaml"));
-        let desired = build(&rtc, Some("redis://x:6379"), "pw");
+        let desired = build(&rtc, Some("redis://x:6379"), "pw", None);
         assert!(desired.ingresses.is_empty());
         assert_eq!(
             names(&desired.http_routes),
             [format!("{}-app", rtc.name_any())]
         );
         let rtc = fixture(include_str!("../../tests/fixtures/traefik.yaml"));
-        let desired = build(&rtc, Some("redis://x:6379"), "pw");
+        let desired = build(&rtc, Some("redis://x:6379"), "pw", None);
         assert!(desired.http_routes.is_empty());
         assert_eq!(
             names(&desired.ingresses),

@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod backplane;
+pub mod backplane_tls;
 pub mod build;
 mod context;
 pub mod ingress;

@@ -414,7 +414,7 @@ mod tests {
         let resolved = resolve_backplane(&rtc, None);
         assert_eq!(
             resolved.upstream.as_deref(),
-            Some("redis://chat-redis-0.apps.svc:6379")
+            Some("rediss://chat-redis-0.apps.svc:6379")
         );
         let set: StatefulSet = serde_yaml::from_str(
             "metadata: { name: chat-redis-0 }\nspec: { replicas: 3, selector: {}, template: {}, serviceName: x }\nstatus: { replicas: 3, readyReplicas: 2 }",

@@ -84,7 +84,13 @@ impl Reconciler {
         let rtc = &*self.rtc;
         let secret = self.external_secret().await?;
         let resolved = observe::resolve_backplane(rtc, secret.as_ref());
-        let desired = build::build(rtc, resolved.upstream.as_deref(), &new_password());
+        let tls = self.new_tls_material()?;
+        let desired = build::build(
+            rtc,
+            resolved.upstream.as_deref(),
+            &new_password(),
+            tls.as_ref(),
+        );
         let applied = Applier {
             client: &shared.context.client,
             stores: &shared.stores,
@@ -176,6 +182,31 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+impl Reconciler {
+    /// The managed backplane's TLS material when its Secret is not in the cache yet (issuing
+    /// costs a few milliseconds, so it is not done on every reconcile).
+    fn new_tls_material(&self) -> Result<Option<super::backplane_tls::Material>> {
+        use super::backplane_tls;
+        let rtc = &*self.rtc;
+        if !backplane_tls::enabled(rtc) {
+            return Ok(None);
+        }
+        let name = backplane_tls::secret_name(rtc);
+        let namespace = rtc.namespace().unwrap_or_default();
+        let cached = self
+            .shared
+            .stores
+            .secrets
+            .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&namespace));
+        if cached.is_some() {
+            return Ok(None);
+        }
+        backplane_tls::issue(rtc, Timestamp::now())
+            .map(Some)
+            .map_err(|e| crate::error::Error::Certificate(e.to_string()))
     }
 }
 

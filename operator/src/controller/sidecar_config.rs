@@ -112,6 +112,13 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
             );
         }
     }
+    // A managed backplane over TLS: the operator's CA, mounted from `<rtc>-redis-tls`.
+    if super::backplane_tls::enabled(rtc) {
+        data.insert(
+            ENV_UPSTREAM_TLS_CA_FILE.to_owned(),
+            crate::names::BACKPLANE_CA_FILE.to_owned(),
+        );
+    }
     ConfigMap {
         metadata: child_meta(
             rtc,

@@ -471,7 +471,13 @@ fn full_spec_carries_image_resources_and_persistence() {
         claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
         "5Gi"
     );
-    assert_eq!(pod_spec(&shards[0]).volumes, None);
+    // With its data on the claim, the pod's only volume is the TLS Secret.
+    let volumes = pod_spec(&shards[0]).volumes.as_ref().unwrap();
+    let secrets: Vec<_> = volumes
+        .iter()
+        .map(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()))
+        .collect();
+    assert_eq!(secrets, [Some("chat-redis-tls")]);
 }
 
 #[test]
@@ -489,7 +495,7 @@ fn each_shard_gets_its_own_objects() {
     assert_eq!(selector(&shards[1])["switchboard.dev/shard"], "1");
     assert_eq!(
         backplane::shard_url(&rtc, 1),
-        "redis://chat-redis-1.apps.svc:6379"
+        "rediss://chat-redis-1.apps.svc:6379"
     );
 }
 
@@ -533,7 +539,7 @@ fn sidecar_config_map_holds_the_sidecar_variables() {
     let data = cm.data.as_ref().unwrap();
     assert_eq!(
         data["SWITCHBOARD_UPSTREAM_URL"],
-        "redis://chat-redis-0.apps.svc:6379"
+        "rediss://chat-redis-0.apps.svc:6379"
     );
     assert_eq!(data["SWITCHBOARD_CHANNEL_PREFIX"], "");
     // The sidecar's own defaults (sidecar/src/config.rs).
@@ -873,7 +879,7 @@ fn sentinel_shards_expose_sentinels_and_keep_a_quorum() {
 
     assert_eq!(
         backplane::shard_url(&rtc, 0),
-        "redis+sentinel://chat-redis-0-sentinel.apps.svc:26379/chat-redis-0"
+        "rediss+sentinel://chat-redis-0-sentinel.apps.svc:26379/chat-redis-0"
     );
 }
 
@@ -1014,6 +1020,8 @@ exit 1
         .env("FAILOVER_TIMEOUT_MS", "60000")
         .env("RESTARTED_PRIMARY_WAIT_SECONDS", "2")
         .env("SENTINEL_DIR", dir)
+        .env("REDIS_CLI_TLS", "")
+        .env("SENTINEL_LISTEN", "port 26379")
         .env("ANSWERING", answering.map_or("", |a| a.0))
         .env("KNOWN_PRIMARY", answering.map_or("", |a| a.1))
         .env("ERRING", erring)
@@ -1103,11 +1111,11 @@ fn sentinel_writes_its_config_once() {
 fn upstream_urls_list_every_shard_in_order() {
     assert_eq!(
         backplane::upstream_url(&rtc(MINIMAL)).unwrap(),
-        "redis://chat-redis-0.apps.svc:6379"
+        "rediss://chat-redis-0.apps.svc:6379"
     );
     assert_eq!(
         backplane::upstream_url(&rtc(SHARDED)).unwrap(),
-        "redis://chat-redis-0.apps.svc:6379 redis://chat-redis-1.apps.svc:6379"
+        "rediss://chat-redis-0.apps.svc:6379 rediss://chat-redis-1.apps.svc:6379"
     );
     let mut sharded_sentinel = rtc(SENTINEL);
     sharded_sentinel
@@ -1120,8 +1128,8 @@ fn upstream_urls_list_every_shard_in_order() {
     validate(&sharded_sentinel).unwrap();
     assert_eq!(
         backplane::upstream_url(&sharded_sentinel).unwrap(),
-        "redis+sentinel://chat-redis-0-sentinel.apps.svc:26379/chat-redis-0 \
-         redis+sentinel://chat-redis-1-sentinel.apps.svc:26379/chat-redis-1"
+        "rediss+sentinel://chat-redis-0-sentinel.apps.svc:26379/chat-redis-0 \
+         rediss+sentinel://chat-redis-1-sentinel.apps.svc:26379/chat-redis-1"
     );
     let shards = backplane::shards(&sharded_sentinel);
     assert_eq!(
@@ -1555,4 +1563,64 @@ fn dify_points_only_its_pubsub_url_at_the_sidecar() {
         ]
     );
     assert_eq!(rtc.spec.app_port(), Some(5001));
+}
+
+#[test]
+fn a_managed_backplane_speaks_tls_only_unless_turned_off() {
+    let rtc = rtc(SENTINEL);
+    let shard = &backplane::shards(&rtc)[0];
+    let args = container(shard, "redis").args.clone().unwrap().join(" ");
+    for wanted in [
+        "--port 0",
+        "--tls-port 6379",
+        "--tls-cert-file /tls/tls.crt",
+        "--tls-key-file /tls/tls.key",
+        "--tls-ca-cert-file /tls/ca.crt",
+        "--tls-replication yes",
+        "--tls-auth-clients no",
+    ] {
+        assert!(args.contains(wanted), "{wanted} not in {args}");
+    }
+    let sentinel = container(shard, "sentinel");
+    let listen = env_value(sentinel, "SENTINEL_LISTEN");
+    assert!(listen.starts_with("port 0\ntls-port 26379\n"), "{listen}");
+    assert!(listen.contains("tls-replication yes"), "{listen}");
+    assert_eq!(
+        env_value(sentinel, "REDIS_CLI_TLS"),
+        "--tls --cacert /tls/ca.crt"
+    );
+    for c in ["redis", "sentinel"] {
+        let mounts = container(shard, c).volume_mounts.clone().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.mount_path == "/tls" && m.read_only == Some(true)),
+            "{c}: {mounts:?}"
+        );
+    }
+    assert!(backplane::shard_url(&rtc, 0).starts_with("rediss+sentinel://"));
+
+    let mut plain = rtc.clone();
+    plain.spec.backplane.managed.as_mut().unwrap().tls = false;
+    let shard = &backplane::shards(&plain)[0];
+    let args = container(shard, "redis").args.clone().unwrap().join(" ");
+    assert!(
+        args.starts_with("--port 6379 ") && !args.contains("tls"),
+        "{args}"
+    );
+    assert_eq!(
+        env_value(container(shard, "sentinel"), "SENTINEL_LISTEN"),
+        "port 26379"
+    );
+    assert_eq!(env_value(container(shard, "sentinel"), "REDIS_CLI_TLS"), "");
+    assert!(backplane::shard_url(&plain, 0).starts_with("redis+sentinel://"));
+    assert!(
+        pod_spec(shard)
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.secret.is_none())
+    );
+    let desired = super::build::build(&plain, None, "pw", None);
+    assert_eq!(desired.secrets.len(), 1, "no TLS Secret");
 }

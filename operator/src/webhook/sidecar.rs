@@ -113,6 +113,17 @@ pub fn tls_volumes(rtc: &RealtimeCluster) -> Vec<(Volume, VolumeMount)> {
     use crate::names::{
         BACKPLANE_CA_DIR, BACKPLANE_CA_VOLUME, BACKPLANE_CLIENT_DIR, BACKPLANE_CLIENT_VOLUME,
     };
+    // A managed backplane over TLS: only its CA, from the Secret the operator issued.
+    if crate::controller::backplane_tls::enabled(rtc) {
+        let secret = crate::controller::backplane_tls::secret_name(rtc);
+        let key = crate::controller::backplane_tls::CA_KEY;
+        return vec![secret_volume(
+            BACKPLANE_CA_VOLUME,
+            &secret,
+            &[(key, "ca.crt")],
+            BACKPLANE_CA_DIR,
+        )];
+    }
     let Some(tls) = rtc
         .spec
         .backplane
@@ -122,35 +133,7 @@ pub fn tls_volumes(rtc: &RealtimeCluster) -> Vec<(Volume, VolumeMount)> {
     else {
         return Vec::new();
     };
-    let volume = |name: &str, secret: &str, items: &[(&str, &str)], dir: &str| {
-        (
-            Volume {
-                name: name.to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.to_owned()),
-                    items: Some(
-                        items
-                            .iter()
-                            .map(|(key, path)| KeyToPath {
-                                key: (*key).to_owned(),
-                                path: (*path).to_owned(),
-                                mode: None,
-                            })
-                            .collect(),
-                    ),
-                    optional: Some(false),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            VolumeMount {
-                name: name.to_owned(),
-                mount_path: dir.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        )
-    };
+    let volume = secret_volume;
     let mut out = Vec::new();
     if let Some(ca) = &tls.ca_secret_ref {
         out.push(volume(
@@ -169,6 +152,42 @@ pub fn tls_volumes(rtc: &RealtimeCluster) -> Vec<(Volume, VolumeMount)> {
         ));
     }
     out
+}
+
+/// A Secret volume of `items` (`(key, path)`) and its read-only mount at `dir`.
+fn secret_volume(
+    name: &str,
+    secret: &str,
+    items: &[(&str, &str)],
+    dir: &str,
+) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: name.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                items: Some(
+                    items
+                        .iter()
+                        .map(|(key, path)| KeyToPath {
+                            key: (*key).to_owned(),
+                            path: (*path).to_owned(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: name.to_owned(),
+            mount_path: dir.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
 }
 
 /// The variables each application container should have: every name of

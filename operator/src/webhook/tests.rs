@@ -156,6 +156,14 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// The volumes injection adds for the backplane's TLS (the managed backplane's CA by default).
+fn tls_volumes(rtc: &RealtimeCluster) -> Vec<k8s_openapi::api::core::v1::Volume> {
+    sidecar::tls_volumes(rtc)
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect()
+}
+
 fn sidecar_of(pod: &Pod) -> &Container {
     let spec = pod.spec.as_ref().unwrap();
     spec.containers
@@ -202,6 +210,7 @@ fn a_bare_pod_gets_the_sidecar_container_the_url_and_annotations() {
     let spec = expected.spec.as_mut().unwrap();
     spec.containers[0].env = Some(literal_env(&[("REDIS_URL", LOCAL)]));
     spec.containers.push(sidecar::container(&rtc, &settings));
+    spec.volumes = Some(tls_volumes(&rtc));
     expected.metadata.annotations = Some(BTreeMap::from([
         (INJECTED_BY_ANNOTATION.to_owned(), "chat".to_owned()),
         (CONFIG_HASH_ANNOTATION.to_owned(), HASH.to_owned()),
@@ -235,6 +244,7 @@ fn a_native_sidecar_is_the_first_init_container() {
         .as_mut()
         .unwrap()
         .insert(0, sidecar::container(&rtc, &settings));
+    spec.volumes = Some(tls_volumes(&rtc));
     let annotations = expected.metadata.annotations.as_mut().unwrap();
     annotations.insert(INJECTED_BY_ANNOTATION.into(), "chat".into());
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), HASH.into());
@@ -388,6 +398,9 @@ fn the_sidecar_container_is_configured_probed_and_restricted() {
                 "seccompProfile": { "type": "RuntimeDefault" },
             },
             "terminationMessagePolicy": "FallbackToLogsOnError",
+            // The managed backplane's CA (TLS is on by default).
+            "volumeMounts": [ { "name": "switchboard-backplane-ca",
+                "mountPath": "/etc/switchboard/backplane-tls/ca", "readOnly": true } ],
         })
     );
 }

@@ -67,14 +67,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         .into_iter()
         .map(|s| s.with_password(password).with_tls(tls.as_ref()))
         .collect();
-    // Pass-through commands (keys, transactions) all go to shard 0: they are not sharded.
-    let pool = shards.first().cloned().map(|endpoint| {
+    let (shards, cluster) = match shards.first() {
+        Some(seed) if seed.is_cluster() => {
+            if shards.len() > 1 {
+                return Err(std::io::Error::other(
+                    "--upstream: a redis+cluster:// URL names the whole cluster (its seeds, comma-separated); give it alone",
+                ));
+            }
+            let (shards, slots, specs) = cluster_shards(seed, &config.channel_prefix).await?;
+            (shards, Some((slots, specs)))
+        }
+        _ => (shards, None),
+    };
+    let pool = |endpoint: &Endpoint| {
         Arc::new(upstream::pool::Pool::new(
-            endpoint,
+            endpoint.clone(),
             config.passthrough_pool_size,
             metrics.clone(),
         ))
-    });
+    };
+    // Pass-through commands go to shard 0 (client-side shards are for pub/sub only), or on a
+    // cluster to the primary of their key's slot.
+    let (routes, slots) = match cluster {
+        Some((slots, specs)) => {
+            let pools = shards.iter().map(pool).collect();
+            let routes = upstream::routing::Routes::cluster(pools, slots.clone(), specs);
+            (Some(Arc::new(routes)), Some(slots))
+        }
+        None => (
+            shards
+                .first()
+                .map(|s| Arc::new(upstream::routing::Routes::single(pool(s)))),
+            None,
+        ),
+    };
     // Both kinds show from the start, at 0.
     let _ = metrics.upstream_links(metrics::LinkKind::Pool);
     let _ = metrics.upstream_links(metrics::LinkKind::Dedicated);
@@ -92,17 +118,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
             buffer_messages: config.publish_buffer_messages,
             max_bulk: config.max_bulk_bytes,
         };
-        let registry = Registry::new(&config.channel_prefix, &id, config.peer_ttl_ms);
+        let registry = if slots.is_some() {
+            Registry::for_cluster(&config.channel_prefix, &id, config.peer_ttl_ms)
+        } else {
+            Registry::new(&config.channel_prefix, &id, config.peer_ttl_ms)
+        };
         let backplane: Vec<String> = shards.iter().map(Endpoint::to_string).collect();
         tracing::info!(sidecar_id = %id, backplane = %backplane.join(" "), shards = shards.len(), prefix = %config.channel_prefix, "relaying pub/sub through the backplane");
-        Relay::bridged(shards, settings, registry, metrics.clone())
+        Relay::bridged(shards, slots, settings, registry, metrics.clone())
     });
     if relay.is_embedded() {
         tracing::info!("no --upstream: running embedded, a pub/sub broker for this pod alone");
     }
     let ctx = Arc::new(Context {
         relay: relay.clone(),
-        pool,
+        routes,
         max_in_flight: config.max_in_flight,
         password: config.password.clone(),
         channel_prefix: Bytes::from(config.channel_prefix.clone()),
@@ -179,6 +209,79 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
     http_listener.abort();
     listening_task.abort();
     Ok(())
+}
+
+/// One shard per primary of the cluster `seed` names, the slot map, and the key positions of
+/// its commands, asked of its seeds until one answers (retrying like any outage: the sidecar is
+/// not ready meanwhile). Shard 0 is the primary of the registry's slot; the others follow by
+/// their first slot, so every sidecar numbers the shards alike.
+async fn cluster_shards(
+    seed: &Endpoint,
+    channel_prefix: &str,
+) -> std::io::Result<(Vec<Endpoint>, Arc<[u16]>, upstream::routing::KeySpecs)> {
+    let registry_slot =
+        upstream::cluster::key_slot(Registry::cluster_tag(channel_prefix).as_bytes());
+    let mut attempt = 0u32;
+    loop {
+        let failure = match upstream::cluster::discover(seed).await {
+            Ok(topology) => match topology.slot_table() {
+                Some(_) => {
+                    let mut primaries = topology.primaries;
+                    let registry = primaries
+                        .iter()
+                        .position(|p| p.owns(registry_slot))
+                        .expect("every slot has a primary");
+                    let first = primaries.remove(registry);
+                    primaries.insert(0, first);
+                    let ordered = upstream::cluster::Topology { primaries };
+                    let slots = ordered.slot_table().expect("checked above");
+                    let shards: Vec<Endpoint> = ordered
+                        .primaries
+                        .iter()
+                        .map(|p| seed.cluster_shard(p.first_slot()))
+                        .collect();
+                    let map: Vec<String> = ordered
+                        .primaries
+                        .iter()
+                        .map(|p| format!("{} {:?}", p.addr, p.ranges))
+                        .collect();
+                    match key_specs(&shards[0]).await {
+                        Ok(specs) => {
+                            tracing::info!(cluster = %seed, primaries = %map.join(", "), "found the cluster's slot map: one shard per primary");
+                            return Ok((shards, slots.into(), specs));
+                        }
+                        Err(e) => format!("cannot read its command table (COMMAND): {e}"),
+                    }
+                }
+                None => {
+                    "some slots have no primary (is the cluster still being created?)".to_owned()
+                }
+            },
+            Err(e @ upstream::UpstreamError::NotCluster { .. }) => {
+                return Err(std::io::Error::other(format!("--upstream: {e}")));
+            }
+            Err(e) => e.to_string(),
+        };
+        attempt += 1;
+        tracing::warn!(cluster = %seed, error = %failure, attempt, "cannot read the cluster's slot map yet; retrying");
+        tokio::time::sleep(std::time::Duration::from_millis(
+            200 * u64::from(attempt.min(10)),
+        ))
+        .await;
+    }
+}
+
+/// The key positions of the cluster's commands (`COMMAND`), asked of one primary.
+async fn key_specs(shard: &Endpoint) -> Result<upstream::routing::KeySpecs, String> {
+    let mut link = shard
+        .connect(resp::Protocol::Resp2, Some("switchboard-discovery"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = link
+        .call(&upstream::command(&["COMMAND"]).raw)
+        .await
+        .map_err(|e| e.to_string())?;
+    upstream::routing::KeySpecs::from_command(&reply)
 }
 
 /// Tells a client over the connection limit why, as Redis does, then closes.

@@ -196,6 +196,103 @@ class RedisServer:
         assert not port_accepts(self.port), "something still listens on the dead redis-server's port"
 
 
+class RedisCluster:
+    """A real Redis Cluster on loopback: `primaries` redis-servers in cluster mode, each with
+    `replicas` replicas, joined by `redis-cli --cluster create`. Its `url` names every node as a
+    seed (`redis+cluster://`), as a sidecar is configured for ElastiCache and the like."""
+
+    def __init__(self, procs: Processes, primaries: int = 3, replicas: int = 1):
+        self.procs = procs
+        self.ports = [free_port() for _ in range(primaries * (1 + replicas))]
+        self.replicas = replicas
+        self.nodes: dict[int, ManagedProcess] = {}
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self) -> None:
+        for port in self.ports:
+            node_dir = self.procs.log_dir / f"cluster-{port}"
+            node_dir.mkdir(exist_ok=True)
+            argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
+                    "--cluster-enabled", "yes", "--cluster-config-file", node_dir / "nodes.conf",
+                    # The bus port is the port + 10000 unless told: not known to be free.
+                    "--cluster-port", free_port(), "--cluster-node-timeout", "1000",
+                    # Replicas join CLUSTER SLOTS and can take over only once replication pinged
+                    # them (every 10 s by default).
+                    "--repl-ping-replica-period", "1", "--repl-diskless-sync-delay", "0",
+                    "--dir", node_dir, "--loglevel", "notice"]
+            self.nodes[port] = self.procs.start(f"cluster-node-{port}", argv)
+        for port, proc in self.nodes.items():
+            wait_until(f"cluster node to listen on {port}", lambda: port_accepts(port), watch=[proc])
+        create = subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True, text=True, timeout=60)
+        assert create.returncode == 0, f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}"
+        self.wait_healthy()
+
+    def cli(self, port: int, *args: str) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli -p {port} {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def live_ports(self) -> list[int]:
+        return [port for port, proc in self.nodes.items() if proc.alive()]
+
+    def info(self, port: int) -> dict[str, str]:
+        """`CLUSTER INFO` of one node, as a dict."""
+        lines = self.cli(port, "cluster", "info").splitlines()
+        return dict(line.strip().split(":", 1) for line in lines if ":" in line)
+
+    def wait_healthy(self, timeout: float = 30.0, replicas: bool = True) -> None:
+        """Every live node says `cluster_state:ok` and sees every slot served, and (`replicas`)
+        every primary has its replicas online, so a killed one can be replaced."""
+        def healthy():
+            for port in self.live_ports():
+                info = self.info(port)
+                if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+                    return NotYet(f"127.0.0.1:{port}: {info.get('cluster_state')}, {info.get('cluster_slots_ok')} slots ok")
+                if not replicas:
+                    continue
+                replication = self.cli(port, "info", "replication")
+                if "role:master" in replication and replication.count("state=online") < self.replicas:
+                    return NotYet(f"127.0.0.1:{port}: replicas not online yet")
+            return True
+        wait_until("every cluster node to report cluster_state:ok", healthy, timeout=timeout)
+
+    def primary_of(self, name: str) -> int:
+        """The port of the primary serving the slot of `name`, as a live node sees it."""
+        asker = self.live_ports()[0]
+        slot = int(self.cli(asker, "cluster", "keyslot", name).strip())
+        for line in self.cli(asker, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for served in fields[8:]:
+                lo, _, hi = served.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return int(fields[1].split(":")[1].split("@")[0])
+        raise AssertionError(f"no primary serves slot {slot} of {name!r}")
+
+    def kill_primary_of(self, name: str) -> int:
+        """SIGKILLs the primary serving `name`'s slot; returns its port (a replica takes over)."""
+        port = self.primary_of(name)
+        self.nodes[port].kill()
+        return port
+
+    def wait_for_failover(self, name: str, dead: int, timeout: float = 30.0) -> int:
+        """Waits until another node serves `name`'s slot and the cluster is healthy again."""
+        def promoted():
+            try:
+                port = self.primary_of(name)
+            except (RuntimeError, AssertionError) as exc:
+                return NotYet(str(exc))
+            return port if port != dead else NotYet(f"127.0.0.1:{dead} still serves it")
+        port = wait_until(f"a replica to take over from 127.0.0.1:{dead}", promoted, timeout=timeout)
+        self.wait_healthy(timeout, replicas=False)
+        return port
+
+
 @dataclass
 class Sidecar:
     name: str
@@ -248,7 +345,8 @@ def app_argv(stack: str, port: int, redis_url: str, pod: str) -> list:
     raise ValueError(stack)
 
 
-def start_fleet(procs: Processes, redis: RedisServer, stack: str, mode: str, size: int = 3) -> list[Pod]:
+def start_fleet(procs: Processes, redis: RedisServer | RedisCluster, stack: str, mode: str,
+                size: int = 3) -> list[Pod]:
     """`size` pods of `stack` apps whose Redis adapter points at a sidecar (`sidecar`) or at the
     backplane itself (`direct`, the control that proves the harness)."""
     pods = []

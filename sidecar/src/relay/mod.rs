@@ -73,14 +73,19 @@ impl Relay {
     }
 
     /// A relay bridged to a backplane of `endpoints.len()` shards; spawns one task per shard.
+    /// On a Redis Cluster, `slots` maps each slot to its shard (one per primary).
     pub fn bridged(
         endpoints: Vec<crate::upstream::Endpoint>,
+        slots: Option<Arc<[u16]>>,
         settings: backplane::Settings,
         registry: registry::Registry,
         metrics: Arc<Metrics>,
     ) -> Self {
         let shared = Shared::new(endpoints.len(), metrics);
-        let router = Router::new(settings.channel_prefix.clone(), endpoints.len());
+        let router = match slots {
+            Some(slots) => Router::cluster(settings.channel_prefix.clone(), slots),
+            None => Router::new(settings.channel_prefix.clone(), endpoints.len()),
+        };
         let id = registry.id().to_owned();
         let channels: Vec<_> = endpoints.iter().map(|_| mpsc::channel(4096)).collect();
         let registry_shard = channels[0].0.downgrade();
@@ -316,7 +321,7 @@ impl Relay {
     pub async fn publish(&self, kind: Kind, channel: Bytes, payload: Bytes) -> i64 {
         let metrics = &self.shared.metrics;
         metrics.publishes.inc();
-        let Some(backplane) = self.shards.get(self.router.shard_of(&channel)) else {
+        let Some(backplane) = self.shards.get(self.router.shard_of(kind, &channel)) else {
             let n = self.shared.table.publish_locally(kind, &channel, &payload);
             metrics.messages_delivered.inc_by(n as u64);
             return n as i64;

@@ -15,7 +15,9 @@
 //!
 //! Every operation is one Lua script, so it is atomic and costs one round trip. Scripts touch
 //! keys they do not declare, which standalone Redis allows; the registry always lives on the
-//! backplane's first shard (shard 0).
+//! backplane's first shard (shard 0). On a Redis Cluster every key carries the hash tag
+//! `{<prefix>switchboard}`, so they share one slot (the scripts' undeclared keys included, which
+//! the cluster allows within the slot), and shard 0 is the primary serving it.
 
 use bytes::Bytes;
 
@@ -93,6 +95,22 @@ impl Registry {
             peers_key: format!("{channel_prefix}switchboard:peers"),
             peer_prefix: format!("{channel_prefix}switchboard:peer:"),
         }
+    }
+
+    /// The same registry with its keys under one hash tag, for a Redis Cluster.
+    pub fn for_cluster(channel_prefix: &str, id: &str, ttl_ms: u64) -> Self {
+        let tag = Self::cluster_tag(channel_prefix);
+        Registry {
+            id: id.to_owned(),
+            ttl_ms,
+            peers_key: format!("{tag}:peers"),
+            peer_prefix: format!("{tag}:peer:"),
+        }
+    }
+
+    /// The hash tag of the registry's keys on a cluster: its slot decides shard 0.
+    pub fn cluster_tag(channel_prefix: &str) -> String {
+        format!("{{{channel_prefix}switchboard}}")
     }
 
     pub fn id(&self) -> &str {

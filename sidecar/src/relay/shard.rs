@@ -12,27 +12,63 @@
 //! Shard channels (`SSUBSCRIBE`/`SPUBLISH`) follow the same rule. Patterns can match channels on
 //! any shard, so a pattern is subscribed on every shard. The fleet registry and pass-through
 //! commands stay on shard 0.
+//!
+//! On a Redis Cluster (see `upstream::cluster`) the shards are the cluster's primaries and a
+//! channel lives where the cluster says its slot is: the slot of the prefixed name as Redis
+//! Cluster hashes keys (hash tags honoured, since the cluster honours them for `SPUBLISH`),
+//! looked up in the slot map. There the app's classic channels are shard channels named
+//! [`CLASSIC`]`<channel>` upstream, apart from its own shard channels (a `PUBLISH foo` must not
+//! reach an `SSUBSCRIBE foo`), and hashed by that name.
 
 use crate::pubsub::{Kind, Topic};
 
 /// Redis Cluster's number of hash slots.
 const SLOTS: usize = 16384;
 
+/// On a cluster, what an app's classic channel is called upstream, before its name (after the
+/// channel prefix).
+pub const CLASSIC: &[u8] = b"__c:";
+
 /// Routes topics to shards for one sidecar.
 #[derive(Debug, Clone)]
 pub struct Router {
     prefix: bytes::Bytes,
     shards: usize,
+    /// On a cluster: slot → shard.
+    slots: Option<std::sync::Arc<[u16]>>,
 }
 
 impl Router {
     pub fn new(prefix: bytes::Bytes, shards: usize) -> Self {
         assert!(shards > 0, "a bridged relay has at least one shard");
-        Router { prefix, shards }
+        Router {
+            prefix,
+            shards,
+            slots: None,
+        }
+    }
+
+    /// Routes by a cluster's slot map (`slots[slot]` is the shard serving it).
+    pub fn cluster(prefix: bytes::Bytes, slots: std::sync::Arc<[u16]>) -> Self {
+        let shards = slots.iter().map(|&s| usize::from(s) + 1).max().unwrap_or(1);
+        Router {
+            prefix,
+            shards,
+            slots: Some(slots),
+        }
     }
 
     /// The shard of a channel or shard channel, named as the application names it.
-    pub fn shard_of(&self, channel: &[u8]) -> usize {
+    pub fn shard_of(&self, kind: Kind, channel: &[u8]) -> usize {
+        if let Some(slots) = &self.slots {
+            let mut name = Vec::with_capacity(self.prefix.len() + CLASSIC.len() + channel.len());
+            name.extend_from_slice(&self.prefix);
+            if kind == Kind::Channel {
+                name.extend_from_slice(CLASSIC);
+            }
+            name.extend_from_slice(channel);
+            return usize::from(slots[usize::from(crate::upstream::cluster::key_slot(&name))]);
+        }
         if self.shards == 1 {
             return 0;
         }
@@ -47,7 +83,7 @@ impl Router {
             if topic.kind == Kind::Pattern {
                 by_shard.iter_mut().for_each(|s| s.push(topic.clone()));
             } else {
-                by_shard[self.shard_of(&topic.name)].push(topic.clone());
+                by_shard[self.shard_of(topic.kind, &topic.name)].push(topic.clone());
             }
         }
         by_shard
@@ -90,8 +126,11 @@ mod tests {
     fn the_prefixed_name_decides_and_patterns_go_everywhere() {
         let plain = Router::new(Bytes::new(), 2);
         let prefixed = Router::new(Bytes::from_static(b"fo"), 2);
-        assert_eq!(prefixed.shard_of(b"o"), plain.shard_of(b"foo"));
-        assert_eq!(plain.shard_of(b"foo"), 12182 % 2);
+        assert_eq!(
+            prefixed.shard_of(Kind::Channel, b"o"),
+            plain.shard_of(Kind::Shard, b"foo")
+        );
+        assert_eq!(plain.shard_of(Kind::Channel, b"foo"), 12182 % 2);
         let topics = [
             Topic::new(Kind::Channel, Bytes::from_static(b"foo")),
             Topic::new(Kind::Shard, Bytes::from_static(b"bar")),
@@ -102,5 +141,23 @@ mod tests {
         assert!(split.iter().all(|s| s.contains(&topics[2])));
         assert!(split[12182 % 3].contains(&topics[0]));
         assert!(split[5061 % 3].contains(&topics[1]));
+    }
+
+    #[test]
+    fn on_a_cluster_the_slot_map_decides_with_hash_tags() {
+        let mut slots = vec![0u16; 16384];
+        slots[12182..].fill(1);
+        let router = Router::cluster(Bytes::from_static(b"fo"), slots.into());
+        assert_eq!(router.shard_of(Kind::Shard, b"o"), 1, "foo is slot 12182");
+        let slot = |name: &[u8]| crate::upstream::cluster::key_slot(name);
+        let classic = usize::from(slot(b"fo__c:o") >= 12182);
+        assert_eq!(router.shard_of(Kind::Channel, b"o"), classic);
+        let tagged = usize::from(slot(b"bar") >= 12182);
+        assert_eq!(
+            router.shard_of(Kind::Channel, b"x{bar}"),
+            tagged,
+            "the tag alone"
+        );
+        assert_eq!(router.split(&[]).len(), 2);
     }
 }

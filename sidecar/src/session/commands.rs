@@ -35,7 +35,7 @@ impl Session {
             Request::Hello(mut hello) => {
                 if let Some((user, password)) = hello.auth.clone()
                     && user[..] != b"default"[..]
-                    && self.ctx.pool.is_some()
+                    && self.ctx.routes.is_some()
                 {
                     match self.hello_auth_upstream(user, password).await {
                         Ok(true) => hello.auth = None,
@@ -46,7 +46,7 @@ impl Session {
                 self.hello(hello)
             }
             Request::Auth { user, password } => match user {
-                Some(user) if user[..] != b"default"[..] && self.ctx.pool.is_some() => {
+                Some(user) if user[..] != b"default"[..] && self.ctx.routes.is_some() => {
                     return self.auth_upstream(user, password, command.raw).await;
                 }
                 _ => self.auth(user, password),
@@ -251,7 +251,7 @@ impl Session {
     }
 
     async fn select(&mut self, db: i64, raw: Bytes) -> Flow {
-        if self.ctx.pool.is_none() {
+        if self.ctx.routes.is_none() {
             self.reply(if db == 0 {
                 Reply::ok()
             } else {
@@ -372,6 +372,13 @@ impl Session {
     /// Inside MULTI: queue upstream so EXEC runs everything together; channel names still get
     /// the prefix so a queued PUBLISH reaches this cluster's subscribers.
     async fn in_transaction(&mut self, request: Request, command: Command) -> Flow {
+        if self.pass.multi_deferred {
+            match self.open_deferred_multi(&command).await {
+                Ok(true) => {}
+                Ok(false) => return Flow::Continue,
+                Err(_) => return Flow::Close,
+            }
+        }
         match request {
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => {
                 let name = command.name().to_ascii_uppercase();

@@ -24,7 +24,7 @@ use crate::pubsub::{Outbox, Subscriptions};
 use crate::relay::Relay;
 use crate::resp::request::{Decoded, decode};
 use crate::resp::{Limits, Protocol};
-use crate::upstream::pool::Pool;
+use crate::upstream::routing::Routes;
 
 use self::command::ReplyMode;
 use self::passthrough::{Passthrough, Port};
@@ -35,8 +35,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// What every session shares.
 pub struct Context {
     pub relay: Arc<Relay>,
-    /// Pass-through links to shard 0 (key commands are not sharded); `None` when embedded.
-    pub pool: Option<Arc<Pool>>,
+    /// Pass-through links of every shard, and which one a command takes (shard 0, or on a
+    /// Redis Cluster the primary of its key's slot); `None` when embedded.
+    pub routes: Option<Arc<Routes>>,
     /// Pass-through commands one client may have unanswered before its reads pause.
     pub max_in_flight: usize,
     pub password: Option<String>,

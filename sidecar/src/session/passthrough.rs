@@ -23,6 +23,13 @@
 //! step. `READONLY`, `READWRITE` and `ASKING` only matter to Redis Cluster and are pooled.
 //! Scripts and functions run on any link (since 7.0 a script's `SELECT` does not leak out).
 //!
+//! On a Redis Cluster each command takes the links of the primary serving its first key's
+//! slot (see `upstream::routing`); a client that moves to another primary changes links as
+//! below. A transaction takes its node from its first queued command: `MULTI` is answered
+//! here and sent, with that command, to the node the command belongs on; a dedicated link
+//! keeps its node while its state lasts, and the node answers anything of another slot as
+//! Redis Cluster does (`-MOVED`, `-CROSSSLOT`).
+//!
 //! Ordering: a client's replies are returned in its own order because it uses one link at a time
 //! and a link answers in order; it changes links (pooled → dedicated, a lost link → a new one)
 //! and runs a command the sidecar answers itself only once every reply it awaits has arrived.
@@ -40,8 +47,9 @@ use tokio::sync::Notify;
 use super::command::Forward;
 use super::{Flow, Gone, Session};
 use crate::pubsub::Outbox;
-use crate::resp::{Command, Reply};
+use crate::resp::{Command, Reply, Value, value};
 use crate::upstream::pipeline::{Pipeline, Recipient, Sink, not_run_error};
+use crate::upstream::routing::{Route, Routes};
 
 /// Where a client's pass-through replies arrive: its outbox, counted so the session knows what
 /// it still awaits.
@@ -89,6 +97,14 @@ pub struct Passthrough {
     /// Something changed the dedicated link's state in a way the sidecar did not follow (a
     /// `SELECT` or `AUTH` queued in a transaction): it is closed, never lent again.
     tainted: bool,
+    /// The shard the next command goes to, and the shards of the links held (always 0 but
+    /// on a Redis Cluster).
+    want: usize,
+    pooled_shard: usize,
+    dedicated_shard: usize,
+    /// On a cluster, `MULTI` was answered here and waits for the first queued command to
+    /// know its node.
+    pub multi_deferred: bool,
 }
 
 impl Passthrough {
@@ -102,6 +118,10 @@ impl Passthrough {
             db: 0,
             user: None,
             tainted: false,
+            want: 0,
+            pooled_shard: 0,
+            dedicated_shard: 0,
+            multi_deferred: false,
         }
     }
 
@@ -113,6 +133,7 @@ impl Passthrough {
     /// Forgets the state of a lost dedicated link (Redis forgot it too).
     fn lost_dedicated(&mut self) {
         self.dedicated = None;
+        self.multi_deferred = false;
         self.in_multi = false;
         self.watching = false;
         self.tainted = false;
@@ -167,11 +188,36 @@ impl Session {
 
     /// Passes `command` through to the backplane, by its class.
     pub(super) async fn forward(&mut self, class: Forward, command: Command) -> Flow {
-        if self.ctx.pool.is_none() {
+        let Some(routes) = self.ctx.routes.clone() else {
             let name = command.name();
             self.reply(Reply::error(format!(
                 "ERR switchboard: '{name}' needs a backplane, and this sidecar runs embedded (no --upstream): only connection and pub/sub commands are served"
             )));
+            return Flow::Continue;
+        };
+        if routes.is_cluster() && !self.pass.holds_state() {
+            match self.shard_for(&routes, &command).await {
+                Ok(Some(shard)) => self.pass.want = shard,
+                Ok(None) => return Flow::Continue,
+                Err(Gone) => return Flow::Close,
+            }
+            if class == Forward::Multi && self.pass.dedicated.is_none() {
+                // Its node is the first queued command's: see `open_deferred_multi`.
+                self.pass.in_multi = true;
+                self.pass.multi_deferred = true;
+                self.reply(Reply::ok());
+                return Flow::Continue;
+            }
+        }
+        if self.pass.multi_deferred && matches!(class, Forward::Exec | Forward::Discard) {
+            // Nothing was queued: an empty transaction, answered as Redis answers it.
+            self.pass.multi_deferred = false;
+            self.pass.in_multi = false;
+            self.pass.watching = false;
+            self.reply(match class {
+                Forward::Exec => Reply::Array(Vec::new()),
+                _ => Reply::ok(),
+            });
             return Flow::Continue;
         }
         self.ctx.metrics.commands_forwarded.inc();
@@ -209,6 +255,73 @@ impl Session {
         }
     }
 
+    /// On a cluster, the shard `command` goes to (`None`: refused, and the client was told).
+    async fn shard_for(
+        &mut self,
+        routes: &Routes,
+        command: &Command,
+    ) -> Result<Option<usize>, Gone> {
+        match routes.route(&command.name(), command) {
+            Route::Shard(shard) => Ok(Some(shard)),
+            Route::Refused(error) => {
+                self.settle().await?;
+                self.reply(Reply::error(error));
+                Ok(None)
+            }
+            Route::AskKeys => Ok(Some(self.ask_keys(routes, command).await)),
+        }
+    }
+
+    /// The shard of a command whose keys move with its arguments, by the first key the cluster
+    /// finds in it (`COMMAND GETKEYS`). No keys, or an error, go to shard 0, whose node then
+    /// answers the command itself (with the same error).
+    async fn ask_keys(&mut self, routes: &Routes, command: &Command) -> usize {
+        let mut args = vec![
+            Bytes::from_static(b"COMMAND"),
+            Bytes::from_static(b"GETKEYS"),
+        ];
+        args.extend(command.args.iter().cloned());
+        let Ok(link) = routes.pool(0).pooled(self.proto).await else {
+            return 0;
+        };
+        let Ok(frame) = link.call(Command::from_args(args).raw).await else {
+            return 0;
+        };
+        match value::parse(&frame) {
+            Ok(Value::Array(keys)) => keys
+                .first()
+                .and_then(Value::as_bytes)
+                .map_or(0, |key| routes.by_key(key)),
+            _ => 0,
+        }
+    }
+
+    /// On a cluster, opens the transaction `MULTI` deferred, on the node of its first queued
+    /// `command`. `false`: it could not, and the client was told.
+    pub(super) async fn open_deferred_multi(&mut self, command: &Command) -> Result<bool, Gone> {
+        let Some(routes) = self.ctx.routes.clone() else {
+            return Ok(false);
+        };
+        let Some(shard) = self.shard_for(&routes, command).await? else {
+            return Ok(false);
+        };
+        self.pass.want = shard;
+        self.pass.multi_deferred = false;
+        self.pass.in_multi = false;
+        let multi = crate::upstream::command(&["MULTI"]).raw;
+        let opened = self
+            .stateful_call(multi, |p, ok| p.in_multi = ok, false)
+            .await?;
+        if opened != Some(true) {
+            // The client believes it is in a transaction: so does Redis's own answer to a
+            // later EXEC ("EXEC without MULTI" would be a lie the other way), so keep waiting.
+            self.pass.in_multi = true;
+            self.pass.multi_deferred = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Inside MULTI: everything is queued upstream, so EXEC runs it together. A command that
     /// changes the link's state when EXEC runs it leaves the link in a state the sidecar did not
     /// follow, so the link is not lent again.
@@ -226,11 +339,23 @@ impl Session {
     async fn pipelined(&mut self, raw: Bytes, blocking: bool) -> Result<(), Gone> {
         self.settle_until(self.ctx.max_in_flight.saturating_sub(1))
             .await?;
+        if self.pass.dedicated.is_some()
+            && !self.pass.holds_state()
+            && self.pass.dedicated_shard != self.pass.want
+        {
+            // A blocking command on another node: its reply first, then this one's node.
+            self.settle().await?;
+            self.release_if_clean();
+        }
         let dedicated = blocking || self.pass.holds_state() || self.busy_on_dedicated();
         // The usual case, one client on the same link as its last command, costs no clone.
         let usable = match &self.pass.dedicated {
             Some(link) => dedicated && link.is_alive(),
-            None => !dedicated && self.pass.pooled.as_ref().is_some_and(Pipeline::is_alive),
+            None => {
+                !dedicated
+                    && self.pass.pooled_shard == self.pass.want
+                    && self.pass.pooled.as_ref().is_some_and(Pipeline::is_alive)
+            }
         };
         if !usable && self.link(dedicated).await?.is_none() {
             return Ok(());
@@ -306,7 +431,7 @@ impl Session {
     async fn link(&mut self, dedicated: bool) -> Result<Option<Pipeline>, Gone> {
         let current = if dedicated {
             self.pass.dedicated.as_ref()
-        } else if self.pass.dedicated.is_some() {
+        } else if self.pass.dedicated.is_some() || self.pass.pooled_shard != self.pass.want {
             None
         } else {
             self.pass.pooled.as_ref()
@@ -315,11 +440,13 @@ impl Session {
             return Ok(Some(link.clone()));
         }
         self.settle().await?;
-        let pool = self
+        let routes = self
             .ctx
-            .pool
+            .routes
             .clone()
             .expect("forward checks for a backplane");
+        let shard = self.pass.want;
+        let pool = routes.pool(shard);
         if !dedicated {
             self.release_if_clean();
             if self.pass.dedicated.is_some() {
@@ -329,6 +456,7 @@ impl Session {
             return match pool.pooled(self.proto).await {
                 Ok(link) => {
                     self.pass.pooled = Some(link.clone());
+                    self.pass.pooled_shard = shard;
                     Ok(Some(link))
                 }
                 Err(e) => {
@@ -375,6 +503,7 @@ impl Session {
             }
         }
         self.pass.dedicated = Some(link.clone());
+        self.pass.dedicated_shard = shard;
         Ok(Some(link))
     }
 
@@ -391,9 +520,11 @@ impl Session {
         }
         if let Some(link) = self.pass.dedicated.take()
             && !std::mem::take(&mut self.pass.tainted)
-            && let Some(pool) = &self.ctx.pool
+            && let Some(routes) = &self.ctx.routes
         {
-            pool.give_back(self.proto, link);
+            routes
+                .pool(self.pass.dedicated_shard)
+                .give_back(self.proto, link);
         }
     }
 

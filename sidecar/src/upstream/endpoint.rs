@@ -2,9 +2,11 @@
 //!
 //! Two schemes: `redis://[user[:password]@]host:port[/db]`, one server; and
 //! `redis+sentinel://[user[:password]@]host1:port1,host2:port2/<master>[/<db>]`, a primary found
-//! by asking the Sentinels (see `sentinel`). Each has a TLS form, `rediss://` and
-//! `rediss+sentinel://` (TLS to the Sentinels and to the primary; see `tls`). A password given
-//! with `--upstream-password` replaces the URL's, so URLs in ConfigMaps can carry none.
+//! by asking the Sentinels (see `sentinel`); and `redis+cluster://[user[:password]@]host1:port1,...`,
+//! a Redis Cluster found through those seed nodes (see `cluster`). Each has a TLS form,
+//! `rediss://`, `rediss+sentinel://` (TLS to the Sentinels and to the primary) and
+//! `rediss+cluster://` (see `tls`). A password given with `--upstream-password` replaces the
+//! URL's, so URLs in ConfigMaps can carry none.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,6 +18,9 @@ use super::tls::Tls;
 
 /// The port Sentinels listen on when a `redis+sentinel://` URL names none.
 pub const SENTINEL_PORT: u16 = 26379;
+
+/// The port of a cluster seed a `redis+cluster://` URL names without one.
+pub const REDIS_PORT: u16 = 6379;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid upstream URL {url:?}: {reason}")]
@@ -54,6 +59,14 @@ pub enum Target {
         /// Sentinel costs one timeout, not one per connection).
         preferred: Arc<AtomicUsize>,
     },
+    /// A Redis Cluster known by its seed nodes. A shard of it is the primary serving `slot`,
+    /// asked of the seeds on every connect; the URL itself (the whole cluster) has no slot.
+    Cluster {
+        seeds: Vec<Addr>,
+        slot: Option<u16>,
+        /// The seed that answered last, asked first next time (shared by clones).
+        preferred: Arc<AtomicUsize>,
+    },
 }
 
 /// A backplane shard: where it is and how to log in. `Display` and `Debug` never show the
@@ -90,6 +103,13 @@ impl fmt::Display for Endpoint {
                     write!(f, "/{}", self.db)?;
                 }
             }
+            Target::Cluster { seeds, slot, .. } => {
+                let hosts: Vec<String> = seeds.iter().map(Addr::to_string).collect();
+                write!(f, "redis{s}+cluster://{}", hosts.join(","))?;
+                if let Some(slot) = slot {
+                    write!(f, " (slot {slot})")?;
+                }
+            }
         }
         Ok(())
     }
@@ -113,13 +133,19 @@ impl Endpoint {
         if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
             return parse_sentinel(rest, true).map_err(|reason| fail(&reason));
         }
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            return parse_cluster(rest, false).map_err(|reason| fail(&reason));
+        }
+        if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            return parse_cluster(rest, true).map_err(|reason| fail(&reason));
+        }
         // The redis crate parses the rest of the URL; TLS is ours (it is built without its own).
         let (plain, secure) = match url.strip_prefix("rediss://") {
             Some(rest) => (format!("redis://{rest}"), true),
             None if url.starts_with("redis://") => (url.to_owned(), false),
             None => {
                 return Err(fail(
-                    "expected redis://, rediss:// (TLS), redis+sentinel:// or rediss+sentinel:// (TLS)",
+                    "expected redis://, rediss:// (TLS), redis+sentinel://, rediss+sentinel:// (TLS), redis+cluster:// or rediss+cluster:// (TLS)",
                 ));
             }
         };
@@ -165,10 +191,59 @@ impl Endpoint {
     pub fn is_sentinel(&self) -> bool {
         matches!(self.target, Target::Sentinel { .. })
     }
+
+    /// A Redis Cluster (or one shard of it).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// Behind Sentinel or in a cluster, a server can stop being the primary while our links
+    /// stay open: its role is checked on connect and on every heartbeat.
+    pub fn checks_role(&self) -> bool {
+        self.is_sentinel() || self.is_cluster()
+    }
+
+    /// The shard of this cluster that serves `slot`.
+    pub fn cluster_shard(&self, slot: u16) -> Self {
+        let mut shard = self.clone();
+        if let Target::Cluster { slot: s, .. } = &mut shard.target {
+            *s = Some(slot);
+        }
+        shard
+    }
 }
 
-/// `[user[:password]@]host[:port],host[:port]/<master>[/<db>]`, after the scheme.
-fn parse_sentinel(rest: &str, secure: bool) -> Result<Endpoint, String> {
+/// `[user[:password]@]host[:port],host[:port][/]`, after the scheme.
+fn parse_cluster(rest: &str, secure: bool) -> Result<Endpoint, String> {
+    let (username, password, rest) = parse_userinfo(rest)?;
+    let hosts = rest.strip_suffix('/').unwrap_or(rest);
+    if hosts.contains('/') {
+        return Err(
+            "a cluster has only database 0: write redis+cluster://host:port,host:port".into(),
+        );
+    }
+    let seeds = hosts
+        .split(',')
+        .map(|h| parse_addr(h, REDIS_PORT))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoint {
+        target: Target::Cluster {
+            seeds,
+            slot: None,
+            preferred: Arc::new(AtomicUsize::new(0)),
+        },
+        username,
+        password,
+        db: 0,
+        secure,
+        tls: None,
+    })
+}
+
+type Userinfo<'a> = (Option<String>, Option<String>, &'a str);
+
+/// Splits `[user[:password]@]` off the rest of the URL, decoded.
+fn parse_userinfo(rest: &str) -> Result<Userinfo<'_>, String> {
     let (userinfo, rest) = match rest.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
@@ -185,12 +260,18 @@ fn parse_sentinel(rest: &str, secure: bool) -> Result<Endpoint, String> {
             ((!user.is_empty()).then_some(user), pass)
         }
     };
+    Ok((username, password, rest))
+}
+
+/// `[user[:password]@]host[:port],host[:port]/<master>[/<db>]`, after the scheme.
+fn parse_sentinel(rest: &str, secure: bool) -> Result<Endpoint, String> {
+    let (username, password, rest) = parse_userinfo(rest)?;
     let (hosts, path) = rest
         .split_once('/')
         .ok_or("name the master after the Sentinels: redis+sentinel://host:26379,.../<master>")?;
     let sentinels = hosts
         .split(',')
-        .map(parse_addr)
+        .map(|h| parse_addr(h, SENTINEL_PORT))
         .collect::<Result<Vec<_>, _>>()?;
     let mut segments = path.split('/');
     let master = segments.next().unwrap_or_default();
@@ -223,9 +304,9 @@ fn parse_sentinel(rest: &str, secure: bool) -> Result<Endpoint, String> {
     })
 }
 
-/// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to Sentinel's.
-fn parse_addr(s: &str) -> Result<Addr, String> {
-    let bad = || format!("{s:?} is not a Sentinel address (host:port)");
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to `default_port`.
+fn parse_addr(s: &str, default_port: u16) -> Result<Addr, String> {
+    let bad = || format!("{s:?} is not a host:port");
     let (host, port) = if let Some(v6) = s.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or_else(bad)?;
         (host, after.strip_prefix(':'))
@@ -239,7 +320,7 @@ fn parse_addr(s: &str) -> Result<Addr, String> {
         return Err(bad());
     }
     let port = match port {
-        None => SENTINEL_PORT,
+        None => default_port,
         Some(p) => p.parse().map_err(|_| bad())?,
     };
     Ok(Addr {
@@ -320,6 +401,31 @@ mod tests {
             .with_password(Some("pw"));
         assert_eq!(e.password.as_deref(), Some("pw"));
         assert!(!e.to_string().contains("pw"));
+    }
+
+    #[test]
+    fn parses_cluster_urls() {
+        let e =
+            Endpoint::parse("rediss+cluster://app:s%3Fcret@n1.cache:7000,n2,[::1]:7002/").unwrap();
+        assert!(e.secure && e.is_cluster() && e.checks_role());
+        assert_eq!(
+            e.to_string(),
+            "rediss+cluster://n1.cache:7000,n2:6379,[::1]:7002"
+        );
+        assert_eq!(e.password.as_deref(), Some("s?cret"));
+        assert_eq!(
+            e.cluster_shard(5461).to_string(),
+            "rediss+cluster://n1.cache:7000,n2:6379,[::1]:7002 (slot 5461)"
+        );
+        for bad in [
+            "redis+cluster://h1:7000/1",
+            "redis+cluster://h1:x",
+            "redis+cluster://:s3cret@h1,,h2",
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("invalid upstream URL"), "{bad}: {err}");
+        }
     }
 
     #[test]

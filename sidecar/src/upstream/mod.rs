@@ -3,9 +3,11 @@
 //! subscriber and control links and the pass-through links ([`pool`] of [`pipeline`]s) are all
 //! built from these.
 
+pub mod cluster;
 pub mod endpoint;
 pub mod pipeline;
 pub mod pool;
+pub mod routing;
 mod sentinel;
 pub mod tls;
 
@@ -55,13 +57,21 @@ pub enum UpstreamError {
         failures: String,
     },
     #[error(
-        "{addr}, named primary by the Sentinels of {endpoint}, says it is a {role} (a failover is under way)"
+        "{addr}, named primary of {endpoint} by its Sentinels or cluster, says it is a {role} (a failover is under way)"
     )]
     NotPrimary {
         endpoint: String,
         addr: Addr,
         role: String,
     },
+    #[error(
+        "{addr}, a seed of {endpoint}, is not a Redis Cluster node (cluster support disabled): use redis:// or rediss:// for a single server"
+    )]
+    NotCluster { endpoint: String, addr: Addr },
+    #[error(
+        "no seed of {endpoint} gave its slot map ({failures}); check the hosts and --upstream-password"
+    )]
+    NoClusterSeed { endpoint: String, failures: String },
 }
 
 impl Endpoint {
@@ -74,6 +84,11 @@ impl Endpoint {
                 master,
                 preferred,
             } => sentinel::primary(self, sentinels, master, preferred).await,
+            Target::Cluster {
+                seeds,
+                slot,
+                preferred,
+            } => cluster::primary_of(self, seeds, slot.unwrap_or(0), preferred).await,
         }
     }
 
@@ -89,7 +104,7 @@ impl Endpoint {
 
     /// Connects to `addr` and performs the handshake: `HELLO 3` (with credentials) for a RESP3
     /// link, otherwise `AUTH`; then `SELECT` the URL's database, and name the connection so
-    /// operators can tell the sidecar's links apart in `CLIENT LIST`. Behind Sentinel, also
+    /// operators can tell the sidecar's links apart in `CLIENT LIST`. Behind Sentinel or in a cluster, also
     /// checks `ROLE`: a demoted primary still accepts `PUBLISH` and `SUBSCRIBE` but would cut
     /// this sidecar off from the fleet, so a replica is refused (the caller re-resolves).
     pub async fn connect_to(
@@ -125,7 +140,7 @@ impl Endpoint {
                     });
                 }
             }
-            if self.is_sentinel() {
+            if self.checks_role() {
                 let role = link.call(&command(&["ROLE"]).raw).await?;
                 let role = role
                     .as_elements()

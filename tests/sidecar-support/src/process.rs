@@ -105,8 +105,14 @@ impl RedisServer {
 
     /// With extra `redis-server` arguments, e.g. `["--replicaof", "127.0.0.1", "6380"]`.
     pub fn start_with_args(password: Option<&str>, args: &[&str]) -> Self {
+        Self::start_on_port(free_port(), password, args)
+    }
+
+    /// On a port the caller picked (with [`free_port`]), for arguments that must name the port
+    /// before the server starts: a cluster node's `--cluster-config-file <dir>/nodes-<port>.conf`.
+    pub fn start_on_port(port: u16, password: Option<&str>, args: &[&str]) -> Self {
         let mut server = Self {
-            port: free_port(),
+            port,
             password: password.map(str::to_string),
             args: args.iter().map(|a| a.to_string()).collect(),
             dir: TempDir::new("redis"),

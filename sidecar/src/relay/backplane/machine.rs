@@ -7,6 +7,17 @@
 //! link still owes, the outage buffer and its flush (held until the peers from before the outage
 //! are subscribed again on the same server, or the grace period ends), the heartbeats and the
 //! failover checks (`READONLY`, `ROLE`), and on shard 0 this sidecar's registry entry.
+//!
+//! On a Redis Cluster ([`Cluster`]) the app's channels ride sharded pub/sub underneath, so a
+//! message costs the cluster the one node that owns its slot instead of a flood over the cluster
+//! bus: `SUBSCRIBE`/`PUBLISH` become `SSUBSCRIBE`/`SPUBLISH` of the prefixed name marked
+//! [`CLASSIC`] (apart from the app's own shard channels, which keep their names), and the frames
+//! come back as `message` to the app. Sharded messages never reach `PSUBSCRIBE`, so
+//! patterns are served from each shard's *all-messages channel*: a publisher also `SPUBLISH`es
+//! every channel message there, on the same node (its name carries a hash tag of the shard's
+//! own first slot), as `<channel length>:<channel><payload>`; a sidecar whose app holds patterns
+//! subscribes it on every shard and matches the patterns itself. Each message reaches each
+//! pattern exactly once, and the publisher needs to know nothing about who holds patterns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,7 +33,56 @@ use crate::pubsub::{Kind, Topic};
 use crate::relay::buffer::PublishBuffer;
 use crate::relay::fleet::Fleet;
 use crate::relay::registry::Registry;
+use crate::relay::shard::CLASSIC;
 use crate::resp::{Command, ProtocolError, Value, value};
+
+/// What a shard of a Redis Cluster calls its own channels (after the channel prefix): both
+/// carry the hash tag of the shard's first slot, so they live on its node.
+#[derive(Debug, Clone)]
+pub(crate) struct Cluster {
+    /// Where the shard's replays are announced (standalone: [`replay::CHANNEL`]).
+    pub(crate) replays: Bytes,
+    /// Every channel message published on the shard, for pattern subscribers.
+    pub(crate) all: Bytes,
+}
+
+impl Cluster {
+    /// The names for the shard whose first slot has hash tag `tag`.
+    pub(crate) fn new(tag: &str) -> Self {
+        let name = |what: &str| Bytes::from(format!("__switchboard:{what}:{tag}"));
+        Cluster {
+            replays: name("replays"),
+            all: name("all"),
+        }
+    }
+}
+
+/// An app's classic channel as named upstream on a cluster (before the prefix).
+fn classic(channel: &[u8]) -> Bytes {
+    let mut name = Vec::with_capacity(CLASSIC.len() + channel.len());
+    name.extend_from_slice(CLASSIC);
+    name.extend_from_slice(channel);
+    name.into()
+}
+
+/// `<channel length>:<channel><payload>`: a message on the all-messages channel.
+fn envelope(channel: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(channel.len() + payload.len() + 8);
+    out.extend_from_slice(channel.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(channel);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The channel and payload of an [`envelope`] (slices of it).
+fn open_envelope(body: &Bytes) -> Option<(Bytes, Bytes)> {
+    let colon = body.iter().take(21).position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&body[..colon]).ok()?.parse().ok()?;
+    let start = colon + 1;
+    let end = start.checked_add(len).filter(|&e| e <= body.len())?;
+    Some((body.slice(start..end), body.slice(end..)))
+}
 
 /// Why the links must be dropped and rebuilt (the server was demoted, stopped answering...).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,8 +187,14 @@ pub(crate) struct Machine {
     shard: usize,
     settings: Settings,
     registry: Registry,
-    /// Behind Sentinel, the heartbeat also checks the server is still the primary.
-    sentinel: bool,
+    /// Behind Sentinel or in a cluster, the heartbeat also checks the server is still the
+    /// primary.
+    checks_role: bool,
+    /// On a Redis Cluster: the shard's own channel names (see [`Cluster`]).
+    cluster: Option<Cluster>,
+    /// Pattern messages opened from one all-messages frame, beyond the first (see
+    /// [`Machine::take_fanout`]).
+    fanout: Vec<Message>,
     shared: Arc<Shared>,
     /// Local subscribers per topic on this shard: drives upstream (un)subscribes.
     refcounts: HashMap<Topic, i64>,
@@ -157,7 +223,7 @@ impl Machine {
         shard: usize,
         settings: Settings,
         registry: Registry,
-        sentinel: bool,
+        checks_role: bool,
         shared: Arc<Shared>,
     ) -> Self {
         let buffer = PublishBuffer::new(settings.buffer_bytes, settings.buffer_messages);
@@ -165,7 +231,9 @@ impl Machine {
             shard,
             settings,
             registry,
-            sentinel,
+            checks_role,
+            cluster: None,
+            fanout: Vec::new(),
             shared,
             refcounts: HashMap::new(),
             gauged: 0,
@@ -181,8 +249,31 @@ impl Machine {
         }
     }
 
+    /// This shard is part of a Redis Cluster, with these names of its own.
+    pub(crate) fn in_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     fn keeps_registry(&self) -> bool {
         self.shard == 0
+    }
+
+    /// The channel replays are announced on, after the prefix.
+    fn replays_channel(&self) -> &[u8] {
+        match &self.cluster {
+            Some(c) => &c.replays,
+            None => replay::CHANNEL,
+        }
+    }
+
+    /// A pattern message that the last subscriber frame opened, beyond the one returned.
+    pub(crate) fn take_fanout(&mut self) -> Option<Message> {
+        self.fanout.pop()
+    }
+
+    fn holds_patterns(&self) -> bool {
+        self.refcounts.keys().any(|t| t.kind == Kind::Pattern)
     }
 
     /// Upstream subscriptions this shard holds (or will restore on reconnect).
@@ -238,20 +329,25 @@ impl Machine {
             unconfirmed: Unconfirmed::default(),
         };
         for kind in Kind::ALL {
-            let mut names: Vec<Bytes> = self
+            let mut topics: Vec<Topic> = self
                 .refcounts
                 .keys()
                 .filter(|t| t.kind == kind)
-                .map(|t| t.name.clone())
+                .cloned()
                 .collect();
-            names.sort();
-            for chunk in names.chunks(1024) {
-                self.write_sub(&mut live, kind.subscribe_command(), chunk, None);
+            topics.sort();
+            for chunk in topics.chunks(1024) {
+                self.subscribe(&mut live, chunk, true, None);
             }
         }
         // Every sidecar hears every announcement of replays on every shard.
-        let channel = [Bytes::from_static(replay::CHANNEL)];
-        self.write_sub(&mut live, "SUBSCRIBE", &channel, None);
+        let channel = [Bytes::copy_from_slice(self.replays_channel())];
+        let verb = if self.cluster.is_some() {
+            "SSUBSCRIBE"
+        } else {
+            "SUBSCRIBE"
+        };
+        self.write_sub(&mut live, verb, &channel, None);
         live.sub_out
             .extend_from_slice(&crate::upstream::command(&["PING"]).raw);
         live.sub_pending.push_back(SubPending {
@@ -357,7 +453,11 @@ impl Machine {
     /// [`Machine::sub_frame`].
     pub(crate) fn sub_raw(&mut self, frame: Bytes) -> Result<Option<Message>, ProtocolError> {
         let Some((kind, parts)) = split_message(&frame) else {
-            return Ok(self.sub_frame(value::parse(&frame)?));
+            let frame = value::parse(&frame)?;
+            if let Some(reason) = self.dropped_by_cluster(&frame) {
+                return Err(ProtocolError(reason));
+            }
+            return Ok(self.sub_frame(frame));
         };
         let [first, second, third] = parts;
         let (pattern, channel, payload) = if kind == Kind::Pattern {
@@ -371,8 +471,8 @@ impl Machine {
         let Some(channel) = self.unprefixed(&channel) else {
             return Ok(None);
         };
-        if &channel[..] == replay::CHANNEL {
-            if kind == Kind::Channel {
+        if &channel[..] == self.replays_channel() {
+            if kind == Kind::Channel || self.cluster.is_some() {
                 self.on_announcement(&payload);
             }
             return Ok(None);
@@ -392,8 +492,67 @@ impl Machine {
             let (messages, bytes) = self.limits();
             self.recent.record(&frame, messages, bytes);
         }
+        if self.cluster.is_some() && kind == Kind::Shard {
+            return Ok(self.as_subscribed(message));
+        }
         let resp2 = self.settings.channel_prefix.is_empty().then_some(frame);
         Ok(Some(Message { resp2, ..message }))
+    }
+
+    /// A `sunsubscribe` we did not ask for: the cluster node stopped serving a slot we hold a
+    /// shard channel on (demoted, or the slot migrated), so the links are rebuilt on the
+    /// primary of now, and the subscriptions with them.
+    fn dropped_by_cluster(&self, frame: &Value) -> Option<String> {
+        let cluster = self.cluster.as_ref()?;
+        let items = frame.as_elements()?;
+        if items.first().and_then(Value::as_bytes)?.as_ref() != b"sunsubscribe" {
+            return None;
+        }
+        let name = self.unprefixed(items.get(1)?.as_bytes()?)?;
+        let topic = match name.strip_prefix(CLASSIC) {
+            Some(channel) => Topic::new(Kind::Channel, name.slice_ref(channel)),
+            None => Topic::new(Kind::Shard, name.clone()),
+        };
+        let held = self.refcounts.contains_key(&topic)
+            || (name == cluster.all && self.holds_patterns())
+            || name == cluster.replays;
+        held.then(|| {
+            format!(
+                "the cluster ended the shard subscription to {:?} (its slot moved or its node was demoted)",
+                String::from_utf8_lossy(&name)
+            )
+        })
+    }
+
+    /// A sharded message from a cluster, as the app subscribed it: on the all-messages channel,
+    /// a `pmessage` for each local pattern that matches; else a `message` for a classic
+    /// channel (named [`CLASSIC`]`<channel>` upstream), an `smessage` for a shard channel.
+    fn as_subscribed(&mut self, message: Message) -> Option<Message> {
+        let cluster = self.cluster.as_ref()?;
+        if message.channel == cluster.all {
+            let (channel, payload) = open_envelope(&message.payload)?;
+            self.fanout.extend(
+                self.refcounts
+                    .keys()
+                    .filter(|t| t.kind == Kind::Pattern && crate::glob::matches(&t.name, &channel))
+                    .map(|t| Message {
+                        kind: Kind::Pattern,
+                        pattern: Some(t.name.clone()),
+                        channel: channel.clone(),
+                        payload: payload.clone(),
+                        resp2: None,
+                    }),
+            );
+            return self.fanout.pop();
+        }
+        match message.channel.strip_prefix(CLASSIC) {
+            Some(channel) => Some(Message {
+                kind: Kind::Channel,
+                channel: message.channel.slice_ref(channel),
+                ..message
+            }),
+            None => Some(message),
+        }
     }
 
     /// The outage buffer's limits, which also bound what is kept against replays.
@@ -426,7 +585,11 @@ impl Machine {
         let mut live = self.live.take()?;
         let message = self.on_sub_frame(&mut live, frame);
         self.live = Some(live);
-        message.filter(|m| &m.channel[..] != replay::CHANNEL)
+        let message = message.filter(|m| &m.channel[..] != self.replays_channel())?;
+        if self.cluster.is_some() && message.kind == Kind::Shard {
+            return self.as_subscribed(message);
+        }
+        Some(message)
     }
 
     /// A frame from the control link.
@@ -536,20 +699,16 @@ impl Machine {
     fn online(&mut self, live: &mut Live, request: Request) {
         match request {
             Request::Acquire { topics, done } => {
+                let had_patterns = self.holds_patterns();
                 let fresh = self.count(&topics, 1);
-                if let Some(kind) = fresh.first().map(|t| t.kind) {
-                    let names: Vec<Bytes> = fresh.iter().map(|t| t.name.clone()).collect();
-                    self.write_sub(live, kind.subscribe_command(), &names, Some(done));
-                } else {
-                    let _ = done.send(Ok(()));
-                }
+                let first_pattern = !had_patterns && self.holds_patterns();
+                self.subscribe(live, &fresh, first_pattern, Some(done));
             }
             Request::Release { topics, done } => {
+                let had_patterns = self.holds_patterns();
                 let gone = self.count(&topics, -1);
-                if let Some(kind) = gone.first().map(|t| t.kind) {
-                    let names: Vec<Bytes> = gone.iter().map(|t| t.name.clone()).collect();
-                    self.write_sub(live, kind.unsubscribe_command(), &names, None);
-                }
+                let last_pattern = had_patterns && !self.holds_patterns();
+                self.unsubscribe(live, &gone, last_pattern);
                 let _ = done.send(());
             }
             Request::Register { deltas, done } => {
@@ -573,15 +732,16 @@ impl Machine {
                 channel,
                 payload,
             } => {
-                if live.flush_deadline.is_some() {
-                    let command = self.publish_command(kind, &channel, &payload);
-                    self.hold(command);
-                } else {
-                    self.shared.metrics.publishes_sent.inc();
-                    // Kept until acknowledged, to resend if the link dies first.
-                    let raw = self.publish_command(kind, &channel, &payload);
-                    live.ctl_out.extend_from_slice(&raw);
-                    live.ctl_pending.push_back(CtlPending::Publish(raw));
+                let (raw, all) = self.publish_commands(kind, &channel, &payload);
+                for raw in std::iter::once(raw).chain(all) {
+                    if live.flush_deadline.is_some() {
+                        self.hold(raw);
+                    } else {
+                        self.shared.metrics.publishes_sent.inc();
+                        // Kept until acknowledged, to resend if the link dies first.
+                        live.ctl_out.extend_from_slice(&raw);
+                        live.ctl_pending.push_back(CtlPending::Publish(raw));
+                    }
                 }
             }
             Request::ReadFleet { done } => {
@@ -619,8 +779,11 @@ impl Machine {
                 channel,
                 payload,
             } => {
-                let command = self.publish_command(kind, &channel, &payload);
-                self.hold(command);
+                let (raw, all) = self.publish_commands(kind, &channel, &payload);
+                self.hold(raw);
+                if let Some(all) = all {
+                    self.hold(all);
+                }
             }
             Request::ReadFleet { done } => {
                 let _ = done.send(Err("the backplane is unreachable".into()));
@@ -659,10 +822,28 @@ impl Machine {
         }
     }
 
-    /// `PUBLISH <prefix><channel> <payload>`, encoded in one allocation: no argument vector,
-    /// no prefixed copy of the channel.
+    /// The publish of a message, and on a cluster for a channel message its copy on the
+    /// shard's all-messages channel (for pattern subscribers; see [`Cluster`]).
+    fn publish_commands(
+        &self,
+        kind: Kind,
+        channel: &[u8],
+        payload: &[u8],
+    ) -> (Bytes, Option<Bytes>) {
+        match &self.cluster {
+            Some(c) if kind == Kind::Channel => (
+                self.publish_command(kind, &classic(channel), payload),
+                Some(self.publish_command(kind, &c.all, &envelope(channel, payload))),
+            ),
+            _ => (self.publish_command(kind, channel, payload), None),
+        }
+    }
+
+    /// `PUBLISH <prefix><channel> <payload>` (`SPUBLISH` for a shard channel, and for every
+    /// channel on a cluster), encoded in one allocation: no argument vector, no prefixed copy
+    /// of the channel.
     fn publish_command(&self, kind: Kind, channel: &[u8], payload: &[u8]) -> Bytes {
-        let verb: &[u8] = if kind == Kind::Shard {
+        let verb: &[u8] = if kind == Kind::Shard || self.cluster.is_some() {
             b"SPUBLISH"
         } else {
             b"PUBLISH"
@@ -717,6 +898,67 @@ impl Machine {
     fn unprefixed(&self, name: &Bytes) -> Option<Bytes> {
         name.starts_with(&self.settings.channel_prefix)
             .then(|| name.slice(self.settings.channel_prefix.len()..))
+    }
+
+    /// Subscribes `topics` (all of one kind) upstream; `done` is answered once all are in
+    /// place. On a cluster channels are shard channels, one command each (a command's shard
+    /// channels must share a slot), and patterns are served by the all-messages channel,
+    /// subscribed with the first (`first_pattern`).
+    fn subscribe(
+        &self,
+        live: &mut Live,
+        topics: &[Topic],
+        first_pattern: bool,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
+        let Some(kind) = topics.first().map(|t| t.kind) else {
+            if let Some(done) = done {
+                let _ = done.send(Ok(()));
+            }
+            return;
+        };
+        let names: Vec<Bytes> = topics.iter().map(|t| t.name.clone()).collect();
+        let Some(cluster) = &self.cluster else {
+            self.write_sub(live, kind.subscribe_command(), &names, done);
+            return;
+        };
+        let names = match kind {
+            Kind::Pattern if first_pattern => vec![cluster.all.clone()],
+            Kind::Pattern => Vec::new(),
+            Kind::Channel => names.iter().map(|n| classic(n)).collect(),
+            Kind::Shard => names,
+        };
+        let Some((last, rest)) = names.split_last() else {
+            if let Some(done) = done {
+                let _ = done.send(Ok(()));
+            }
+            return;
+        };
+        for name in rest {
+            self.write_sub(live, "SSUBSCRIBE", std::slice::from_ref(name), None);
+        }
+        self.write_sub(live, "SSUBSCRIBE", std::slice::from_ref(last), done);
+    }
+
+    /// Unsubscribes `topics` (all of one kind) upstream; see [`Machine::subscribe`].
+    fn unsubscribe(&self, live: &mut Live, topics: &[Topic], last_pattern: bool) {
+        let Some(kind) = topics.first().map(|t| t.kind) else {
+            return;
+        };
+        let names: Vec<Bytes> = topics.iter().map(|t| t.name.clone()).collect();
+        let Some(cluster) = &self.cluster else {
+            self.write_sub(live, kind.unsubscribe_command(), &names, None);
+            return;
+        };
+        let names = match kind {
+            Kind::Pattern if last_pattern => vec![cluster.all.clone()],
+            Kind::Pattern => Vec::new(),
+            Kind::Channel => names.iter().map(|n| classic(n)).collect(),
+            Kind::Shard => names,
+        };
+        for name in &names {
+            self.write_sub(live, "SUNSUBSCRIBE", std::slice::from_ref(name), None);
+        }
     }
 
     fn write_sub(
@@ -840,6 +1082,14 @@ impl Machine {
             // links): it would accept publishes and deliver them to no one. Re-resolve.
             return Err(Lost(format!("the backplane became a replica: {e}")));
         }
+        if let Some(e) = refused.as_deref().filter(|e| e.starts_with("MOVED")) {
+            // A cluster node that no longer serves this shard's slots (demoted, or the slots
+            // were migrated): re-resolve. Resharding is not followed yet (docs/cluster-design.md):
+            // the sidecars must restart to learn the new slot map.
+            return Err(Lost(format!(
+                "the cluster moved this shard's slots ({e}); if the cluster was resharded, restart the sidecars"
+            )));
+        }
         let Some(pending) = live.ctl_pending.pop_front() else {
             return Ok(());
         };
@@ -878,7 +1128,7 @@ impl Machine {
                 let role = frame
                     .as_elements()
                     .and_then(|r| r.first()?.as_bytes().cloned());
-                if self.sentinel && role.as_deref() != Some(b"master") {
+                if self.checks_role && role.as_deref() != Some(b"master") {
                     return Err(Lost(format!(
                         "the backplane is no longer the primary (ROLE: {frame:?})"
                     )));
@@ -943,7 +1193,7 @@ impl Machine {
         self.replays = 0;
         for (announcement, run) in replay::announcements(replays, self.settings.max_bulk) {
             if let Some(listed) = announcement {
-                let raw = self.publish_command(Kind::Channel, replay::CHANNEL, &listed);
+                let raw = self.publish_command(Kind::Channel, self.replays_channel(), &listed);
                 live.ctl_out.extend_from_slice(&raw);
                 live.ctl_pending.push_back(CtlPending::Announce);
             }

@@ -210,13 +210,20 @@ impl Backplane {
         registry_shard: Option<mpsc::WeakSender<Request>>,
         shared: Arc<Shared>,
     ) -> Self {
-        let machine = Machine::new(
+        let mut machine = Machine::new(
             shard,
             settings.clone(),
             registry.clone(),
-            endpoint.is_sentinel(),
+            endpoint.checks_role(),
             shared.clone(),
         );
+        if let crate::upstream::Target::Cluster {
+            slot: Some(slot), ..
+        } = &endpoint.target
+        {
+            let tag = crate::upstream::cluster::tag_for_slot(*slot);
+            machine = machine.in_cluster(machine::Cluster::new(&tag));
+        }
         Backplane {
             endpoint,
             shard,
@@ -407,6 +414,9 @@ impl Backplane {
             if let Some(m) = message {
                 self.deliver(m);
             }
+            while let Some(m) = self.machine.take_fanout() {
+                self.deliver(m);
+            }
             handled += 1;
             if handled == SUB_BURST {
                 break;
@@ -429,6 +439,9 @@ impl Backplane {
         let until = Instant::now() + LOSS_DRAIN;
         while let Ok(Ok(frame)) = tokio::time::timeout_at(until, links.sub_in.next_frame()).await {
             if let Ok(Some(m)) = self.machine.sub_raw(frame) {
+                self.deliver(m);
+            }
+            while let Some(m) = self.machine.take_fanout() {
                 self.deliver(m);
             }
         }

@@ -819,3 +819,194 @@ fn a_receiver_drops_the_announced_replays_it_delivered_and_delivers_the_rest() {
     }
     assert_eq!(delivered(&mut m, "5").as_deref(), Some("5"));
 }
+
+/// Shard 1 of a cluster whose first slot has tag `{7}` (the registry is on shard 0).
+fn cluster_machine() -> Machine {
+    let (m, _) = machine(1, true, 100);
+    m.in_cluster(super::machine::Cluster::new("{7}"))
+}
+
+fn raw_frame(parts: &[&str]) -> Bytes {
+    let mut out = format!("*{}\r\n", parts.len());
+    for p in parts {
+        out.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+    }
+    Bytes::from(out)
+}
+
+#[test]
+fn on_a_cluster_channels_ride_sharded_pub_sub_apart_from_shard_channels() {
+    let mut m = cluster_machine();
+    let now = Instant::now();
+    m.connected(Bytes::from_static(b"run-1"), now);
+    assert_eq!(
+        commands(m.take_sub_writes()),
+        vec![
+            vec!["SSUBSCRIBE", "app:__switchboard:replays:{7}"],
+            vec!["PING"]
+        ],
+        "the shard's own announcement channel, sharded"
+    );
+    let mut done = acquire(&mut m, &["a", "b"]);
+    assert_eq!(
+        commands(m.take_sub_writes()),
+        vec![
+            vec!["SSUBSCRIBE", "app:__c:a"],
+            vec!["SSUBSCRIBE", "app:__c:b"]
+        ],
+        "one command per channel: a command's shard channels must share a slot"
+    );
+    m.sub_frame(confirm("ssubscribe", "app:__switchboard:replays:{7}", 1));
+    m.sub_frame(pong());
+    m.sub_frame(confirm("ssubscribe", "app:__c:a", 1));
+    assert!(done.try_recv().is_err(), "waits for the last one");
+    m.sub_frame(confirm("ssubscribe", "app:__c:b", 1));
+    assert_eq!(done.try_recv(), Ok(Ok(())));
+
+    publish(&mut m, "a", "hi");
+    m.request(Request::Publish {
+        kind: Kind::Shard,
+        channel: Bytes::from_static(b"a"),
+        payload: Bytes::from_static(b"own"),
+    });
+    assert_eq!(
+        commands(m.take_ctl_writes()),
+        vec![
+            vec!["SPUBLISH", "app:__c:a", "hi"],
+            vec!["SPUBLISH", "app:__switchboard:all:{7}", "1:ahi"],
+            vec!["SPUBLISH", "app:a", "own"],
+        ],
+        "a channel message is also copied for pattern subscribers; a shard message is not"
+    );
+
+    // Back to the app in the kind it subscribed.
+    let classic = m
+        .sub_raw(raw_frame(&["smessage", "app:__c:a", "hi"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (classic.kind, &classic.channel[..]),
+        (Kind::Channel, &b"a"[..])
+    );
+    let own = m
+        .sub_raw(raw_frame(&["smessage", "app:a", "own"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!((own.kind, &own.channel[..]), (Kind::Shard, &b"a"[..]));
+}
+
+#[test]
+fn on_a_cluster_patterns_are_matched_from_the_all_messages_channel_once_each() {
+    let mut m = cluster_machine();
+    m.connected(Bytes::from_static(b"run-1"), Instant::now());
+    m.take_sub_writes();
+    let (done, _rx) = oneshot::channel();
+    m.request(Request::Acquire {
+        topics: topics(Kind::Pattern, &["room:*", "room:1*"]),
+        done,
+    });
+    assert_eq!(
+        commands(m.take_sub_writes()),
+        vec![vec!["SSUBSCRIBE", "app:__switchboard:all:{7}"]],
+        "the first patterns subscribe the shard's all-messages channel, nothing per pattern"
+    );
+    let (done, _rx) = oneshot::channel();
+    m.request(Request::Acquire {
+        topics: topics(Kind::Pattern, &["lobby*"]),
+        done,
+    });
+    assert!(m.take_sub_writes().is_empty(), "already subscribed");
+
+    let first = m
+        .sub_raw(raw_frame(&[
+            "smessage",
+            "app:__switchboard:all:{7}",
+            "6:room:1x",
+        ]))
+        .unwrap()
+        .unwrap();
+    let mut got = vec![first];
+    got.extend(std::iter::from_fn(|| m.take_fanout()));
+    let mut patterns: Vec<_> = got
+        .iter()
+        .map(|g| {
+            assert_eq!(
+                (g.kind, &g.channel[..], &g.payload[..]),
+                (Kind::Pattern, &b"room:1"[..], &b"x"[..])
+            );
+            String::from_utf8_lossy(g.pattern.as_deref().unwrap()).into_owned()
+        })
+        .collect();
+    patterns.sort();
+    assert_eq!(
+        patterns,
+        ["room:*", "room:1*"],
+        "one pmessage per matching pattern"
+    );
+    assert_eq!(
+        m.sub_raw(raw_frame(&[
+            "smessage",
+            "app:__switchboard:all:{7}",
+            "5:other"
+        ]))
+        .unwrap(),
+        None,
+        "no pattern matches"
+    );
+    assert_eq!(
+        m.sub_raw(raw_frame(&[
+            "smessage",
+            "app:__switchboard:all:{7}",
+            "99:short"
+        ]))
+        .unwrap(),
+        None,
+        "a malformed envelope is dropped, not a crash"
+    );
+
+    let (done, _rx) = oneshot::channel();
+    m.request(Request::Release {
+        topics: topics(Kind::Pattern, &["room:*", "room:1*", "lobby*"]),
+        done,
+    });
+    assert_eq!(
+        commands(m.take_sub_writes()),
+        vec![vec!["SUNSUBSCRIBE", "app:__switchboard:all:{7}"]],
+        "the last pattern gone"
+    );
+}
+
+#[test]
+fn on_a_cluster_a_dropped_shard_subscription_or_a_moved_slot_rebuilds_the_links() {
+    let mut m = cluster_machine();
+    let now = Instant::now();
+    m.connected(Bytes::from_static(b"run-1"), now);
+    let _done = acquire(&mut m, &["a"]);
+    m.take_sub_writes();
+    // A sunsubscribe we asked for is an answer; one we did not means the slot left the node.
+    let lost = m.sub_raw(raw_frame(&["sunsubscribe", "app:__c:a", "0"]));
+    assert!(
+        lost.as_ref()
+            .is_err_and(|e| e.0.contains("\"__c:a\"") && e.0.contains("slot moved")),
+        "{lost:?}"
+    );
+    release(&mut m, &["a"]);
+    m.take_sub_writes();
+    assert_eq!(
+        m.sub_raw(raw_frame(&["sunsubscribe", "app:__c:a", "0"])),
+        Ok(None)
+    );
+
+    publish(&mut m, "a", "hi");
+    m.take_ctl_writes();
+    let moved = m.ctl_frame(
+        Value::Error(Bytes::from_static(b"MOVED 15495 127.0.0.1:7002")),
+        now,
+    );
+    assert!(
+        moved
+            .as_ref()
+            .is_err_and(|Lost(e)| e.contains("MOVED 15495")),
+        "{moved:?}"
+    );
+}

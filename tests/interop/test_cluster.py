@@ -1,0 +1,139 @@
+"""A Redis Cluster as the backplane, with apps whose adapters know nothing of clusters.
+
+python-socketio's AsyncRedisManager has no cluster support at all, and the Node adapter over a
+plain ioredis client fails on `MOVED`. Behind sidecars given `redis+cluster://` (3 primaries,
+1 replica each, every node a seed) both must work as on one Redis:
+
+- a room emit reaches the room's members on every pod exactly once, and nobody else; (Node)
+  fetchSockets() and serverSideEmit() with acks hear every server;
+- the cluster bus carries no classic pub/sub: the sidecars publish with SPUBLISH on the one
+  primary that owns the channel's slot (`cluster_stats_messages_publish_sent` stays 0 on every
+  node), yet the Node adapter's PSUBSCRIBE still gets every message;
+- the primary serving the emits' channel is SIGKILLed mid-stream: a replica takes over, every
+  emit (before, during, after) arrives exactly once and in order, no client is disconnected, and
+  the apps never notice.
+
+There is no `direct` variant: straight to the cluster these adapters do not work.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import RedisCluster, start_fleet
+from scenario import (
+    ROOM, app_events, assert_cluster_queries_hear_every_server, connect_room_layout, everyone,
+    member, outsider, wait_for_delivery, wait_for_fleet_to_converge, wait_for_server_count,
+)
+
+# The channel each stack publishes a room emit on, as named on the cluster (the sidecar marks
+# an app's classic channels `__c:`; see sidecar/src/relay/shard.rs).
+EMIT_CHANNEL = {"python": "__c:socketio", "node": f"__c:socket.io#/#{ROOM}#"}
+
+REDIS_TROUBLE = {
+    "python": ["Cannot receive from redis", "Cannot publish to redis"],
+    "node": ["redis-error", "redis-close", "redis-reconnecting"],
+}
+
+
+@pytest.fixture
+def redis_cluster(procs) -> RedisCluster:
+    cluster = RedisCluster(procs, primaries=3, replicas=1)
+    cluster.start()
+    return cluster
+
+
+def classic_publishes(cluster: RedisCluster) -> dict[int, int]:
+    """Per live node, the classic PUBLISH messages it sent over the cluster bus."""
+    return {port: int(cluster.info(port).get("cluster_stats_messages_publish_sent", "0"))
+            for port in cluster.live_ports()}
+
+
+@pytest.mark.parametrize("stack", ["python", "node"])
+def test_room_emit_over_a_cluster_reaches_every_pod_without_flooding_the_bus(procs, redis_cluster,
+                                                                             clients_factory, stack):
+    pods = start_fleet(procs, redis_cluster, stack, "sidecar")
+    clients = clients_factory(stack)
+    sids = connect_room_layout(clients, pods)
+    wait_for_fleet_to_converge(clients, pods)
+    emitter = outsider(pods[0])
+
+    news, sentinel = {"headline": "room only"}, {"to": "everyone"}
+    assert clients.call(emitter, "emit_to_room", ROOM, "news", news) == "ok"
+    assert clients.call(emitter, "emit_to_all", "sentinel", sentinel) == "ok"
+    wait_for_delivery(clients, everyone(pods), "sentinel", sentinel)
+
+    received = {name: app_events(clients, name) for name in everyone(pods)}
+    expected = {}
+    for pod in pods:
+        expected[member(pod)] = [["news", news], ["sentinel", sentinel]]
+        expected[outsider(pod)] = [["sentinel", sentinel]]
+    assert received == expected
+    if stack == "node":
+        wait_for_server_count(clients, pods, expected=len(pods))
+        assert_cluster_queries_hear_every_server(clients, pods, sids)
+
+    assert classic_publishes(redis_cluster) == {port: 0 for port in redis_cluster.live_ports()}, \
+        "classic PUBLISH reached the cluster bus (it floods every node)"
+    sharded = sum(int(redis_cluster.info(p).get("cluster_stats_messages_publishshard_sent", "0"))
+                  for p in redis_cluster.live_ports())
+    assert sharded > 0, "no sharded publish went to a replica: the sidecars did not use SPUBLISH"
+
+
+def news(pod, n: int) -> dict:
+    return {"from": pod.name, "n": n}
+
+
+@pytest.mark.parametrize("stack", ["python", "node"])
+def test_a_primary_killed_mid_stream_loses_nothing_and_nobody_reconnects(procs, redis_cluster,
+                                                                         clients_factory, stack):
+    pods = start_fleet(procs, redis_cluster, stack, "sidecar")
+    clients = clients_factory(stack)
+    sids = connect_room_layout(clients, pods)
+    wait_for_fleet_to_converge(clients, pods)
+    members = [member(pod) for pod in pods]
+    first, second = pods[0], pods[1]
+
+    def emit_news(pod, n):
+        payload = news(pod, n)
+        assert clients.call(outsider(pod), "emit_to_room", ROOM, "news", payload) == "ok"
+        return payload
+
+    sent = [emit_news(first, 1)]
+    wait_for_delivery(clients, members, "news", sent[-1])
+
+    dead = redis_cluster.kill_primary_of(EMIT_CHANNEL[stack])
+    n = 2
+    for _ in range(10):  # emits while the slot has no primary, and while the replica takes over
+        sent.append(emit_news(first if n % 2 else second, n))
+        n += 1
+    redis_cluster.wait_for_failover(EMIT_CHANNEL[stack], dead)
+    for _ in range(5):
+        sent.append(emit_news(first if n % 2 else second, n))
+        n += 1
+
+    for payload in sent[1:]:
+        wait_for_delivery(clients, members, "news", payload, timeout=30)
+    sentinel = {"to": "everyone"}
+    assert clients.call(outsider(second), "emit_to_all", "sentinel", sentinel) == "ok"
+    wait_for_delivery(clients, everyone(pods), "sentinel", sentinel, timeout=30)
+
+    for name in members:
+        got = [e[1] for e in app_events(clients, name) if e[0] == "news"]
+        assert sorted(got, key=lambda p: p["n"]) == sent, f"{name} got {got}"
+        for pod in pods:
+            in_order = [p for p in sent if p["from"] == pod.name]
+            assert [p for p in got if p["from"] == pod.name] == in_order, \
+                f"{name} got {pod.name}'s emits out of order: {got}"
+    for pod in pods:
+        assert app_events(clients, outsider(pod)) == [["sentinel", sentinel]]
+    disconnects = {name: clients.disconnects(name) for name in everyone(pods)}
+    assert disconnects == {name: 0 for name in everyone(pods)}, "socket.io clients were disconnected"
+    for pod in pods:
+        assert pod.app.alive(), f"{pod.name}'s app exited"
+        trouble = [line for line in pod.app.log_text().splitlines()
+                   if any(marker in line for marker in REDIS_TROUBLE[stack])]
+        assert not trouble, f"{pod.name}'s app noticed the failover:\n" + "\n".join(trouble)
+    if stack == "node":
+        wait_for_server_count(clients, pods, expected=len(pods))
+        assert_cluster_queries_hear_every_server(clients, pods, sids)

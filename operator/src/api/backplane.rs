@@ -126,10 +126,12 @@ impl Default for Persistence {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalBackplane {
     /// The Secret key holding the URL, password included: `redis://[user:password@]host:port[/db]`
-    /// or `redis+sentinel://[user:password@]host:26379[,host:26379...]/<master>[/db]`, or their TLS
-    /// forms `rediss://` and `rediss+sentinel://` (TLS to the Sentinels too); several shards as
-    /// URLs separated by spaces. The URL reaches the sidecar straight from this Secret; only its
-    /// password-free form is copied elsewhere.
+    /// or `redis+sentinel://[user:password@]host:26379[,host:26379...]/<master>[/db]`, or
+    /// `redis+cluster://[user:password@]host:port[,host:port...]` for a Redis Cluster (its seed
+    /// nodes; one shard per primary, found by the sidecar), or their TLS forms `rediss://`,
+    /// `rediss+sentinel://` (TLS to the Sentinels too) and `rediss+cluster://`; several shards as
+    /// URLs separated by spaces (not with a cluster URL). The URL reaches the sidecar straight
+    /// from this Secret; only its password-free form is copied elsewhere.
     pub url_secret_ref: SecretKeyRef,
 
     /// How the sidecar checks (and authenticates to) a `rediss://` backplane. Without it the

@@ -203,6 +203,8 @@ fn external_urls_lose_their_password_and_bad_schemes_name_the_secret() {
         "redis+sentinel://:s3cret@s:26379/",
         "redis+sentinel://:s3cret@s:26379,/m",
         "rediss+sentinel://:s3cret@s:26379",
+        "redis+cluster://:s3cret@a:6379,b:6379/1",
+        "redis+cluster://:s3cret@a:6379 redis://b:6379",
         "redis://a:6379 http://:s3cret@b:6379",
         " \n",
     ] {
@@ -218,6 +220,15 @@ fn external_urls_lose_their_password_and_bad_schemes_name_the_secret() {
     assert_eq!(
         external_url(&external, "rediss+sentinel://:s3cret@s:26379,t:26379/m").unwrap(),
         "rediss+sentinel://s:26379,t:26379/m"
+    );
+    // A Redis Cluster by its seeds (ElastiCache's configuration endpoint is one of them).
+    assert_eq!(
+        external_url(
+            &external,
+            "rediss+cluster://app:s3cret@clustercfg.chat.cache.amazonaws.com:6379,n2:6379/"
+        )
+        .unwrap(),
+        "rediss+cluster://app@clustercfg.chat.cache.amazonaws.com:6379,n2:6379/"
     );
     let scheme = external_url(&external, "memcached://r")
         .unwrap_err()

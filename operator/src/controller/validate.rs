@@ -165,6 +165,11 @@ pub fn external_url(rtc: &RealtimeCluster, url: &str) -> Result<String, Validate
             "is empty; put redis://[user:password@]host:port in it".into()
         ));
     }
+    if urls.len() > 1 && urls.iter().any(|u| u.contains("+cluster://")) {
+        return Err(bad(
+            "mixes a redis+cluster:// URL with others; a cluster URL names the whole cluster (its seed nodes, comma-separated) and stands alone".into(),
+        ));
+    }
     let mut redacted = Vec::with_capacity(urls.len());
     for (i, url) in urls.iter().enumerate() {
         let which = if urls.len() == 1 {
@@ -182,7 +187,7 @@ pub fn external_url(rtc: &RealtimeCluster, url: &str) -> Result<String, Validate
         .is_some_and(|e| e.tls.is_some());
     if tls_given && !redacted.iter().any(|u| u.starts_with("rediss")) {
         return Err(bad(
-            "uses no TLS, yet spec.backplane.external.tls is set; write rediss:// (or rediss+sentinel://), or remove spec.backplane.external.tls".into(),
+            "uses no TLS, yet spec.backplane.external.tls is set; write rediss:// (or rediss+sentinel://, rediss+cluster://), or remove spec.backplane.external.tls".into(),
         ));
     }
     Ok(redacted.join(" "))
@@ -191,14 +196,21 @@ pub fn external_url(rtc: &RealtimeCluster, url: &str) -> Result<String, Validate
 /// One shard's URL without its password, or why it is unusable (never quoting the URL, which may
 /// hold the password).
 fn one_external_url(url: &str) -> Result<String, &'static str> {
-    let schemes = ["redis", "rediss", "redis+sentinel", "rediss+sentinel"];
+    let schemes = [
+        "redis",
+        "rediss",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "redis+cluster",
+        "rediss+cluster",
+    ];
     let Some((scheme, rest)) = schemes.iter().find_map(|s| {
         url.strip_prefix(s)
             .and_then(|r| r.strip_prefix("://"))
             .map(|r| (*s, r))
     }) else {
         return Err(
-            "must start with redis://, rediss:// (TLS), redis+sentinel:// or rediss+sentinel:// (TLS), e.g. rediss://:password@redis.example:6380",
+            "must start with redis://, rediss:// (TLS), redis+sentinel://, rediss+sentinel:// (TLS), redis+cluster:// or rediss+cluster:// (TLS), e.g. rediss://:password@redis.example:6380",
         );
     };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -210,9 +222,15 @@ fn one_external_url(url: &str) -> Result<String, &'static str> {
         return Err("has no host; use redis://host:port or redis+sentinel://host:26379/<master>");
     }
     let sentinel = scheme.ends_with("+sentinel");
-    if !sentinel && hosts.contains(',') {
+    let cluster = scheme.ends_with("+cluster");
+    if !sentinel && !cluster && hosts.contains(',') {
         return Err(
-            "lists several hosts, which only redis+sentinel:// takes (for one server per shard, separate the URLs with spaces)",
+            "lists several hosts, which only redis+sentinel:// and redis+cluster:// take (for one server per shard, separate the URLs with spaces)",
+        );
+    }
+    if cluster && !tail.trim_start_matches('/').is_empty() {
+        return Err(
+            "names a database, and a Redis Cluster has only database 0; use redis+cluster://host:port[,host:port...]",
         );
     }
     if sentinel && tail.trim_start_matches('/').split('/').next() == Some("") {

@@ -125,6 +125,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_IN_FLIGHT", default_value_t = 128)]
     pub max_in_flight: usize,
 
+    /// How long a pass-through command waits for the backplane to be reachable (a failover, a
+    /// restart) before it is answered with an error instead; 0: answer at once. Commands the
+    /// link was carrying when it died are answered at once either way (they may have run).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PASSTHROUGH_WAIT_MS",
+        default_value_t = 10_000
+    )]
+    pub passthrough_wait_ms: u64,
+
     /// Most local connections at once; further ones are told so and closed.
     #[arg(long, env = "SWITCHBOARD_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,

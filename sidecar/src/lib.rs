@@ -134,6 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         relay: relay.clone(),
         routes,
         max_in_flight: config.max_in_flight,
+        passthrough_wait: std::time::Duration::from_millis(config.passthrough_wait_ms),
         password: config.password.clone(),
         channel_prefix: Bytes::from(config.channel_prefix.clone()),
         limits: Limits {

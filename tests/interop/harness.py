@@ -337,16 +337,18 @@ class Pod:
         return f"http://127.0.0.1:{self.port}"
 
 
-def app_argv(stack: str, port: int, redis_url: str, pod: str) -> list:
+def app_argv(stack: str, port: int, redis_url: str, pod: str, adapter: str = "classic") -> list:
+    """`adapter` picks the Node app's Redis adapter: classic, sharded or streams (see node_app.js)."""
     if stack == "python":
         return [VENV_PYTHON, APPS / "py_app.py", "--port", port, "--redis-url", redis_url, "--name", pod]
     if stack == "node":
-        return ["node", APPS / "node_app.js", "--port", port, "--redis-url", redis_url, "--name", pod]
+        return ["node", APPS / "node_app.js", "--port", port, "--redis-url", redis_url, "--name", pod,
+                "--adapter", adapter]
     raise ValueError(stack)
 
 
 def start_fleet(procs: Processes, redis: RedisServer | RedisCluster, stack: str, mode: str,
-                size: int = 3) -> list[Pod]:
+                size: int = 3, adapter: str = "classic") -> list[Pod]:
     """`size` pods of `stack` apps whose Redis adapter points at a sidecar (`sidecar`) or at the
     backplane itself (`direct`, the control that proves the harness)."""
     pods = []
@@ -354,7 +356,7 @@ def start_fleet(procs: Processes, redis: RedisServer | RedisCluster, stack: str,
         name = f"pod-{i}"
         sidecar = start_sidecar(procs, name, redis.url) if mode == "sidecar" else None
         port = free_port()
-        app = procs.start(f"app-{name}", app_argv(stack, port, sidecar.url if sidecar else redis.url, name))
+        app = procs.start(f"app-{name}", app_argv(stack, port, sidecar.url if sidecar else redis.url, name, adapter))
         pods.append(Pod(name, app, port, sidecar))
     for pod in pods:
         wait_until(f"{pod.name}'s {stack} app to listen", lambda: port_accepts(pod.port), watch=[pod.app])

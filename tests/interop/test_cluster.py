@@ -1,8 +1,9 @@
 """A Redis Cluster as the backplane, with apps whose adapters know nothing of clusters.
 
-python-socketio's AsyncRedisManager has no cluster support at all, and the Node adapter over a
-plain ioredis client fails on `MOVED`. Behind sidecars given `redis+cluster://` (3 primaries,
-1 replica each, every node a seed) both must work as on one Redis:
+python-socketio's AsyncRedisManager has no cluster support at all, and the Node adapters over a
+plain client fail on `MOVED`. Behind sidecars given `redis+cluster://` (3 primaries, 1 replica
+each, every node a seed) python-socketio and socket.io's three Redis adapters (classic over
+ioredis, sharded over node-redis, streams over ioredis) must work as on one Redis:
 
 - a room emit reaches the room's members on every pod exactly once, and nobody else; (Node)
   fetchSockets() and serverSideEmit() with acks hear every server;
@@ -26,9 +27,16 @@ from scenario import (
     member, outsider, wait_for_delivery, wait_for_fleet_to_converge, wait_for_server_count,
 )
 
-# The channel each stack publishes a room emit on, as named on the cluster (the sidecar marks
-# an app's classic channels `__c:`; see sidecar/src/relay/shard.rs).
-EMIT_CHANNEL = {"python": "__c:socketio", "node": f"__c:socket.io#/#{ROOM}#"}
+# (stack, adapter) pairs, and the name on the cluster their room emits go through: a channel
+# (the sidecar marks an app's classic channels `__c:`; see sidecar/src/relay/shard.rs), a shard
+# channel (kept as is), or the streams adapter's stream key.
+STACKS = [("python", "classic"), ("node", "classic"), ("node", "sharded"), ("node", "streams")]
+EMIT_NAME = {
+    ("python", "classic"): "__c:socketio",
+    ("node", "classic"): f"__c:socket.io#/#{ROOM}#",
+    ("node", "sharded"): f"socket.io#/#{ROOM}#",
+    ("node", "streams"): "socket.io",
+}
 
 REDIS_TROUBLE = {
     "python": ["Cannot receive from redis", "Cannot publish to redis"],
@@ -49,10 +57,11 @@ def classic_publishes(cluster: RedisCluster) -> dict[int, int]:
             for port in cluster.live_ports()}
 
 
-@pytest.mark.parametrize("stack", ["python", "node"])
+@pytest.mark.parametrize(("stack", "adapter"), STACKS)
 def test_room_emit_over_a_cluster_reaches_every_pod_without_flooding_the_bus(procs, redis_cluster,
-                                                                             clients_factory, stack):
-    pods = start_fleet(procs, redis_cluster, stack, "sidecar")
+                                                                             clients_factory, stack,
+                                                                             adapter):
+    pods = start_fleet(procs, redis_cluster, stack, "sidecar", adapter=adapter)
     clients = clients_factory(stack)
     sids = connect_room_layout(clients, pods)
     wait_for_fleet_to_converge(clients, pods)
@@ -75,19 +84,21 @@ def test_room_emit_over_a_cluster_reaches_every_pod_without_flooding_the_bus(pro
 
     assert classic_publishes(redis_cluster) == {port: 0 for port in redis_cluster.live_ports()}, \
         "classic PUBLISH reached the cluster bus (it floods every node)"
-    sharded = sum(int(redis_cluster.info(p).get("cluster_stats_messages_publishshard_sent", "0"))
-                  for p in redis_cluster.live_ports())
-    assert sharded > 0, "no sharded publish went to a replica: the sidecars did not use SPUBLISH"
+    if adapter != "streams":  # the streams adapter broadcasts through a stream, not pub/sub
+        sharded = sum(int(redis_cluster.info(p).get("cluster_stats_messages_publishshard_sent", "0"))
+                      for p in redis_cluster.live_ports())
+        assert sharded > 0, "no sharded publish went to a replica: the sidecars did not use SPUBLISH"
 
 
 def news(pod, n: int) -> dict:
     return {"from": pod.name, "n": n}
 
 
-@pytest.mark.parametrize("stack", ["python", "node"])
+@pytest.mark.parametrize(("stack", "adapter"), STACKS)
 def test_a_primary_killed_mid_stream_loses_nothing_and_nobody_reconnects(procs, redis_cluster,
-                                                                         clients_factory, stack):
-    pods = start_fleet(procs, redis_cluster, stack, "sidecar")
+                                                                         clients_factory, stack,
+                                                                         adapter):
+    pods = start_fleet(procs, redis_cluster, stack, "sidecar", adapter=adapter)
     clients = clients_factory(stack)
     sids = connect_room_layout(clients, pods)
     wait_for_fleet_to_converge(clients, pods)
@@ -102,12 +113,12 @@ def test_a_primary_killed_mid_stream_loses_nothing_and_nobody_reconnects(procs, 
     sent = [emit_news(first, 1)]
     wait_for_delivery(clients, members, "news", sent[-1])
 
-    dead = redis_cluster.kill_primary_of(EMIT_CHANNEL[stack])
+    dead = redis_cluster.kill_primary_of(EMIT_NAME[(stack, adapter)])
     n = 2
     for _ in range(10):  # emits while the slot has no primary, and while the replica takes over
         sent.append(emit_news(first if n % 2 else second, n))
         n += 1
-    redis_cluster.wait_for_failover(EMIT_CHANNEL[stack], dead)
+    redis_cluster.wait_for_failover(EMIT_NAME[(stack, adapter)], dead)
     for _ in range(5):
         sent.append(emit_news(first if n % 2 else second, n))
         n += 1

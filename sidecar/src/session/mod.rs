@@ -40,6 +40,8 @@ pub struct Context {
     pub routes: Option<Arc<Routes>>,
     /// Pass-through commands one client may have unanswered before its reads pause.
     pub max_in_flight: usize,
+    /// How long a command that cannot reach the backplane waits for it (a failover).
+    pub passthrough_wait: std::time::Duration,
     pub password: Option<String>,
     pub channel_prefix: Bytes,
     pub limits: Limits,

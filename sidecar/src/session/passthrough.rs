@@ -453,7 +453,7 @@ impl Session {
                 // Still holds state: stay on the dedicated link.
                 return Box::pin(self.link(true)).await;
             }
-            return match pool.pooled(self.proto).await {
+            return match self.retrying(|| pool.pooled(self.proto)).await {
                 Ok(link) => {
                     self.pass.pooled = Some(link.clone());
                     self.pass.pooled_shard = shard;
@@ -471,7 +471,7 @@ impl Session {
         if let Some(link) = &self.pass.dedicated {
             return Ok(Some(link.clone()));
         }
-        let link = match pool.dedicated(self.proto).await {
+        let link = match self.retrying(|| pool.dedicated(self.proto)).await {
             Ok(link) => link,
             Err(e) => {
                 self.unreachable(e);
@@ -505,6 +505,30 @@ impl Session {
         self.pass.dedicated = Some(link.clone());
         self.pass.dedicated_shard = shard;
         Ok(Some(link))
+    }
+
+    /// Opens a link, retrying while the backplane is unreachable (a failover, a restart) for up
+    /// to `--passthrough-wait-ms`: the command waits, in order, instead of failing.
+    async fn retrying<F, Fut>(
+        &self,
+        mut open: F,
+    ) -> Result<Pipeline, crate::upstream::UpstreamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Pipeline, crate::upstream::UpstreamError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.ctx.passthrough_wait;
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match open().await {
+                Ok(link) => return Ok(link),
+                Err(e) if tokio::time::Instant::now() + pause >= deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+            }
+        }
     }
 
     fn unreachable(&mut self, e: crate::upstream::UpstreamError) {

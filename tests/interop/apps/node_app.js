@@ -1,4 +1,7 @@
-// A Node socket.io app server as real deployments run it: @socket.io/redis-adapter over ioredis.
+// A Node socket.io app server as real deployments run it: @socket.io/redis-adapter over ioredis
+// (`--adapter classic`, the default), its sharded adapter over node-redis (`--adapter sharded`,
+// SSUBSCRIBE/SPUBLISH, what socket.io recommends for Redis Cluster), or
+// @socket.io/redis-streams-adapter over ioredis (`--adapter streams`, XADD/XREAD on one stream).
 //
 // Its events let a test client steer it: join a room, emit to a room or to everyone, run the
 // cluster-wide queries (serverCount, fetchSockets, serverSideEmit with acks), say who it is.
@@ -9,26 +12,49 @@
 const { createServer } = require("node:http");
 const { parseArgs } = require("node:util");
 const { Server } = require("socket.io");
-const { createAdapter } = require("@socket.io/redis-adapter");
+const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
+const { createAdapter: createStreamsAdapter } = require("@socket.io/redis-streams-adapter");
 const Redis = require("ioredis");
+const { createClient } = require("redis");
 
 const { values: opts } = parseArgs({
-  options: { port: { type: "string" }, "redis-url": { type: "string" }, name: { type: "string" } },
+  options: {
+    port: { type: "string" },
+    "redis-url": { type: "string" },
+    name: { type: "string" },
+    adapter: { type: "string", default: "classic" },
+  },
 });
 const pod = opts.name;
 const log = (...args) => console.log(new Date().toISOString(), pod, ...args);
 
-const pubClient = new Redis(opts["redis-url"]);
-const subClient = pubClient.duplicate();
-for (const [role, client] of [["pub", pubClient], ["sub", subClient]]) {
+function watch(role, client) {
   client.on("ready", () => log(`redis ${role} ready`));
   client.on("error", (err) => log(`redis-error ${role}: ${err.message}`));
-  client.on("close", () => log(`redis-close ${role}`));
+  client.on(client instanceof Redis ? "close" : "end", () => log(`redis-close ${role}`));
   client.on("reconnecting", () => log(`redis-reconnecting ${role}`));
+  return client;
+}
+
+async function makeAdapter(kind, url) {
+  if (kind === "classic") {
+    const pubClient = watch("pub", new Redis(url));
+    return createAdapter(pubClient, watch("sub", pubClient.duplicate()));
+  }
+  if (kind === "sharded") {
+    const pubClient = watch("pub", createClient({ url }));
+    const subClient = watch("sub", pubClient.duplicate());
+    await Promise.all([pubClient.connect(), subClient.connect()]);
+    return createShardedAdapter(pubClient, subClient);
+  }
+  if (kind === "streams") {
+    return createStreamsAdapter(watch("streams", new Redis(url)));
+  }
+  throw new Error(`unknown --adapter ${kind}`);
 }
 
 const httpServer = createServer();
-const io = new Server(httpServer, { adapter: createAdapter(pubClient, subClient) });
+const io = new Server(httpServer);
 
 io.on("connection", (socket) => {
   socket.data.pod = pod;
@@ -71,4 +97,14 @@ io.on("connection", (socket) => {
 
 io.on("roll_call", (payload, answer) => answer({ pod, payload }));
 
-httpServer.listen(Number(opts.port), "127.0.0.1", () => log(`listening on ${opts.port}`));
+// Listens only once the adapter is in place, so a test that sees the port open can rely on it.
+makeAdapter(opts.adapter, opts["redis-url"]).then(
+  (adapter) => {
+    io.adapter(adapter);
+    httpServer.listen(Number(opts.port), "127.0.0.1", () => log(`listening on ${opts.port} (${opts.adapter} adapter)`));
+  },
+  (err) => {
+    log(`redis-error setup: ${err.message}`);
+    process.exit(1);
+  },
+);

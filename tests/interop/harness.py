@@ -199,20 +199,56 @@ class RedisServer:
 class RedisCluster:
     """A real Redis Cluster on loopback: `primaries` redis-servers in cluster mode, each with
     `replicas` replicas, joined by `redis-cli --cluster create`. Its `url` names every node as a
-    seed (`redis+cluster://`), as a sidecar is configured for ElastiCache and the like."""
+    seed (`redis+cluster://`), as a sidecar is configured for ElastiCache and the like.
 
-    def __init__(self, procs: Processes, primaries: int = 3, replicas: int = 1):
+    With `tls`, every node speaks TLS only (clients, the cluster bus and replication, as
+    in-transit encryption on a cloud cluster), with a certificate from a CA made here by
+    `openssl`; the url is `rediss+cluster://localhost:…` and `sidecar_args` trusts the CA."""
+
+    def __init__(self, procs: Processes, primaries: int = 3, replicas: int = 1, tls: bool = False):
         self.procs = procs
         self.ports = [free_port() for _ in range(primaries * (1 + replicas))]
         self.replicas = replicas
         self.nodes: dict[int, ManagedProcess] = {}
-        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        self.tls = tls
+        scheme, host = ("rediss+cluster", "localhost") if tls else ("redis+cluster", "127.0.0.1")
+        self.url = f"{scheme}://" + ",".join(f"{host}:{p}" for p in self.ports)
+        self.certs = procs.log_dir / "cluster-certs"
+        self.sidecar_args = ["--upstream-tls-ca-file", self.certs / "ca.crt"] if tls else []
+
+    def _make_certificates(self) -> None:
+        self.certs.mkdir(exist_ok=True)
+        c = self.certs
+        (c / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        for argv in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", c / "ca.key", "-out", c / "ca.crt",
+             "-days", "2", "-subj", "/CN=switchboard-test-ca"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", c / "node.key", "-out", c / "node.csr",
+             "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", c / "node.csr", "-CA", c / "ca.crt", "-CAkey", c / "ca.key",
+             "-CAcreateserial", "-out", c / "node.crt", "-days", "2", "-extfile", c / "ext"],
+        ):
+            done = subprocess.run(["openssl", *map(str, argv)], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, f"openssl {argv[0]} failed: {done.stderr}"
+
+    def _listen_args(self, port: int) -> list:
+        if not self.tls:
+            return ["--port", port]
+        c = self.certs
+        return ["--port", "0", "--tls-port", port, "--tls-cert-file", c / "node.crt", "--tls-key-file", c / "node.key",
+                "--tls-ca-cert-file", c / "ca.crt", "--tls-auth-clients", "no", "--tls-cluster", "yes",
+                "--tls-replication", "yes"]
+
+    def _cli_tls(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.certs / "ca.crt")] if self.tls else []
 
     def start(self) -> None:
+        if self.tls:
+            self._make_certificates()
         for port in self.ports:
             node_dir = self.procs.log_dir / f"cluster-{port}"
             node_dir.mkdir(exist_ok=True)
-            argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
+            argv = [REDIS_SERVER, "--bind", "127.0.0.1", *self._listen_args(port), "--save", "", "--appendonly", "no",
                     "--cluster-enabled", "yes", "--cluster-config-file", node_dir / "nodes.conf",
                     # The bus port is the port + 10000 unless told: not known to be free.
                     "--cluster-port", free_port(), "--cluster-node-timeout", "1000",
@@ -224,14 +260,15 @@ class RedisCluster:
         for port, proc in self.nodes.items():
             wait_until(f"cluster node to listen on {port}", lambda: port_accepts(port), watch=[proc])
         create = subprocess.run(
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+            ["redis-cli", *self._cli_tls(), "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             capture_output=True, text=True, timeout=60)
         assert create.returncode == 0, f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}"
         self.wait_healthy()
 
     def cli(self, port: int, *args: str) -> str:
-        done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(["redis-cli", *self._cli_tls(), "-p", str(port), *args], capture_output=True, text=True,
+                              timeout=10)
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli -p {port} {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
@@ -308,7 +345,7 @@ class Sidecar:
         return http_status(f"http://127.0.0.1:{self.http_port}/readyz")
 
 
-def start_sidecar(procs: Processes, pod: str, upstream_url: str) -> Sidecar:
+def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: list | tuple = ()) -> Sidecar:
     if not SIDECAR_BIN.is_file():
         raise AssertionError(
             f"sidecar binary {SIDECAR_BIN} is missing: run `cargo build -p switchboard-sidecar` "
@@ -316,7 +353,7 @@ def start_sidecar(procs: Processes, pod: str, upstream_url: str) -> Sidecar:
         )
     resp_port, http_port = free_port(), free_port()
     argv = [SIDECAR_BIN, "--listen", f"127.0.0.1:{resp_port}", "--http-listen", f"127.0.0.1:{http_port}",
-            "--upstream", upstream_url, "--sidecar-id", pod, *SIDECAR_TIMING_FLAGS]
+            "--upstream", upstream_url, "--sidecar-id", pod, *SIDECAR_TIMING_FLAGS, *extra_args]
     proc = procs.start(f"sidecar-{pod}", argv, env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), "NO_COLOR": "1"})
     sidecar = Sidecar(pod, proc, resp_port, http_port)
     wait_until(f"{pod}'s sidecar /readyz to return 200", lambda: sidecar.readyz() == 200, watch=[proc])
@@ -354,7 +391,8 @@ def start_fleet(procs: Processes, redis: RedisServer | RedisCluster, stack: str,
     pods = []
     for i in range(1, size + 1):
         name = f"pod-{i}"
-        sidecar = start_sidecar(procs, name, redis.url) if mode == "sidecar" else None
+        extra = getattr(redis, "sidecar_args", [])
+        sidecar = start_sidecar(procs, name, redis.url, extra) if mode == "sidecar" else None
         port = free_port()
         app = procs.start(f"app-{name}", app_argv(stack, port, sidecar.url if sidecar else redis.url, name, adapter))
         pods.append(Pod(name, app, port, sidecar))

@@ -148,3 +148,33 @@ def test_a_primary_killed_mid_stream_loses_nothing_and_nobody_reconnects(procs, 
     if stack == "node":
         wait_for_server_count(clients, pods, expected=len(pods))
         assert_cluster_queries_hear_every_server(clients, pods, sids)
+
+
+@pytest.mark.parametrize(("stack", "adapter"), [("python", "classic"), ("node", "classic")])
+def test_a_tls_only_cluster_carries_emits_through_a_failover(procs, clients_factory, stack, adapter):
+    """The cloud shape: `rediss+cluster://`, every node TLS-only (clients, bus, replication), a
+    private CA; the sidecars verify the nodes they discover, before and after a failover."""
+    cluster = RedisCluster(procs, primaries=3, replicas=1, tls=True)
+    cluster.start()
+    pods = start_fleet(procs, cluster, stack, "sidecar", adapter=adapter)
+    clients = clients_factory(stack)
+    connect_room_layout(clients, pods)
+    wait_for_fleet_to_converge(clients, pods)
+    members = [member(pod) for pod in pods]
+
+    def emit_news(n):
+        payload = news(pods[n % len(pods)], n)
+        assert clients.call(outsider(pods[n % len(pods)]), "emit_to_room", ROOM, "news", payload) == "ok"
+        return payload
+
+    sent = [emit_news(n) for n in range(1, 4)]
+    dead = cluster.kill_primary_of(EMIT_NAME[(stack, adapter)])
+    sent += [emit_news(n) for n in range(4, 8)]
+    cluster.wait_for_failover(EMIT_NAME[(stack, adapter)], dead)
+    sent += [emit_news(n) for n in range(8, 10)]
+    for payload in sent:
+        wait_for_delivery(clients, members, "news", payload, timeout=30)
+    for name in members:
+        got = [e[1] for e in app_events(clients, name) if e[0] == "news"]
+        assert sorted(got, key=lambda p: p["n"]) == sent, f"{name} got {got}"
+    assert {name: clients.disconnects(name) for name in everyone(pods)} == {name: 0 for name in everyone(pods)}

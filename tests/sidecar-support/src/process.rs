@@ -455,6 +455,28 @@ impl Sidecar {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Polls until the sidecar exits (a sidecar that must refuse to start); fails the test, with
+    /// its stderr, if it still runs after `deadline`. Returns its exit status.
+    pub fn wait_for_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .expect("the sidecar's exit was already collected");
+            if let Some(status) = child.try_wait().expect("poll the sidecar process") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "the sidecar still runs {deadline:?} after start; stderr:\n{}",
+                self.stderr_tail(40)
+            );
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+
     pub fn stderr_tail(&self, lines: usize) -> String {
         tail(&self.stderr_path, lines)
     }

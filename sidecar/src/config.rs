@@ -135,6 +135,19 @@ pub struct Config {
     )]
     pub passthrough_wait_ms: u64,
 
+    /// On a Redis Cluster backplane, also publish every channel message to its shard's
+    /// all-messages channel, which serves PSUBSCRIBE. Turn off for apps that use no patterns
+    /// (python-socketio, the sharded and streams socket.io adapters): a publish then costs its
+    /// node one command instead of two, and PSUBSCRIBE is refused. Every sidecar of a fleet
+    /// must agree.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLUSTER_PATTERN_COPIES",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub cluster_pattern_copies: bool,
+
     /// Most local connections at once; further ones are told so and closed.
     #[arg(long, env = "SWITCHBOARD_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,

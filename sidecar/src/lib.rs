@@ -117,6 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
             buffer_bytes: config.publish_buffer_bytes,
             buffer_messages: config.publish_buffer_messages,
             max_bulk: config.max_bulk_bytes,
+            pattern_copies: config.cluster_pattern_copies,
         };
         let registry = if slots.is_some() {
             Registry::for_cluster(&config.channel_prefix, &id, config.peer_ttl_ms)

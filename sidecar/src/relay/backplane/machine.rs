@@ -438,6 +438,17 @@ impl Machine {
 
     /// A request from the relay, connected or not.
     pub(crate) fn request(&mut self, request: Request) {
+        let request = match request {
+            Request::Acquire { topics, done }
+                if self.cluster.is_some()
+                    && !self.settings.pattern_copies
+                    && topics.iter().any(|t| t.kind == Kind::Pattern) =>
+            {
+                let _ = done.send(Err("pattern subscriptions on a Redis Cluster backplane need --cluster-pattern-copies (turned off for this sidecar)".into()));
+                return;
+            }
+            other => other,
+        };
         match self.live.take() {
             Some(mut live) => {
                 self.online(&mut live, request);
@@ -833,7 +844,9 @@ impl Machine {
         match &self.cluster {
             Some(c) if kind == Kind::Channel => (
                 self.publish_command(kind, &classic(channel), payload),
-                Some(self.publish_command(kind, &c.all, &envelope(channel, payload))),
+                self.settings
+                    .pattern_copies
+                    .then(|| self.publish_command(kind, &c.all, &envelope(channel, payload))),
             ),
             _ => (self.publish_command(kind, channel, payload), None),
         }

@@ -93,6 +93,10 @@ pub struct Settings {
     pub buffer_bytes: usize,
     pub buffer_messages: usize,
     pub max_bulk: usize,
+    /// On a Redis Cluster, copy every channel message to its shard's all-messages channel so
+    /// that pattern subscribers get it (see `machine::Cluster`). Off, a publish costs its node
+    /// one command instead of two, and `PSUBSCRIBE` is refused.
+    pub pattern_copies: bool,
 }
 
 /// State shared with the relay and the health endpoint.

@@ -30,6 +30,7 @@ fn settings(buffer_messages: usize) -> Settings {
         buffer_bytes: 1 << 20,
         buffer_messages,
         max_bulk: 1 << 20,
+        pattern_copies: true,
     }
 }
 
@@ -1008,5 +1009,45 @@ fn on_a_cluster_a_dropped_shard_subscription_or_a_moved_slot_rebuilds_the_links(
             .as_ref()
             .is_err_and(|Lost(e)| e.contains("MOVED 15495")),
         "{moved:?}"
+    );
+}
+
+#[test]
+fn on_a_cluster_without_pattern_copies_a_publish_is_one_command_and_patterns_are_refused() {
+    let (m, shared) = machine(1, true, 100);
+    drop(m);
+    let mut m = Machine::new(
+        1,
+        Settings {
+            pattern_copies: false,
+            ..settings(100)
+        },
+        Registry::new(PREFIX, "me", 10_000),
+        true,
+        shared,
+    )
+    .in_cluster(super::machine::Cluster::new("{7}"));
+    m.connected(Bytes::from_static(b"run-1"), Instant::now());
+    m.take_sub_writes();
+    publish(&mut m, "a", "hi");
+    assert_eq!(
+        commands(m.take_ctl_writes()),
+        vec![vec!["SPUBLISH", "app:__c:a", "hi"]]
+    );
+    let (done, mut rx) = oneshot::channel();
+    m.request(Request::Acquire {
+        topics: topics(Kind::Pattern, &["room:*"]),
+        done,
+    });
+    let refused = rx.try_recv().expect("answered at once");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("--cluster-pattern-copies")),
+        "{refused:?}"
+    );
+    assert!(
+        m.take_sub_writes().is_empty(),
+        "nothing subscribed upstream"
     );
 }

@@ -123,6 +123,11 @@ apply_example() {
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources: [base]
+# A base's sortOptions do not carry into an overlay: without this, kubectl applies the
+# Deployment before the RealtimeCluster (custom kinds go last) and the first pods can be created
+# before the injector has a cluster for them (seen on the real node: one pod of three).
+sortOptions:
+  order: fifo
 images:
   - name: switchboard.local/$(basename "$(repo_of "$image")")
     newName: $(repo_of "$image")

@@ -575,7 +575,12 @@ impl Machine {
     /// is set aside and their copies will be dropped.
     fn on_announcement(&mut self, payload: &Bytes) {
         self.set_aside_recent();
-        self.dedup.announced(payload, &self.settings.channel_prefix);
+        let (refcounts, cluster) = (&self.refcounts, self.cluster.as_ref());
+        self.dedup.announced(
+            payload,
+            &self.settings.channel_prefix,
+            |publish, pattern| receives(refcounts, cluster, publish, pattern),
+        );
     }
 
     fn set_aside_recent(&mut self) {
@@ -818,6 +823,12 @@ impl Machine {
             if *n <= 0 {
                 self.refcounts.remove(topic);
             }
+        }
+        if delta < 0 && !changed.is_empty() {
+            let (refcounts, cluster) = (&self.refcounts, self.cluster.as_ref());
+            self.dedup.forget_unreceived(|publish, pattern| {
+                receives(refcounts, cluster, publish, pattern)
+            });
         }
         changed
     }
@@ -1293,4 +1304,27 @@ pub(crate) fn split_message(frame: &Bytes) -> Option<(Kind, [Bytes; 3])> {
         at = end + 2;
     }
     (at == frame.len()).then_some((kind, parts))
+}
+
+/// Whether frames of `publish` (as they arrive upstream: on a cluster a classic channel is the
+/// shard channel [`CLASSIC`]`<name>`, a pattern match the all-messages channel) delivered
+/// through `pattern` reach this sidecar's subscriber link with the subscriptions held now.
+fn receives(
+    refcounts: &HashMap<Topic, i64>,
+    cluster: Option<&Cluster>,
+    (kind, channel, _): &replay::Publish,
+    pattern: Option<&Bytes>,
+) -> bool {
+    let held = |kind, name: &Bytes| refcounts.contains_key(&Topic::new(kind, name.clone()));
+    match (cluster, pattern) {
+        (_, Some(pattern)) => held(Kind::Pattern, pattern),
+        (Some(c), None) if *kind == Kind::Shard && *channel == c.all => {
+            refcounts.keys().any(|t| t.kind == Kind::Pattern)
+        }
+        (Some(_), None) if *kind == Kind::Shard => match channel.strip_prefix(CLASSIC) {
+            Some(classic) => held(Kind::Channel, &channel.slice_ref(classic)),
+            None => held(Kind::Shard, channel),
+        },
+        (_, None) => held(*kind, channel),
+    }
 }

@@ -130,7 +130,7 @@ impl Recent {
 
 /// A publish as subscribers see it: PUBLISH (`Kind::Channel`) or SPUBLISH (`Kind::Shard`), its
 /// channel (without the prefix) and payload.
-type Publish = (Kind, Bytes, Bytes);
+pub(crate) type Publish = (Kind, Bytes, Bytes);
 
 /// Per publish, how many frames of it were delivered, by the pattern that matched (`None`:
 /// the channel subscription itself).
@@ -195,7 +195,15 @@ impl Dedup {
 
     /// An announcement of replays (the concatenated PUBLISH / SPUBLISH commands): each one this
     /// sidecar already delivered will be dropped when it arrives again, once per frame it made.
-    pub(crate) fn announced(&mut self, payload: &Bytes, prefix: &Bytes) {
+    /// Only frames it still `receives` (subscribed upstream now) are expected: a replay on a
+    /// channel nobody here holds any more never arrives, and expecting it would drop the next
+    /// publish of the same payload once somebody subscribes again.
+    pub(crate) fn announced(
+        &mut self,
+        payload: &Bytes,
+        prefix: &Bytes,
+        receives: impl Fn(&Publish, Option<&Bytes>) -> bool,
+    ) {
         let limits = Limits::for_upstream(payload.len());
         let mut rest = BytesMut::from(&payload[..]);
         while let Ok(Decoded::Command(c)) = decode(&mut rest, &limits, true) {
@@ -216,10 +224,12 @@ impl Dedup {
             };
             for (pattern, n) in frames.iter_mut() {
                 *n -= 1;
-                *self
-                    .expected
-                    .entry((publish.clone(), pattern.clone()))
-                    .or_default() += 1;
+                if receives(&publish, pattern.as_ref()) {
+                    *self
+                        .expected
+                        .entry((publish.clone(), pattern.clone()))
+                        .or_default() += 1;
+                }
             }
             frames.retain(|_, n| *n > 0);
             if frames.is_empty() {
@@ -242,6 +252,15 @@ impl Dedup {
             self.expected.remove(&key);
         }
         true
+    }
+
+    /// Subscriptions ended: replays expected on what is no longer `receives`d cannot arrive.
+    pub(crate) fn forget_unreceived(
+        &mut self,
+        receives: impl Fn(&Publish, Option<&Bytes>) -> bool,
+    ) {
+        self.expected
+            .retain(|(publish, pattern), _| receives(publish, pattern.as_ref()));
     }
 
     /// A heartbeat passed; forgets everything once the replays can no longer come.

@@ -821,6 +821,47 @@ fn a_receiver_drops_the_announced_replays_it_delivered_and_delivers_the_rest() {
     assert_eq!(delivered(&mut m, "5").as_deref(), Some("5"));
 }
 
+#[test]
+fn a_replay_expected_on_a_channel_given_up_never_drops_a_later_publish() {
+    let (mut m, _) = machine(0, false, 100);
+    let now = Instant::now();
+    connect_settled(&mut m, "run-1", &[], now);
+    let subscribe = |m: &mut Machine| {
+        let mut done = acquire(m, &["a"]);
+        m.take_sub_writes();
+        m.sub_frame(confirm("subscribe", "app:a", 2));
+        assert_eq!(done.try_recv(), Ok(Ok(())));
+    };
+    let delivered = |m: &mut Machine, payload: &str| {
+        m.sub_raw(message_frame("app:a", payload))
+            .unwrap()
+            .map(|msg| String::from_utf8_lossy(&msg.payload).into_owned())
+    };
+    subscribe(&mut m);
+    assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
+
+    // The server dies and the app's subscriber leaves meanwhile; on the new server a peer
+    // announces its replay of "hello", which cannot reach this sidecar: it holds no "a".
+    m.disconnected();
+    release(&mut m, &["a"]);
+    connect_settled(&mut m, "run-2", &[], now);
+    m.sub_raw(announcement_frame(&[("app:a", "hello")]))
+        .unwrap();
+    // A new subscriber, and a new publish of the same payload: delivered, not taken for the
+    // replay.
+    subscribe(&mut m);
+    assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
+
+    // Announced while "a" is held, then "a" given up before the replay came: the same.
+    m.sub_raw(announcement_frame(&[("app:a", "hello")]))
+        .unwrap();
+    release(&mut m, &["a"]);
+    assert_eq!(verbs(m.take_sub_writes()), vec!["UNSUBSCRIBE"]);
+    m.sub_frame(confirm("unsubscribe", "app:a", 1));
+    subscribe(&mut m);
+    assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
+}
+
 /// Shard 1 of a cluster whose first slot has tag `{7}` (the registry is on shard 0).
 fn cluster_machine() -> Machine {
     let (m, _) = machine(1, true, 100);

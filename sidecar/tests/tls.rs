@@ -1,10 +1,11 @@
 //! TLS to the backplane: a real `redis-server` serving TLS on a loopback port with certificates
 //! made here (rcgen), the sidecar verifying it with a CA bundle, with and without a client
-//! certificate, and each kind of refusal named in the log and in `/readyz`.
+//! certificate, each kind of refusal named in the log and in `/readyz`, and a renewed CA taken up
+//! without a restart.
 
 use switchboard_sidecar_support as support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,6 +20,11 @@ use support::{
 /// mutual TLS). Its plain port stays for the test's own checks.
 fn tls_redis(certs: &Certificates, auth_clients: &str) -> (RedisServer, u16) {
     let port = free_port();
+    (tls_redis_on(port, certs, auth_clients), port)
+}
+
+/// [`tls_redis`] on a TLS port the caller picked (a server replaced on the same address).
+fn tls_redis_on(port: u16, certs: &Certificates, auth_clients: &str) -> RedisServer {
     let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
     let (port_s, cert, key, ca) = (
         port.to_string(),
@@ -26,7 +32,7 @@ fn tls_redis(certs: &Certificates, auth_clients: &str) -> (RedisServer, u16) {
         path(&certs.server_key),
         path(&certs.ca),
     );
-    let redis = RedisServer::start_with_args(
+    RedisServer::start_with_args(
         None,
         &[
             "--tls-port",
@@ -40,8 +46,7 @@ fn tls_redis(certs: &Certificates, auth_clients: &str) -> (RedisServer, u16) {
             "--tls-auth-clients",
             auth_clients,
         ],
-    );
-    (redis, port)
+    )
 }
 
 fn tls_sidecar(url: &str, id: &str, certs: &Certificates) -> SidecarOptions {
@@ -105,6 +110,88 @@ fn the_backplane_over_tls_relays_and_passes_through() {
             .start()
     };
     relays_and_passes_through(&with_cert("m-a"), &with_cert("m-b"));
+}
+
+/// A Secret volume as kubelet lays it out: `dir/ca.crt` links to `..data/ca.crt`, and `..data`
+/// to the directory of the current version. Returns the path the sidecar is given.
+fn mount_ca(dir: &Path, ca: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    renew_ca(dir, ca, "..v1");
+    let path = dir.join("ca.crt");
+    std::os::unix::fs::symlink("..data/ca.crt", &path).unwrap();
+    path
+}
+
+/// Swaps in a new version of the volume as kubelet does: a new directory, then `..data`
+/// replaced in one `rename`, so a reader sees the old file or the new one, never a mix.
+fn renew_ca(dir: &Path, ca: &Path, version: &str) {
+    std::fs::create_dir(dir.join(version)).unwrap();
+    std::fs::copy(ca, dir.join(version).join("ca.crt")).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+#[test]
+fn a_renewed_ca_file_is_taken_up_without_a_restart() {
+    let dir = TempDir::new("tls-renewal");
+    let [old, new] = ["old", "new"].map(|name| {
+        let dir = dir.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        Certificates::generate(&dir)
+    });
+    let mounted = mount_ca(&dir.path().join("secret"), &old.ca);
+    let port = free_port();
+    let redis = tls_redis_on(port, &old, "no");
+    let url = format!("rediss://localhost:{port}");
+    let sidecar = |id: &str| {
+        SidecarOptions::default()
+            .env("SWITCHBOARD_UPSTREAM_URL", &url)
+            .env(
+                "SWITCHBOARD_UPSTREAM_TLS_CA_FILE",
+                mounted.to_str().unwrap(),
+            )
+            .arg("--sidecar-id", id)
+            .arg("--reconnect-max-ms", "250")
+            .start()
+    };
+    let (mut a, b) = (sidecar("pod-a"), sidecar("pod-b"));
+    relays_and_passes_through(&a, &b);
+    let pid = a.pid();
+
+    // The CA is renewed and the server re-issued by it, on the same address.
+    renew_ca(&dir.path().join("secret"), &new.ca, "..v2");
+    drop(redis);
+    wait_for(
+        "the sidecar to see the server go",
+        Duration::from_secs(15),
+        || a.readyz() == Ok(503),
+    );
+    let redis = tls_redis_on(port, &new, "no");
+
+    wait_for(
+        "the sidecar to trust the renewed CA",
+        Duration::from_secs(30),
+        || a.readyz() == Ok(200) && b.readyz() == Ok(200),
+    );
+    // The same publish as before the outage, on a channel nobody held across it: delivered
+    // (a replay announced for it must not swallow it), and key commands reach the new server.
+    relays_and_passes_through(&a, &b);
+    let mut admin = redis.admin();
+    for (sidecar, key) in [(&a, b"renewed-a"), (&b, b"renewed-b")] {
+        let mut client = RawClient::connect(sidecar.addr, "client");
+        assert_eq!(client.call(command(&[b"SET", key, b"v"])), b"+OK\r\n");
+        assert_eq!(admin.call(command(&[b"GET", key])), b"$1\r\nv\r\n");
+    }
+    a.assert_running();
+    assert_eq!(a.pid(), pid, "the same sidecar process");
+    let log = a.log_text();
+    assert!(
+        log.contains("reloaded the TLS files")
+            && log.contains(&format!("--upstream-tls-ca-file {}", mounted.display())),
+        "the log names the reloaded file:\n{log}"
+    );
+    assert!(!log.contains("do not load"), "no failed reload:\n{log}");
 }
 
 /// Waits until the sidecar logs `why` and `/readyz` says not ready, naming it too.

@@ -5,13 +5,16 @@
 //! share a certificate issued for another name. A client certificate and key give mutual TLS.
 //! Skipping verification exists only when spelled out (`--upstream-tls-insecure-skip-verify`).
 //! Handshake failures are turned into sentences that name the cause and the setting to change.
+//! The CA, certificate and key files are looked at again before each handshake and re-read when
+//! they changed on disk (a renewed Secret); files that do not load leave the previous ones in use.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -46,11 +49,18 @@ impl TlsOptions {
     }
 }
 
-/// A ready TLS client configuration, shared by every link.
+/// A ready TLS client configuration, shared by every link (clones share its reloads too).
 #[derive(Clone)]
 pub struct Tls {
-    connector: TlsConnector,
+    current: Arc<Mutex<Current>>,
+    options: Arc<TlsOptions>,
     server_name: Option<ServerName<'static>>,
+}
+
+/// The connector in use and what its files looked like when they were read.
+struct Current {
+    connector: TlsConnector,
+    stamp: Stamp,
 }
 
 impl std::fmt::Debug for Tls {
@@ -59,6 +69,66 @@ impl std::fmt::Debug for Tls {
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
+}
+
+/// A cheap fingerprint of every file the configuration is built from. Mounted Secrets are
+/// renewed in place: kubelet points the volume's `..data` link at a new directory, so each
+/// file (followed through its links) gets a new inode and modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<(&'static str, PathBuf, Option<FileStamp>)>);
+
+/// `None` in a [`Stamp`]: the file cannot be looked at now (mid-swap, removed); reading it then
+/// fails and names the cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    id: (u64, u64),
+}
+
+impl Stamp {
+    fn of(options: &TlsOptions) -> Self {
+        let ca =
+            (!options.insecure_skip_verify).then_some(("--upstream-tls-ca-file", &options.ca_file));
+        let files = ca.into_iter().chain([
+            ("--upstream-tls-cert-file", &options.cert_file),
+            ("--upstream-tls-key-file", &options.key_file),
+        ]);
+        Stamp(
+            files
+                .filter_map(|(flag, path)| {
+                    let path = path.as_ref()?;
+                    let seen = fs::metadata(path).ok().map(|m| FileStamp {
+                        modified: m.modified().ok(),
+                        len: m.len(),
+                        id: file_id(&m),
+                    });
+                    Some((flag, path.clone(), seen))
+                })
+                .collect(),
+        )
+    }
+
+    /// The files that differ from `before`, as the flags and paths the log names.
+    fn changed_since(&self, before: &Stamp) -> String {
+        self.0
+            .iter()
+            .filter(|file| !before.0.contains(file))
+            .map(|(flag, path, _)| format!("{flag} {}", path.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(unix)]
+fn file_id(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &fs::Metadata) -> (u64, u64) {
+    (0, 0)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -72,44 +142,9 @@ fn read(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
 impl Tls {
     /// Builds the client configuration; every error names the flag and the file.
     pub fn new(options: &TlsOptions) -> Result<Self, String> {
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?;
-        let builder = if options.insecure_skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
-        } else {
-            builder.with_root_certificates(roots(options.ca_file.as_deref())?)
-        };
-        let config = match (&options.cert_file, &options.key_file) {
-            (None, None) => builder.with_no_client_auth(),
-            (Some(cert), Some(key)) => {
-                let flag = "--upstream-tls-cert-file";
-                let chain = CertificateDer::pem_slice_iter(&read(flag, cert)?)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("{flag} {}: {e}", cert.display()))?;
-                if chain.is_empty() {
-                    return Err(format!("{flag} {}: no certificate in it", cert.display()));
-                }
-                let flag = "--upstream-tls-key-file";
-                let key_der = PrivateKeyDer::from_pem_slice(&read(flag, key)?)
-                    .map_err(|e| format!("{flag} {}: {e}", key.display()))?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| {
-                        format!(
-                            "--upstream-tls-cert-file and --upstream-tls-key-file do not go together: {e}"
-                        )
-                    })?
-            }
-            _ => {
-                return Err(
-                    "--upstream-tls-cert-file and --upstream-tls-key-file go together: give both for mutual TLS, or neither"
-                        .into(),
-                );
-            }
-        };
+        // Taken before reading, so a file replaced while it is read is read again next time.
+        let stamp = Stamp::of(options);
+        let config = client_config(options)?;
         let server_name = options
             .server_name
             .as_deref()
@@ -119,9 +154,40 @@ impl Tls {
             })
             .transpose()?;
         Ok(Tls {
-            connector: TlsConnector::from(Arc::new(config)),
+            current: Arc::new(Mutex::new(Current {
+                connector: TlsConnector::from(Arc::new(config)),
+                stamp,
+            })),
+            options: Arc::new(options.clone()),
             server_name,
         })
+    }
+
+    /// The connector for a new connection, rebuilt first if a file changed since it was read.
+    /// A rebuild that fails keeps the previous one: a connect must not fail because a renewal
+    /// is half-written, and the next handshake tries again.
+    fn connector(&self) -> TlsConnector {
+        // Held while rebuilding (no await inside) so links connecting together rebuild once.
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let stamp = Stamp::of(&self.options);
+        if stamp != current.stamp {
+            let changed = stamp.changed_since(&current.stamp);
+            match client_config(&self.options) {
+                Ok(config) => {
+                    tracing::info!(files = %changed, "TLS: reloaded the TLS files that changed on disk; new connections use them");
+                    *current = Current {
+                        connector: TlsConnector::from(Arc::new(config)),
+                        stamp,
+                    };
+                }
+                Err(e) => tracing::warn!(
+                    files = %changed,
+                    error = %e,
+                    "TLS: TLS files changed on disk but do not load; new connections keep the previous ones until they do"
+                ),
+            }
+        }
+        current.connector.clone()
     }
 
     /// The TLS handshake over `tcp` with the server at `host`.
@@ -136,7 +202,8 @@ impl Tls {
                 .map_err(|e| format!("{host:?} is not a name a certificate can be checked against ({e}); set --upstream-tls-server-name"))?,
         };
         let shown = self.checked_name(host);
-        self.connector.connect(name, tcp).await.map_err(|e| {
+        let connector = self.connector();
+        connector.connect(name, tcp).await.map_err(|e| {
             explain(&e, &shown).unwrap_or_else(|| format!("TLS handshake failed: {e}"))
         })
     }
@@ -148,6 +215,45 @@ impl Tls {
             Some(other) => format!("{other:?}").into(),
             None => host.into(),
         }
+    }
+}
+
+/// The client configuration from `options`' files (the server name aside); every error names the
+/// flag and the file.
+fn client_config(options: &TlsOptions) -> Result<ClientConfig, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = if options.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+    } else {
+        builder.with_root_certificates(roots(options.ca_file.as_deref())?)
+    };
+    match (&options.cert_file, &options.key_file) {
+        (None, None) => Ok(builder.with_no_client_auth()),
+        (Some(cert), Some(key)) => {
+            let flag = "--upstream-tls-cert-file";
+            let chain = CertificateDer::pem_slice_iter(&read(flag, cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{flag} {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                return Err(format!("{flag} {}: no certificate in it", cert.display()));
+            }
+            let flag = "--upstream-tls-key-file";
+            let key_der = PrivateKeyDer::from_pem_slice(&read(flag, key)?)
+                .map_err(|e| format!("{flag} {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                format!(
+                    "--upstream-tls-cert-file and --upstream-tls-key-file do not go together: {e}"
+                )
+            })
+        }
+        _ => Err(
+            "--upstream-tls-cert-file and --upstream-tls-key-file go together: give both for mutual TLS, or neither"
+                .into(),
+        ),
     }
 }
 
@@ -360,5 +466,81 @@ impl AsyncWrite for WriteHalf {
             WriteHalf::Plain(w) => Pin::new(w).poll_shutdown(cx),
             WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_sidecar_support::TempDir;
+    use switchboard_sidecar_support::tls::ca;
+
+    /// Replaces `path` the way kubelet does: a whole new file renamed over it.
+    fn replace(path: &Path, contents: &str) {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, contents).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    fn options(ca_file: &Path) -> TlsOptions {
+        TlsOptions {
+            ca_file: Some(ca_file.to_owned()),
+            ..TlsOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_stamp_changes_when_a_file_is_replaced_even_by_the_same_bytes() {
+        let dir = TempDir::new("tls-stamp");
+        let path = dir.path().join("ca.crt");
+        let pem = ca("stamp").pem();
+        fs::write(&path, &pem).unwrap();
+        let before = Stamp::of(&options(&path));
+        assert_eq!(Stamp::of(&options(&path)), before, "nothing changed");
+        replace(&path, &pem);
+        let after = Stamp::of(&options(&path));
+        assert_ne!(after, before);
+        assert_eq!(
+            after.changed_since(&before),
+            format!("--upstream-tls-ca-file {}", path.display())
+        );
+        fs::remove_file(&path).unwrap();
+        assert_ne!(
+            Stamp::of(&options(&path)),
+            after,
+            "a removed file counts as changed"
+        );
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_and_one_that_does_not_load_keeps_the_previous_config() {
+        let dir = TempDir::new("tls-reload");
+        let path = dir.path().join("ca.crt");
+        fs::write(&path, ca("first").pem()).unwrap();
+        let tls = Tls::new(&options(&path)).unwrap();
+        let shared = tls.clone();
+        let first = tls.connector().config().clone();
+        assert!(
+            Arc::ptr_eq(tls.connector().config(), &first),
+            "unchanged: kept"
+        );
+
+        replace(&path, "-----BEGIN CERTIFICATE-----\nhalf-writ");
+        assert!(
+            Arc::ptr_eq(tls.connector().config(), &first),
+            "bad PEM: kept"
+        );
+        assert!(
+            Arc::ptr_eq(tls.connector().config(), &first),
+            "tried again, kept"
+        );
+
+        replace(&path, &ca("second").pem());
+        let second = shared.connector().config().clone();
+        assert!(!Arc::ptr_eq(&second, &first), "a new CA: rebuilt");
+        assert!(
+            Arc::ptr_eq(tls.connector().config(), &second),
+            "clones share it"
+        );
     }
 }

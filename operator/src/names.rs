@@ -33,6 +33,9 @@ pub const INJECT_ANNOTATION: &str = "switchboard.dev/inject";
 pub const INJECTED_BY_ANNOTATION: &str = "switchboard.dev/injected-by";
 /// Pod annotation the injector writes: the content hash of the sidecar ConfigMap it started with.
 pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/sidecar-config-hash";
+/// Redis pod template annotation: the fingerprint of a brought TLS Secret, so renewing the
+/// certificate rolls the pods that serve it.
+pub const TLS_FINGERPRINT_ANNOTATION: &str = "switchboard.dev/tls-fingerprint";
 
 // The sidecar's variables (flags of `sidecar/src/config.rs`).
 pub const ENV_UPSTREAM_URL: &str = "SWITCHBOARD_UPSTREAM_URL";

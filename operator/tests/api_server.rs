@@ -231,6 +231,14 @@ fn invalid_specs() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "caSecretRef would be ignored",
         ),
         (
+            "brought-certificate-without-tls",
+            with(json!({ "backplane": { "managed": {
+                "tls": false, "tlsSecretRef": { "name": "redis-cert" }
+            } } })),
+            "spec.backplane.managed.tlsSecretRef",
+            "needs tls: true",
+        ),
+        (
             "storage-class-without-persistence",
             with(
                 json!({ "backplane": { "managed": { "persistence": { "storageClassName": "fast" } } } }),

@@ -397,6 +397,144 @@ async fn a_missing_external_secret_is_reported_then_recovered() {
     assert!(!rendered.contains("s3cret-pw"), "{rendered}");
 }
 
+/// A `kubernetes.io/tls` Secret as cert-manager writes it, for `names`, from a fresh CA.
+fn user_certificate(name: &str, names: &[String]) -> Secret {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "user-ca");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(names.to_vec())
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let bytes = |pem: String| ByteString(pem.into_bytes());
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("ca.crt".to_owned(), bytes(ca_cert.pem())),
+            ("tls.crt".to_owned(), bytes(cert.pem())),
+            ("tls.key".to_owned(), bytes(key.serialize_pem())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The Redis pods' annotation that rolls them when a brought certificate changes.
+async fn tls_fingerprint(client: &Client, ns: &str) -> Option<String> {
+    let set: StatefulSet = get(client, ns, "chat-redis-0").await?;
+    set.spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("switchboard.dev/tls-fingerprint")
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_brought_tls_certificate_is_checked_served_and_rolled_on_renewal() {
+    let Some(s) = Scenario::new("brought-tls").await else {
+        return;
+    };
+    let (client, ns) = (s.client.clone(), s.ns.as_str());
+    let _operator = s.operator("op-brought-tls");
+    s.create_cluster(
+        "chat",
+        json!({
+            "selector": { "matchLabels": { "app": "chat" } },
+            "framework": "socketio-node",
+            "backplane": { "managed": { "tlsSecretRef": { "name": "chat-redis-cert" } } },
+        }),
+    )
+    .await;
+
+    // Not there yet: named, and the Redis pods mount it (they wait for it); nothing is issued.
+    let rtc = s
+        .until_cluster(
+            "chat",
+            "BackplaneReady=False TLSSecretNotFound",
+            60,
+            |rtc| has(rtc, "BackplaneReady", "False", "TLSSecretNotFound"),
+        )
+        .await;
+    let message = condition(&rtc, "BackplaneReady").unwrap().message;
+    assert!(message.contains("Secret chat-redis-cert"), "{message}");
+    let set: StatefulSet = eventually("StatefulSet chat-redis-0", 30, async || {
+        s.get("chat-redis-0").await
+    })
+    .await;
+    let volumes = set.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    assert!(
+        volumes.iter().any(|v| v
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.secret_name.as_deref() == Some("chat-redis-cert"))),
+        "{volumes:?}"
+    );
+    assert!(s.get::<Secret>("chat-redis-tls").await.is_none());
+
+    // A certificate for other names: the first name the sidecars dial is named, with the fix.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &user_certificate("chat-redis-cert", &["redis.example".into()]),
+        )
+        .await
+        .unwrap();
+    let rtc = s
+        .until_cluster(
+            "chat",
+            "BackplaneReady=False TLSCertificateInvalid",
+            30,
+            |rtc| has(rtc, "BackplaneReady", "False", "TLSCertificateInvalid"),
+        )
+        .await;
+    let message = condition(&rtc, "BackplaneReady").unwrap().message;
+    let dialed = format!("chat-redis-0.{ns}.svc");
+    assert!(
+        message.contains(&format!("not valid for {dialed}")),
+        "{message}"
+    );
+
+    // The right names: served (the fingerprint on the pod template), and the backplane ready.
+    let good = user_certificate("chat-redis-cert", std::slice::from_ref(&dialed));
+    secrets
+        .replace("chat-redis-cert", &PostParams::default(), &good)
+        .await
+        .unwrap();
+    s.until_cluster("chat", "BackplaneReady=True", 60, |rtc| {
+        has(rtc, "BackplaneReady", "True", "Ready")
+    })
+    .await;
+    let first = eventually("the TLS fingerprint on the Redis pods", 30, async || {
+        tls_fingerprint(&client, ns).await
+    })
+    .await;
+
+    // Renewed (as cert-manager does, in place): the pods are rolled to serve the new one.
+    let renewed = user_certificate("chat-redis-cert", std::slice::from_ref(&dialed));
+    secrets
+        .replace("chat-redis-cert", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+    let second = until(
+        "a new TLS fingerprint after the renewal",
+        30,
+        async || tls_fingerprint(&client, ns).await,
+        |f| f.as_ref().is_some_and(|f| *f != first),
+    )
+    .await;
+    assert!(second.is_some());
+}
+
 #[tokio::test]
 async fn an_invalid_spec_is_reported_and_waits_for_an_edit() {
     let Some(s) = Scenario::new("invalid").await else {

@@ -41,6 +41,9 @@ impl Default for Backplane {
 /// A Redis the operator deploys and owns.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tlsSecretRef) || self.tls")
+    .field_path(".tlsSecretRef")
+    .message("spec.backplane.managed.tlsSecretRef needs tls: true (it is the certificate Redis serves TLS with)"))]
 pub struct ManagedBackplane {
     /// Redis servers per shard. 1: no failover. 3 or more: one primary and replicas, each pod
     /// with a Sentinel; Sentinel needs a majority to fail over, so 2 is refused.
@@ -73,6 +76,16 @@ pub struct ManagedBackplane {
     /// image built without TLS.
     #[serde(default = "yes")]
     pub tls: bool,
+
+    /// Serve TLS with this Secret's certificate instead of one the operator issues: a
+    /// `kubernetes.io/tls` Secret with `ca.crt`, `tls.crt` and `tls.key`, such as the
+    /// `secretName` of a cert-manager Certificate from a CA Issuer. It must cover the names the
+    /// sidecars dial (`<name>-redis-<shard>.<namespace>.svc`, and with Sentinel
+    /// `<name>-redis-<shard>-sentinel.<namespace>.svc` and
+    /// `*.<name>-redis-<shard>-headless.<namespace>.svc`); the status names any it misses. When
+    /// the certificate is renewed, the Redis pods are rolled one at a time to serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretName>,
 }
 
 impl Default for ManagedBackplane {
@@ -84,6 +97,7 @@ impl Default for ManagedBackplane {
             resources: None,
             persistence: Persistence::default(),
             tls: true,
+            tls_secret_ref: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use kube::api::DynamicObject;
 
 use super::{backplane, backplane_tls, ingress, sidecar_config};
 use crate::api::RealtimeCluster;
+use crate::names::TLS_FINGERPRINT_ANNOTATION;
 
 /// The desired children of one RealtimeCluster. For each kind, whatever the RealtimeCluster owns
 /// and this set does not name is deleted by the applier, except where a field says otherwise.
@@ -36,15 +37,24 @@ pub struct Desired {
     pub http_routes: Vec<DynamicObject>,
 }
 
+/// What the reconcile has for the managed backplane's TLS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsInputs<'a> {
+    /// The certificates to create the issued TLS Secret with if it does not exist yet (`None`
+    /// when it exists, or when the user brings the Secret).
+    pub issue: Option<&'a backplane_tls::Material>,
+    /// The fingerprint of a brought Secret that [`backplane_tls::check`] accepted.
+    pub fingerprint: Option<&'a str>,
+}
+
 /// Everything `rtc` should own. `upstream` is the backplane's URL without a password (managed:
 /// [`backplane::upstream_url`]; external: what `observe` resolved from the Secret, or `None`);
-/// `password` is the one to create the password Secret with if it does not exist yet, and `tls`
-/// the certificates for the TLS Secret if it does not (`None` when it exists).
+/// `password` is the one to create the password Secret with if it does not exist yet.
 pub fn build(
     rtc: &RealtimeCluster,
     upstream: Option<&str>,
     password: &str,
-    tls: Option<&backplane_tls::Material>,
+    tls: TlsInputs<'_>,
 ) -> Desired {
     let mut desired = Desired::default();
     if rtc.spec.backplane.external.is_none() && rtc.spec.backplane.managed.is_some() {
@@ -52,14 +62,18 @@ pub fn build(
             .secrets
             .push(backplane::password_secret(rtc, password));
     }
-    if backplane_tls::enabled(rtc) {
-        desired.secrets.push(backplane_tls::secret(rtc, tls));
+    if backplane_tls::issued(rtc) {
+        desired.secrets.push(backplane_tls::secret(rtc, tls.issue));
     }
     for shard in backplane::shards(rtc) {
         desired
             .services
             .extend([shard.headless_service, shard.service]);
-        desired.stateful_sets.push(shard.stateful_set);
+        let mut stateful_set = shard.stateful_set;
+        if let Some(fingerprint) = tls.fingerprint {
+            annotate_pods(&mut stateful_set, TLS_FINGERPRINT_ANNOTATION, fingerprint);
+        }
+        desired.stateful_sets.push(stateful_set);
         desired.disruption_budgets.push(shard.disruption_budget);
     }
     desired.sidecar_config = upstream.map(|url| sidecar_config::config_map(rtc, url));
@@ -67,6 +81,18 @@ pub fn build(
     desired.ingresses.extend(ingress::ingress(rtc));
     desired.http_routes.extend(ingress::http_route(rtc));
     desired
+}
+
+/// Sets an annotation on the pods `set` creates (a change rolls them).
+fn annotate_pods(set: &mut StatefulSet, key: &str, value: &str) {
+    if let Some(spec) = set.spec.as_mut() {
+        spec.template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.to_owned());
+    }
 }
 
 #[cfg(test)]
@@ -89,7 +115,7 @@ mod tests {
     fn a_full_managed_cluster_is_one_set() {
         let rtc = fixture(include_str!("../../tests/fixtures/full.yaml"));
         let upstream = backplane::upstream_url(&rtc).unwrap();
-        let desired = build(&rtc, Some(&upstream), "pw", None);
+        let desired = build(&rtc, Some(&upstream), "pw", TlsInputs::default());
         let shards = rtc.spec.backplane.managed.as_ref().unwrap().shards as usize;
         assert_eq!(desired.stateful_sets.len(), shards);
         assert_eq!(desired.disruption_budgets.len(), shards);
@@ -121,12 +147,17 @@ mod tests {
     #[test]
     fn an_external_backplane_has_no_redis_and_keeps_the_config_map_without_a_url() {
         let rtc = fixture(include_str!("../../tests/fixtures/external.yaml"));
-        let desired = build(&rtc, None, "pw", None);
+        let desired = build(&rtc, None, "pw", TlsInputs::default());
         assert!(desired.secrets.is_empty());
         assert!(desired.stateful_sets.is_empty());
         assert!(desired.disruption_budgets.is_empty());
         assert_eq!(desired.sidecar_config, None);
-        let with_url = build(&rtc, Some("redis://redis.example:6379"), "pw", None);
+        let with_url = build(
+            &rtc,
+            Some("redis://redis.example:6379"),
+            "pw",
+            TlsInputs::default(),
+        );
         let data = with_url.sidecar_config.unwrap().data.unwrap();
         assert_eq!(
             data["SWITCHBOARD_UPSTREAM_URL"],
@@ -137,14 +168,14 @@ mod tests {
     #[test]
     fn a_gateway_route_replaces_the_ingress() {
         let rtc = fixture(include_str!("../../tests/fixtures/gateway.yaml"));
-        let desired = build(&rtc, Some("redis://x:6379"), "pw", None);
+        let desired = build(&rtc, Some("redis://x:6379"), "pw", TlsInputs::default());
         assert!(desired.ingresses.is_empty());
         assert_eq!(
             names(&desired.http_routes),
             [format!("{}-app", rtc.name_any())]
         );
         let rtc = fixture(include_str!("../../tests/fixtures/traefik.yaml"));
-        let desired = build(&rtc, Some("redis://x:6379"), "pw", None);
+        let desired = build(&rtc, Some("redis://x:6379"), "pw", TlsInputs::default());
         assert!(desired.http_routes.is_empty());
         assert_eq!(
             names(&desired.ingresses),

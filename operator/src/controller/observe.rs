@@ -24,6 +24,10 @@ pub use crate::names::SIDECAR_CONTAINER;
 pub struct Resolved {
     pub backplane: status::Backplane,
     pub upstream: Option<String>,
+    /// What is wrong with the TLS Secret the user brings for a managed backplane
+    /// ([`backplane_tls::check`](super::backplane_tls::check)); it outranks the shards'
+    /// readiness, since the sidecars cannot verify Redis while it stands.
+    pub tls_problem: Option<super::backplane_tls::SecretProblem>,
 }
 
 /// The external-Secret decision: `secret` is what the API server returned for
@@ -35,6 +39,7 @@ pub fn resolve_backplane(rtc: &RealtimeCluster, secret: Option<&Secret>) -> Reso
         return Resolved {
             backplane: status::Backplane::Managed(Vec::new()),
             upstream: super::backplane::upstream_url(rtc),
+            tls_problem: None,
         };
     };
     let reference = &external.url_secret_ref;
@@ -65,6 +70,7 @@ pub fn resolve_backplane(rtc: &RealtimeCluster, secret: Option<&Secret>) -> Reso
     Resolved {
         backplane,
         upstream,
+        tls_problem: None,
     }
 }
 
@@ -77,11 +83,14 @@ pub fn observe(
     pods: &[Arc<Pod>],
 ) -> Observed {
     let pods = selected(rtc, pods);
-    let backplane = match resolved.backplane {
-        status::Backplane::Managed(_) => {
+    let backplane = match (&resolved.backplane, &resolved.tls_problem) {
+        (status::Backplane::Managed(_), Some(problem)) => {
+            status::Backplane::TlsSecret(problem.clone())
+        }
+        (status::Backplane::Managed(_), None) => {
             status::Backplane::Managed(applied.stateful_sets.iter().map(shard_readiness).collect())
         }
-        ref other => other.clone(),
+        (other, _) => other.clone(),
     };
     Observed {
         backplane,

@@ -2,8 +2,8 @@
 //!
 //! [`reconcile`] only times, logs and counts; [`Reconciler`] runs the stages. The pure ones are
 //! [`validate`](super::validate), [`build`](super::build), [`observe`](super::observe) and
-//! [`status`](super::status); this file is the thin I/O between them: one read (an external
-//! backplane's Secret), the [`Applier`], and the status write with its Events. Pods and owned
+//! [`status`](super::status); this file is the thin I/O between them: the reads of the Secrets
+//! the user names (an external backplane's URL, a brought TLS certificate), the [`Applier`], and the status write with its Events. Pods and owned
 //! children come from the Controller's caches, and the applier skips patches that cannot change
 //! anything, so a reconcile that finds everything in place and the status unchanged sends no
 //! request at all (at most every [`RESYNC_READY`] it re-applies everything, see
@@ -83,13 +83,28 @@ impl Reconciler {
         shared.stores.ready().await;
         let rtc = &*self.rtc;
         let secret = self.external_secret().await?;
-        let resolved = observe::resolve_backplane(rtc, secret.as_ref());
-        let tls = self.new_tls_material()?;
+        let mut resolved = observe::resolve_backplane(rtc, secret.as_ref());
+        let fingerprint = match self.brought_tls_secret().await? {
+            None => None,
+            Some(brought) => {
+                match super::backplane_tls::check(rtc, brought.as_ref(), Timestamp::now()) {
+                    Ok(fingerprint) => Some(fingerprint),
+                    Err(problem) => {
+                        resolved.tls_problem = Some(problem);
+                        None
+                    }
+                }
+            }
+        };
+        let issue = self.new_tls_material()?;
         let desired = build::build(
             rtc,
             resolved.upstream.as_deref(),
             &new_password(),
-            tls.as_ref(),
+            build::TlsInputs {
+                issue: issue.as_ref(),
+                fingerprint: fingerprint.as_deref(),
+            },
         );
         let applied = Applier {
             client: &shared.context.client,
@@ -132,6 +147,22 @@ impl Reconciler {
         )
         .get_opt(name)
         .await
+        .map_err(Error::kube(format!("reading Secret {name}")))
+    }
+
+    /// The TLS Secret the user brings for the managed backplane, read from the API like the
+    /// external one: `None` when none is referenced, `Some(None)` when it does not exist.
+    async fn brought_tls_secret(&self) -> Result<Option<Option<Secret>>> {
+        let Some(name) = super::backplane_tls::referenced(&self.rtc) else {
+            return Ok(None);
+        };
+        Api::<Secret>::namespaced(
+            self.shared.context.client.clone(),
+            &self.rtc.namespace().unwrap_or_default(),
+        )
+        .get_opt(name)
+        .await
+        .map(Some)
         .map_err(Error::kube(format!("reading Secret {name}")))
     }
 
@@ -191,10 +222,10 @@ impl Reconciler {
     fn new_tls_material(&self) -> Result<Option<super::backplane_tls::Material>> {
         use super::backplane_tls;
         let rtc = &*self.rtc;
-        if !backplane_tls::enabled(rtc) {
+        if !backplane_tls::issued(rtc) {
             return Ok(None);
         }
-        let name = backplane_tls::secret_name(rtc);
+        let name = backplane_tls::issued_secret_name(rtc);
         let namespace = rtc.namespace().unwrap_or_default();
         let cached = self
             .shared

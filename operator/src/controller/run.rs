@@ -199,7 +199,7 @@ impl Scope {
 }
 
 /// The RealtimeClusters a Secret matters to: its owner (the managed password), and any that
-/// names it as the external backplane's URL.
+/// names it as the external backplane's URL or as the managed backplane's TLS certificate.
 fn referencing_secret(
     store: &Store<RealtimeCluster>,
     secret: &PartialObjectMeta<Secret>,
@@ -220,7 +220,8 @@ fn referencing_secret(
                 .backplane
                 .external
                 .as_ref()
-                .is_some_and(|e| e.url_secret_ref.name == name);
+                .is_some_and(|e| e.url_secret_ref.name == name)
+                || super::backplane_tls::referenced(rtc) == Some(name.as_str());
             owner || referenced
         })
         .map(|rtc| ObjectRef::from_obj(&**rtc))

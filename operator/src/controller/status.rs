@@ -5,6 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use super::backplane_tls::SecretProblem;
 use crate::api::{PodCounts, RealtimeClusterStatus};
 
 pub const READY: &str = "Ready";
@@ -41,6 +42,8 @@ pub enum Backplane {
     },
     /// The URL in the Secret is unusable; the message names the Secret and the fix.
     InvalidUrl(String),
+    /// The TLS Secret brought for a managed backplane cannot be served as it is.
+    TlsSecret(SecretProblem),
 }
 
 /// The route into the app as the controller found it.
@@ -236,6 +239,28 @@ fn backplane_condition(observed: &Observed, now: Timestamp) -> Condition {
         Backplane::InvalidUrl(message) => {
             draft(BACKPLANE_READY, false, "InvalidUrl", message.clone())
         }
+        Backplane::TlsSecret(SecretProblem::Missing { secret }) => draft(
+            BACKPLANE_READY,
+            false,
+            "TLSSecretNotFound",
+            format!(
+                "Secret {secret} (spec.backplane.managed.tlsSecretRef.name) does not exist in this namespace; the Redis pods wait for it: create it with ca.crt, tls.crt and tls.key (a cert-manager Certificate with secretName: {secret} from a CA Issuer writes all three)"
+            ),
+        ),
+        Backplane::TlsSecret(SecretProblem::KeyMissing { secret, key }) => draft(
+            BACKPLANE_READY,
+            false,
+            "TLSSecretKeyNotFound",
+            format!(
+                "Secret {secret} (spec.backplane.managed.tlsSecretRef.name) has no {key}: Redis and the sidecars need ca.crt, tls.crt and tls.key (cert-manager writes ca.crt with a CA or selfSigned Issuer, not with ACME)"
+            ),
+        ),
+        Backplane::TlsSecret(SecretProblem::Invalid(message)) => draft(
+            BACKPLANE_READY,
+            false,
+            "TLSCertificateInvalid",
+            message.clone(),
+        ),
     }
 }
 

@@ -1632,6 +1632,6 @@ fn a_managed_backplane_speaks_tls_only_unless_turned_off() {
             .flatten()
             .all(|v| v.secret.is_none())
     );
-    let desired = super::build::build(&plain, None, "pw", None);
+    let desired = super::build::build(&plain, None, "pw", Default::default());
     assert_eq!(desired.secrets.len(), 1, "no TLS Secret");
 }

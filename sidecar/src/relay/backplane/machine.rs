@@ -180,6 +180,23 @@ struct Live {
     /// Publishes acknowledged on this connection, kept until a subscriber-link PING proves
     /// them delivered.
     unconfirmed: Unconfirmed,
+    /// What the server confirmed this subscriber link subscribes (kind and name upstream,
+    /// without the prefix). An announced replay is expected only there: a subscription
+    /// confirmed before the announcement arrived was made before the replay was published, so
+    /// the replay comes; one still unconfirmed may miss it, and expecting it would drop the next
+    /// publish of the same payload (a possible duplicate is taken instead).
+    subscribed: HashSet<(Kind, Bytes)>,
+}
+
+impl Live {
+    /// Whether the replay of `publish`, delivered through `pattern`, reaches this link.
+    fn receives(&self, (kind, channel, _): &replay::Publish, pattern: Option<&Bytes>) -> bool {
+        let key = match pattern {
+            Some(pattern) => (Kind::Pattern, pattern.clone()),
+            None => (*kind, channel.clone()),
+        };
+        self.subscribed.contains(&key)
+    }
 }
 
 pub(crate) struct Machine {
@@ -321,6 +338,7 @@ impl Machine {
             sub_pending: VecDeque::new(),
             ctl_out: BytesMut::new(),
             ctl_pending: VecDeque::new(),
+            subscribed: HashSet::new(),
             flush_deadline: None,
             next_peer_check: None,
             peer_check_asked: false,
@@ -575,11 +593,13 @@ impl Machine {
     /// is set aside and their copies will be dropped.
     fn on_announcement(&mut self, payload: &Bytes) {
         self.set_aside_recent();
-        let (refcounts, cluster) = (&self.refcounts, self.cluster.as_ref());
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
         self.dedup.announced(
             payload,
             &self.settings.channel_prefix,
-            |publish, pattern| receives(refcounts, cluster, publish, pattern),
+            |publish, pattern| live.receives(publish, pattern),
         );
     }
 
@@ -824,12 +844,6 @@ impl Machine {
                 self.refcounts.remove(topic);
             }
         }
-        if delta < 0 && !changed.is_empty() {
-            let (refcounts, cluster) = (&self.refcounts, self.cluster.as_ref());
-            self.dedup.forget_unreceived(|publish, pattern| {
-                receives(refcounts, cluster, publish, pattern)
-            });
-        }
         changed
     }
 
@@ -1044,9 +1058,30 @@ impl Machine {
                 resp2: None,
             }),
             Some(
-                b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
-                | b"sunsubscribe" | b"pong",
+                word @ (b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe"
+                | b"punsubscribe" | b"sunsubscribe"),
             ) => {
+                let (kind, subscribed) = match word {
+                    b"subscribe" => (Kind::Channel, true),
+                    b"psubscribe" => (Kind::Pattern, true),
+                    b"ssubscribe" => (Kind::Shard, true),
+                    b"unsubscribe" => (Kind::Channel, false),
+                    b"punsubscribe" => (Kind::Pattern, false),
+                    _ => (Kind::Shard, false),
+                };
+                if let Some(name) = bytes(1).and_then(|n| self.unprefixed(n)) {
+                    if subscribed {
+                        live.subscribed.insert((kind, name));
+                    } else {
+                        live.subscribed.remove(&(kind, name));
+                        self.dedup
+                            .forget_unreceived(|publish, pattern| live.receives(publish, pattern));
+                    }
+                }
+                self.sub_answered(live, Ok(()));
+                None
+            }
+            Some(b"pong") => {
                 self.sub_answered(live, Ok(()));
                 None
             }
@@ -1304,27 +1339,4 @@ pub(crate) fn split_message(frame: &Bytes) -> Option<(Kind, [Bytes; 3])> {
         at = end + 2;
     }
     (at == frame.len()).then_some((kind, parts))
-}
-
-/// Whether frames of `publish` (as they arrive upstream: on a cluster a classic channel is the
-/// shard channel [`CLASSIC`]`<name>`, a pattern match the all-messages channel) delivered
-/// through `pattern` reach this sidecar's subscriber link with the subscriptions held now.
-fn receives(
-    refcounts: &HashMap<Topic, i64>,
-    cluster: Option<&Cluster>,
-    (kind, channel, _): &replay::Publish,
-    pattern: Option<&Bytes>,
-) -> bool {
-    let held = |kind, name: &Bytes| refcounts.contains_key(&Topic::new(kind, name.clone()));
-    match (cluster, pattern) {
-        (_, Some(pattern)) => held(Kind::Pattern, pattern),
-        (Some(c), None) if *kind == Kind::Shard && *channel == c.all => {
-            refcounts.keys().any(|t| t.kind == Kind::Pattern)
-        }
-        (Some(_), None) if *kind == Kind::Shard => match channel.strip_prefix(CLASSIC) {
-            Some(classic) => held(Kind::Channel, &channel.slice_ref(classic)),
-            None => held(Kind::Shard, channel),
-        },
-        (_, None) => held(*kind, channel),
-    }
 }

@@ -860,6 +860,19 @@ fn a_replay_expected_on_a_channel_given_up_never_drops_a_later_publish() {
     m.sub_frame(confirm("unsubscribe", "app:a", 1));
     subscribe(&mut m);
     assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
+
+    // Announced while the subscription is sent but not confirmed yet: the server may have run
+    // the replay before it, so the replay is not counted on (a duplicate, rather than a loss).
+    release(&mut m, &["a"]);
+    m.take_sub_writes();
+    m.sub_frame(confirm("unsubscribe", "app:a", 1));
+    let mut done = acquire(&mut m, &["a"]);
+    assert_eq!(verbs(m.take_sub_writes()), vec!["SUBSCRIBE"]);
+    m.sub_raw(announcement_frame(&[("app:a", "hello")]))
+        .unwrap();
+    m.sub_frame(confirm("subscribe", "app:a", 2));
+    assert_eq!(done.try_recv(), Ok(Ok(())));
+    assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
 }
 
 /// Shard 1 of a cluster whose first slot has tag `{7}` (the registry is on shard 0).

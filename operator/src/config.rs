@@ -124,6 +124,16 @@ pub struct Config {
     )]
     pub sidecar_image: String,
 
+    /// RealtimeClusters reconciled at the same time; the rest wait in the queue (0: no bound). A
+    /// burst (an install, a restart with a thousand clusters) then finishes clusters batch by
+    /// batch instead of having every one of them wait on a saturated API server.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OPERATOR_MAX_CONCURRENT_RECONCILES",
+        default_value_t = 16
+    )]
+    pub max_concurrent_reconciles: u16,
+
     /// Log lines as `text` or `json`.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

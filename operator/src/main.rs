@@ -84,7 +84,13 @@ async fn main() {
             }
         }
     };
-    run::run(ctx, config.watch_namespace.as_deref(), shutdown).await;
+    run::run(
+        ctx,
+        config.watch_namespace.as_deref(),
+        config.max_concurrent_reconciles,
+        shutdown,
+    )
+    .await;
     metrics.leader.set(0);
     if let Some(reason) = lost.borrow().clone() {
         fail(&format!(

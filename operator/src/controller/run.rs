@@ -37,10 +37,12 @@ use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
 const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Runs the controller until `shutdown` resolves, then lets running reconciles finish.
-/// `namespace` limits it to one namespace; `None` watches all.
+/// `namespace` limits it to one namespace; `None` watches all. At most `concurrency`
+/// RealtimeClusters are reconciled at once (0: no bound).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<&str>,
+    concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let scope = Scope {
@@ -61,7 +63,11 @@ pub async fn run(
     let controller = Controller::for_stream(spec_changed, clusters.clone())
         // A new cluster's children report in bursts (each Service, the StatefulSet's status as its
         // pods come up); a short debounce folds a burst into one reconcile.
-        .with_config(ControllerConfig::default().debounce(DEBOUNCE));
+        .with_config(
+            ControllerConfig::default()
+                .debounce(DEBOUNCE)
+                .concurrency(concurrency),
+        );
 
     let (services, services_changed) = scope.owned::<Service>(&owned);
     let (stateful_sets, sets_changed) = scope.full::<StatefulSet>(&owned, |set| {

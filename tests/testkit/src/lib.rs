@@ -439,6 +439,11 @@ impl ControlPlane {
             // of grace keeps a busy test machine from looking like a failed node.
             "--node-monitor-grace-period=300s".into(),
         ]);
+        // For benchmarks that should not measure kube-controller-manager's own client limits
+        // (e.g. `--kube-api-qps=200 --kube-api-burst=400`): extra flags, space-separated.
+        if let Ok(extra) = std::env::var("SWITCHBOARD_CONTROLPLANE_KCM_ARGS") {
+            kcm.extend(extra.split_whitespace().map(str::to_owned));
+        }
         let scheduler = common("kube-scheduler")?;
         self.spawn(binaries, "kube-controller-manager", kcm)?;
         self.spawn(binaries, "kube-scheduler", scheduler)?;

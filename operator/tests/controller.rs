@@ -455,16 +455,21 @@ async fn a_brought_tls_certificate_is_checked_served_and_rolled_on_renewal() {
     )
     .await;
 
+    // The message of BackplaneReady once it is False for `reason`.
+    let not_ready_because = async |reason: &str, seconds| {
+        let rtc = s
+            .until_cluster(
+                "chat",
+                &format!("BackplaneReady=False {reason}"),
+                seconds,
+                |rtc| has(rtc, "BackplaneReady", "False", reason),
+            )
+            .await;
+        condition(&rtc, "BackplaneReady").unwrap().message
+    };
+
     // Not there yet: named, and the Redis pods mount it (they wait for it); nothing is issued.
-    let rtc = s
-        .until_cluster(
-            "chat",
-            "BackplaneReady=False TLSSecretNotFound",
-            60,
-            |rtc| has(rtc, "BackplaneReady", "False", "TLSSecretNotFound"),
-        )
-        .await;
-    let message = condition(&rtc, "BackplaneReady").unwrap().message;
+    let message = not_ready_because("TLSSecretNotFound", 60).await;
     assert!(message.contains("Secret chat-redis-cert"), "{message}");
     let set: StatefulSet = eventually("StatefulSet chat-redis-0", 30, async || {
         s.get("chat-redis-0").await
@@ -489,15 +494,7 @@ async fn a_brought_tls_certificate_is_checked_served_and_rolled_on_renewal() {
         )
         .await
         .unwrap();
-    let rtc = s
-        .until_cluster(
-            "chat",
-            "BackplaneReady=False TLSCertificateInvalid",
-            30,
-            |rtc| has(rtc, "BackplaneReady", "False", "TLSCertificateInvalid"),
-        )
-        .await;
-    let message = condition(&rtc, "BackplaneReady").unwrap().message;
+    let message = not_ready_because("TLSCertificateInvalid", 30).await;
     let dialed = format!("chat-redis-0.{ns}.svc");
     assert!(
         message.contains(&format!("not valid for {dialed}")),

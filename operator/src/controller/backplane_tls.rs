@@ -207,17 +207,9 @@ pub fn check(
             return Err(invalid(why));
         }
     }
-    use sha1::Digest;
-    let mut hasher = sha1::Sha1::new();
-    for part in [ca_pem, cert_pem, key_pem] {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(super::sidecar_config::fingerprint([
+        ca_pem, cert_pem, key_pem,
+    ]))
 }
 
 /// The `dnsNames` a brought certificate needs, wildcards where they keep the list short.

@@ -165,16 +165,25 @@ pub fn upstream_secret_env(rtc: &RealtimeCluster) -> Option<EnvVar> {
     })
 }
 
-/// A stable hash of the ConfigMap's data: SHA-1 (the `sha1` crate, already in the dependency tree;
-/// this detects changes, it does not defend against anyone) over the entries in key order, each
-/// key and value length-prefixed so no two different maps hash alike. Lowercase hex.
+/// A stable hash of the ConfigMap's data: [`fingerprint`] of its entries in key order.
 pub fn config_hash(config_map: &ConfigMap) -> String {
+    fingerprint(
+        config_map
+            .data
+            .iter()
+            .flatten()
+            .flat_map(|(key, value)| [key.as_bytes(), value.as_bytes()]),
+    )
+}
+
+/// SHA-1 (the `sha1` crate, already in the dependency tree; this detects changes, it does not
+/// defend against anyone) over `parts`, each length-prefixed so no two different sequences hash
+/// alike. Lowercase hex.
+pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut hasher = Sha1::new();
-    for (key, value) in config_map.data.iter().flatten() {
-        for part in [key, value] {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part.as_bytes());
-        }
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
     }
     hasher
         .finalize()

@@ -761,20 +761,27 @@ fn acknowledged_publishes_are_replayed_until_a_later_subscriber_ping_proves_them
     );
 }
 
+/// Subscribes channel `a` (prefix `app:`) and has the server confirm it.
+fn subscribe_a(m: &mut Machine) {
+    let mut done = acquire(m, &["a"]);
+    m.take_sub_writes();
+    m.sub_frame(confirm("subscribe", "app:a", 2));
+    assert_eq!(done.try_recv(), Ok(Ok(())));
+}
+
+/// What the app gets of a message on `a` with `payload` (`None`: dropped).
+fn delivered(m: &mut Machine, payload: &str) -> Option<String> {
+    m.sub_raw(message_frame("app:a", payload))
+        .unwrap()
+        .map(|msg| String::from_utf8_lossy(&msg.payload).into_owned())
+}
+
 #[test]
 fn a_receiver_drops_the_announced_replays_it_delivered_and_delivers_the_rest() {
     let (mut m, shared) = machine(0, false, 100);
     let now = Instant::now();
     connect_settled(&mut m, "run-1", &[], now);
-    let mut done = acquire(&mut m, &["a"]);
-    m.take_sub_writes();
-    m.sub_frame(confirm("subscribe", "app:a", 2));
-    assert_eq!(done.try_recv(), Ok(Ok(())));
-    let delivered = |m: &mut Machine, payload: &str| {
-        m.sub_raw(message_frame("app:a", payload))
-            .unwrap()
-            .map(|msg| String::from_utf8_lossy(&msg.payload).into_owned())
-    };
+    subscribe_a(&mut m);
     assert_eq!(delivered(&mut m, "1").as_deref(), Some("1"));
     assert_eq!(delivered(&mut m, "2").as_deref(), Some("2"));
 
@@ -826,18 +833,7 @@ fn a_replay_expected_on_a_channel_given_up_never_drops_a_later_publish() {
     let (mut m, _) = machine(0, false, 100);
     let now = Instant::now();
     connect_settled(&mut m, "run-1", &[], now);
-    let subscribe = |m: &mut Machine| {
-        let mut done = acquire(m, &["a"]);
-        m.take_sub_writes();
-        m.sub_frame(confirm("subscribe", "app:a", 2));
-        assert_eq!(done.try_recv(), Ok(Ok(())));
-    };
-    let delivered = |m: &mut Machine, payload: &str| {
-        m.sub_raw(message_frame("app:a", payload))
-            .unwrap()
-            .map(|msg| String::from_utf8_lossy(&msg.payload).into_owned())
-    };
-    subscribe(&mut m);
+    subscribe_a(&mut m);
     assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
 
     // The server dies and the app's subscriber leaves meanwhile; on the new server a peer
@@ -849,7 +845,7 @@ fn a_replay_expected_on_a_channel_given_up_never_drops_a_later_publish() {
         .unwrap();
     // A new subscriber, and a new publish of the same payload: delivered, not taken for the
     // replay.
-    subscribe(&mut m);
+    subscribe_a(&mut m);
     assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
 
     // Announced while "a" is held, then "a" given up before the replay came: the same.
@@ -858,7 +854,7 @@ fn a_replay_expected_on_a_channel_given_up_never_drops_a_later_publish() {
     release(&mut m, &["a"]);
     assert_eq!(verbs(m.take_sub_writes()), vec!["UNSUBSCRIBE"]);
     m.sub_frame(confirm("unsubscribe", "app:a", 1));
-    subscribe(&mut m);
+    subscribe_a(&mut m);
     assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
 
     // Announced while the subscription is sent but not confirmed yet: the server may have run

@@ -220,7 +220,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
 async fn cluster_shards(
     seed: &Endpoint,
     channel_prefix: &str,
-) -> std::io::Result<(Vec<Endpoint>, Arc<[u16]>, upstream::routing::KeySpecs)> {
+) -> std::io::Result<(
+    Vec<Endpoint>,
+    Arc<upstream::cluster::SlotMap>,
+    upstream::routing::KeySpecs,
+)> {
     let registry_slot =
         upstream::cluster::key_slot(Registry::cluster_tag(channel_prefix).as_bytes());
     let mut attempt = 0u32;
@@ -237,10 +241,9 @@ async fn cluster_shards(
                     primaries.insert(0, first);
                     let ordered = upstream::cluster::Topology { primaries };
                     let slots = ordered.slot_table().expect("checked above");
-                    let shards: Vec<Endpoint> = ordered
-                        .primaries
-                        .iter()
-                        .map(|p| seed.cluster_shard(p.first_slot()))
+                    let slots = Arc::new(upstream::cluster::SlotMap::new(slots.into()));
+                    let shards: Vec<Endpoint> = (0..ordered.primaries.len())
+                        .map(|i| seed.cluster_shard(i, &slots))
                         .collect();
                     let map: Vec<String> = ordered
                         .primaries
@@ -250,7 +253,7 @@ async fn cluster_shards(
                     match key_specs(&shards[0]).await {
                         Ok(specs) => {
                             tracing::info!(cluster = %seed, primaries = %map.join(", "), "found the cluster's slot map: one shard per primary");
-                            return Ok((shards, slots.into(), specs));
+                            return Ok((shards, slots, specs));
                         }
                         Err(e) => format!("cannot read its command table (COMMAND): {e}"),
                     }

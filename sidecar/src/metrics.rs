@@ -25,6 +25,7 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     pub messages_dropped_slow_client: Counter,
     pub commands_forwarded: Counter,
+    pub commands_redirected: Counter,
     pub protocol_errors: Counter,
     /// Pass-through links open to the backplane, by kind (`pool`, `dedicated`).
     pub upstream_connections: Family<Vec<(String, String)>, Gauge>,
@@ -139,6 +140,11 @@ impl Metrics {
             "commands_forwarded",
             "Commands passed through to the backplane",
             m.commands_forwarded.clone(),
+        );
+        r.register(
+            "commands_redirected",
+            "Pass-through commands a Redis Cluster answered -MOVED or -ASK, run again on the node it named",
+            m.commands_redirected.clone(),
         );
         r.register(
             "protocol_errors",

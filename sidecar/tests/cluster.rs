@@ -675,6 +675,140 @@ fn a_primary_killed_mid_stream_loses_no_message_and_no_app_connection() {
     );
 }
 
+/// `switchboard_sidecar_commands_redirected_total`, read from `/metrics`.
+fn redirected(sidecar: &Sidecar) -> u64 {
+    let body = support::http_body(sidecar.http_addr, "/metrics").unwrap_or_default();
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("switchboard_sidecar_commands_redirected_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A slot migrating under an app that knows nothing of clusters: the node answers `-ASK` for
+/// a key already moved, then `-MOVED` once the slot is handed over (the node itself is asked
+/// too, as the oracle). Through the sidecar the app gets the key's value each time, its
+/// pipelined replies in order, and never a redirection.
+#[test]
+fn a_migrating_slot_is_followed_through_ask_and_moved_in_the_clients_order() {
+    let cluster = RedisCluster::start(3, 0);
+    let ranges = cluster.slot_ranges();
+    let registry = registry_primary(&cluster, &ranges);
+    let source = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| *p != registry)
+        .expect("three primaries");
+    let target = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| *p != source)
+        .expect("three primaries");
+    let moving = names_on(&cluster, &ranges, "moving:", source, 1).remove(0);
+    let slot = cluster.key_slot(&moving);
+    // A key on the same node in another slot, which stays.
+    let staying = names_on(&cluster, &ranges, "staying:", source, 8)
+        .into_iter()
+        .find(|k| cluster.key_slot(k) != slot)
+        .expect("a key in another slot");
+    let sidecar = cluster_sidecar(&cluster, "pod-a");
+    let mut app = RawClient::connect(sidecar.addr, "app");
+    assert_eq!(app.call(cmd(&["SET", &moving, "m"])), b"+OK\r\n");
+    assert_eq!(app.call(cmd(&["SET", &staying, "s"])), b"+OK\r\n");
+
+    // Half-way: the key is on the target, the slot still the source's.
+    let slot_text = slot.to_string();
+    let (src_id, dst_id) = (cluster.node_id(source), cluster.node_id(target));
+    let setslot = |node: SocketAddr, how: &str, id: &str| {
+        let reply = cluster
+            .admin(node)
+            .call(cmd(&["CLUSTER", "SETSLOT", &slot_text, how, id]));
+        assert_eq!(
+            show(&reply),
+            show_str("+OK\r\n"),
+            "CLUSTER SETSLOT {slot} {how} on {node}"
+        );
+    };
+    setslot(target, "IMPORTING", &src_id);
+    setslot(source, "MIGRATING", &dst_id);
+    let migrated = cluster.admin(source).call(cmd(&[
+        "MIGRATE",
+        &target.ip().to_string(),
+        &target.port().to_string(),
+        &moving,
+        "0",
+        "5000",
+    ]));
+    assert_eq!(show(&migrated), show_str("+OK\r\n"));
+    let asked = cluster.admin(source).call(cmd(&["GET", &moving]));
+    assert!(
+        asked.starts_with(b"-ASK "),
+        "the node redirects: {}",
+        show(&asked)
+    );
+
+    let before = redirected(&sidecar);
+    let pipeline = [
+        cmd(&["GET", &moving]),
+        cmd(&["GET", &staying]),
+        cmd(&["GET", &moving]),
+        cmd(&["GET", &staying]),
+    ]
+    .concat();
+    app.send(&pipeline);
+    let replies: Vec<String> = app.read_frames(4).iter().map(|f| show(f)).collect();
+    assert_eq!(
+        replies,
+        ["$1\r\nm\r\n", "$1\r\ns\r\n", "$1\r\nm\r\n", "$1\r\ns\r\n"].map(show_str),
+        "the moved key's value (after ASKING on the target), in the client's order"
+    );
+    assert!(
+        redirected(&sidecar) >= before + 2,
+        "both -ASK answers were followed"
+    );
+
+    // Handed over: the source answers -MOVED; the sidecar follows it and reads the slot map
+    // again.
+    let others = cluster
+        .primaries()
+        .into_iter()
+        .filter(|p| ![source, target].contains(p));
+    for node in [target, source].into_iter().chain(others) {
+        setslot(node, "NODE", &dst_id);
+    }
+    let moved = cluster.admin(source).call(cmd(&["GET", &moving]));
+    assert!(
+        moved.starts_with(b"-MOVED "),
+        "the node redirects: {}",
+        show(&moved)
+    );
+    assert_eq!(
+        show(&app.call(cmd(&["GET", &moving]))),
+        show_str("$1\r\nm\r\n")
+    );
+    assert_eq!(
+        show(&app.call(cmd(&["SET", &moving, "m2"]))),
+        show_str("+OK\r\n")
+    );
+    assert_eq!(
+        show(&cluster.admin(target).call(cmd(&["GET", &moving]))),
+        show_str("$2\r\nm2\r\n"),
+        "written on the slot's new primary"
+    );
+    support::wait_for(
+        "the sidecar to follow the new slot map",
+        Duration::from_secs(10),
+        || sidecar.log_text().contains("the cluster was resharded"),
+    );
+}
+
+fn show_str(s: &str) -> String {
+    show(s.as_bytes())
+}
+
 /// Wrong cluster URLs stop the sidecar at start, saying why: a seed that is a plain
 /// (non-cluster) `redis-server`, and a database number (a cluster has only database 0).
 #[test]

@@ -311,6 +311,46 @@ class RedisCluster:
                     return int(fields[1].split(":")[1].split("@")[0])
         raise AssertionError(f"no primary serves slot {slot} of {name!r}")
 
+    def node_id(self, port: int) -> str:
+        return self.cli(port, "cluster", "myid").strip()
+
+    def move_slot_of(self, name: str) -> tuple[int, int]:
+        """Migrates the slot of `name` (with its keys) to another primary, as `redis-cli --cluster
+        reshard` does, one slot: IMPORTING / MIGRATING, MIGRATE the keys, SETSLOT NODE on every
+        primary. Returns (source port, target port)."""
+        source = self.primary_of(name)
+        asker = self.live_ports()[0]
+        slot = self.cli(asker, "cluster", "keyslot", name).strip()
+        primaries = sorted({self.primary_of(str(n)) for n in range(64)})
+        target = next(p for p in primaries if p != source)
+        src_id, dst_id = self.node_id(source), self.node_id(target)
+        self.cli(target, "cluster", "setslot", slot, "importing", src_id)
+        self.cli(source, "cluster", "setslot", slot, "migrating", dst_id)
+        while keys := self.cli(source, "cluster", "getkeysinslot", slot, "100").split():
+            for key in keys:
+                out = self.cli(source, "migrate", "127.0.0.1", str(target), key, "0", "5000")
+                assert "OK" in out or "NOKEY" in out, f"MIGRATE {key}: {out}"
+        for port in [target, source, *[p for p in primaries if p not in (source, target)]]:
+            self.cli(port, "cluster", "setslot", slot, "node", dst_id)
+
+        def agreed():
+            owners = {p: self.primary_of_as_seen_by(p, name) for p in self.live_ports()}
+            return True if set(owners.values()) == {target} else NotYet(f"owners seen: {owners}")
+        wait_until(f"every node to see slot {slot} on 127.0.0.1:{target}", agreed)
+        return source, target
+
+    def primary_of_as_seen_by(self, asker: int, name: str) -> int:
+        slot = int(self.cli(asker, "cluster", "keyslot", name).strip())
+        for line in self.cli(asker, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for served in fields[8:]:
+                lo, _, hi = served.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return int(fields[1].split(":")[1].split("@")[0])
+        return -1
+
     def kill_primary_of(self, name: str) -> int:
         """SIGKILLs the primary serving `name`'s slot; returns its port (a replica takes over)."""
         port = self.primary_of(name)

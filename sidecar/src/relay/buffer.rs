@@ -34,6 +34,16 @@ impl PublishBuffer {
         true
     }
 
+    /// Inserts an encoded PUBLISH at `index` (clamped to the end); false if the buffer is full.
+    pub fn insert(&mut self, index: usize, command: Bytes) -> bool {
+        if self.queue.len() >= self.max_messages || self.bytes + command.len() > self.max_bytes {
+            return false;
+        }
+        self.bytes += command.len();
+        self.queue.insert(index.min(self.queue.len()), command);
+        true
+    }
+
     /// Puts back publishes that were sent but never acknowledged before the connection died,
     /// ahead of everything buffered since, preserving the original order. These are never
     /// refused: they were accepted already, and are at most what one connection had in flight.
@@ -80,6 +90,25 @@ mod tests {
         b.requeue_front(vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")]);
         let order: Vec<Bytes> = b.drain().collect();
         assert_eq!(order, vec![&b"x"[..], b"y", b"aaaa", b"bbbb", b"cc"]);
+    }
+
+    #[test]
+    fn inserts_in_place_within_the_same_bounds() {
+        let mut b = PublishBuffer::new(10, 4);
+        assert!(b.push(Bytes::from_static(b"a")));
+        assert!(b.push(Bytes::from_static(b"c")));
+        assert!(b.insert(1, Bytes::from_static(b"b")));
+        assert!(
+            !b.insert(0, Bytes::from_static(b"00000000")),
+            "over the bytes"
+        );
+        assert!(
+            b.insert(9, Bytes::from_static(b"d")),
+            "past the end: appended"
+        );
+        assert!(!b.insert(0, Bytes::from_static(b"e")), "over the count");
+        let order: Vec<Bytes> = b.drain().collect();
+        assert_eq!(order, vec![&b"a"[..], b"b", b"c", b"d"]);
         assert!(b.is_empty());
         assert_eq!(b.bytes(), 0);
     }

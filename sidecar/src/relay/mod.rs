@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod registry;
 pub mod shard;
 pub mod table;
+pub(crate) mod topology;
 
 use std::sync::{Arc, Mutex};
 
@@ -76,19 +77,27 @@ impl Relay {
     /// On a Redis Cluster, `slots` maps each slot to its shard (one per primary).
     pub fn bridged(
         endpoints: Vec<crate::upstream::Endpoint>,
-        slots: Option<Arc<[u16]>>,
+        slots: Option<Arc<crate::upstream::cluster::SlotMap>>,
         settings: backplane::Settings,
         registry: registry::Registry,
         metrics: Arc<Metrics>,
     ) -> Self {
         let shared = Shared::new(endpoints.len(), metrics);
-        let router = match slots {
-            Some(slots) => Router::cluster(settings.channel_prefix.clone(), slots),
+        let router = match &slots {
+            Some(slots) => Router::cluster(settings.channel_prefix.clone(), slots.clone()),
             None => Router::new(settings.channel_prefix.clone(), endpoints.len()),
         };
         let id = registry.id().to_owned();
         let channels: Vec<_> = endpoints.iter().map(|_| mpsc::channel(4096)).collect();
-        let registry_shard = channels[0].0.downgrade();
+        let peers: Vec<_> = channels.iter().map(|(tx, _)| tx.downgrade()).collect();
+        if let Some(map) = slots {
+            tokio::spawn(topology::watch(
+                endpoints[0].clone(),
+                map,
+                peers.clone(),
+                shared.clone(),
+            ));
+        }
         let mut shards = Vec::new();
         for (shard, (endpoint, (tx, rx))) in endpoints.into_iter().zip(channels).enumerate() {
             let task = backplane::Backplane::new(
@@ -96,8 +105,11 @@ impl Relay {
                 shard,
                 settings.clone(),
                 registry.clone(),
-                rx,
-                (shard > 0).then(|| registry_shard.clone()),
+                backplane::Wiring {
+                    requests: rx,
+                    peers: peers.clone(),
+                },
+                &router,
                 shared.clone(),
             );
             tokio::spawn(task.run());
@@ -120,6 +132,12 @@ impl Relay {
     /// Why the backplane could not be reached the last time a shard tried, while not ready.
     pub fn last_error(&self) -> Option<String> {
         self.shared.last_error()
+    }
+
+    /// The cluster said a slot moved (`-MOVED` to a pass-through command): the topology
+    /// watcher reads the slot map again.
+    pub fn slots_moved(&self) {
+        self.shared.topology.notify_one();
     }
 
     pub fn is_embedded(&self) -> bool {

@@ -35,7 +35,7 @@ pub struct Router {
     prefix: bytes::Bytes,
     shards: usize,
     /// On a cluster: slot → shard.
-    slots: Option<std::sync::Arc<[u16]>>,
+    slots: Option<std::sync::Arc<crate::upstream::cluster::SlotMap>>,
 }
 
 impl Router {
@@ -48,9 +48,17 @@ impl Router {
         }
     }
 
-    /// Routes by a cluster's slot map (`slots[slot]` is the shard serving it).
-    pub fn cluster(prefix: bytes::Bytes, slots: std::sync::Arc<[u16]>) -> Self {
-        let shards = slots.iter().map(|&s| usize::from(s) + 1).max().unwrap_or(1);
+    /// Routes by a cluster's slot map (which can change: a resharding).
+    pub fn cluster(
+        prefix: bytes::Bytes,
+        slots: std::sync::Arc<crate::upstream::cluster::SlotMap>,
+    ) -> Self {
+        let shards = slots
+            .table()
+            .iter()
+            .map(|&s| usize::from(s) + 1)
+            .max()
+            .unwrap_or(1);
         Router {
             prefix,
             shards,
@@ -60,20 +68,37 @@ impl Router {
 
     /// The shard of a channel or shard channel, named as the application names it.
     pub fn shard_of(&self, kind: Kind, channel: &[u8]) -> usize {
-        if let Some(slots) = &self.slots {
-            let mut name = Vec::with_capacity(self.prefix.len() + CLASSIC.len() + channel.len());
-            name.extend_from_slice(&self.prefix);
-            if kind == Kind::Channel {
-                name.extend_from_slice(CLASSIC);
-            }
-            name.extend_from_slice(channel);
-            return usize::from(slots[usize::from(crate::upstream::cluster::key_slot(&name))]);
+        if let (Some(slots), Some(slot)) = (&self.slots, self.slot_of(kind, channel)) {
+            return slots.shard(slot);
         }
         if self.shards == 1 {
             return 0;
         }
         let slot = usize::from(crc16(crc16(0, &self.prefix), channel)) % SLOTS;
         slot % self.shards
+    }
+
+    /// On a cluster, the slot of the name `channel` has there (the app's classic channels are
+    /// marked, see [`CLASSIC`]).
+    pub fn slot_of(&self, kind: Kind, channel: &[u8]) -> Option<u16> {
+        self.slots.as_ref()?;
+        let mut name = Vec::with_capacity(self.prefix.len() + CLASSIC.len() + channel.len());
+        name.extend_from_slice(&self.prefix);
+        if kind == Kind::Channel {
+            name.extend_from_slice(CLASSIC);
+        }
+        name.extend_from_slice(channel);
+        Some(crate::upstream::cluster::key_slot(&name))
+    }
+
+    /// On a cluster, the slot map as it is now.
+    pub fn table(&self) -> Option<std::sync::Arc<[u16]>> {
+        Some(self.slots.as_ref()?.table())
+    }
+
+    /// On a cluster, the lowest slot `shard` serves now (its own channels carry its tag).
+    pub fn first_slot(&self, shard: usize) -> Option<u16> {
+        self.slots.as_ref()?.first_slot(shard)
     }
 
     /// Every topic grouped by the shards it is subscribed on (patterns on all of them).
@@ -147,7 +172,8 @@ mod tests {
     fn on_a_cluster_the_slot_map_decides_with_hash_tags() {
         let mut slots = vec![0u16; 16384];
         slots[12182..].fill(1);
-        let router = Router::cluster(Bytes::from_static(b"fo"), slots.into());
+        let map = crate::upstream::cluster::SlotMap::new(slots.into());
+        let router = Router::cluster(Bytes::from_static(b"fo"), std::sync::Arc::new(map));
         assert_eq!(router.shard_of(Kind::Shard, b"o"), 1, "foo is slot 12182");
         let slot = |name: &[u8]| crate::upstream::cluster::key_slot(name);
         let classic = usize::from(slot(b"fo__c:o") >= 12182);

@@ -8,6 +8,7 @@
 pub mod command;
 pub mod commands;
 pub mod passthrough;
+mod redirect;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,7 +112,12 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiv
     let (reader, writer) = stream.into_split();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let outbox = Outbox::spawn(id, writer, ctx.client_buffer_bytes, ctx.metrics.clone());
-    let pass = Passthrough::new(Port::new(outbox.clone()));
+    let pass = Passthrough::new(Port::new(
+        outbox.clone(),
+        ctx.relay.clone(),
+        ctx.routes.clone(),
+        ctx.metrics.clone(),
+    ));
     let session = Session {
         id,
         authenticated: ctx.password.is_none(),

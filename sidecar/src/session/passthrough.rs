@@ -38,13 +38,14 @@
 //! and each pooled link's queue holds at most that many of any one client's commands — one
 //! client's flood cannot stall the others for longer than that.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::command::Forward;
+use super::redirect::{self, Order};
 use super::{Flow, Gone, Session};
 use crate::pubsub::Outbox;
 use crate::resp::{Command, Reply, Value, value};
@@ -52,34 +53,110 @@ use crate::upstream::pipeline::{Pipeline, Recipient, Sink, not_run_error};
 use crate::upstream::routing::{Route, Routes};
 
 /// Where a client's pass-through replies arrive: its outbox, counted so the session knows what
-/// it still awaits.
+/// it still awaits (a reply held behind a redirected command's still counts).
 pub struct Port {
     outbox: Outbox,
     in_flight: AtomicUsize,
     settled: Notify,
+    /// The relay, told when the cluster answers `-MOVED` (its slot map is stale).
+    relay: Arc<crate::relay::Relay>,
+    /// On a Redis Cluster: where redirected commands run again (see `session::redirect`).
+    routes: Option<Arc<Routes>>,
+    order: Mutex<Order>,
+    metrics: Arc<crate::metrics::Metrics>,
+    me: Weak<Port>,
 }
 
 impl Port {
-    pub fn new(outbox: Outbox) -> Arc<Self> {
-        Arc::new(Port {
+    pub fn new(
+        outbox: Outbox,
+        relay: Arc<crate::relay::Relay>,
+        routes: Option<Arc<Routes>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Port {
             outbox,
             in_flight: AtomicUsize::new(0),
             settled: Notify::new(),
+            relay,
+            routes,
+            order: Mutex::new(Order::default()),
+            metrics,
+            me: me.clone(),
         })
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
-}
 
-impl Recipient for Port {
-    fn deliver(&self, frame: Bytes, silent: bool) {
+    fn order(&self) -> std::sync::MutexGuard<'_, Order> {
+        self.order
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One reply reaches the client (or is counted and dropped, `silent`).
+    fn emit(&self, frame: Bytes, silent: bool) {
         if !silent {
             self.outbox.reply(frame);
         }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.settled.notify_one();
+    }
+
+    pub(super) fn next_redirect(&self) -> Option<redirect::Job> {
+        self.order().next()
+    }
+
+    pub(super) fn redirect_answered(&self, frame: Bytes, silent: bool) {
+        let mut order = self.order();
+        for (frame, silent) in order.answered(frame, silent) {
+            self.emit(frame, silent);
+        }
+    }
+
+    pub(super) fn count_redirect(&self, moved: bool) {
+        self.metrics.commands_redirected.inc();
+        if moved {
+            // The slot map is stale: read again, so the next commands go to the new node.
+            self.relay.slots_moved();
+        }
+    }
+
+    pub(super) async fn open_to(
+        &self,
+        addr: &crate::upstream::Addr,
+        proto: crate::resp::Protocol,
+    ) -> Result<Pipeline, crate::upstream::UpstreamError> {
+        let routes = self
+            .routes
+            .as_ref()
+            .expect("only cluster commands are followed");
+        routes.pool(0).open_to(addr, proto).await
+    }
+}
+
+impl Recipient for Port {
+    fn deliver(&self, frame: Bytes, silent: bool) {
+        if frame.starts_with(b"-MOVED ") {
+            // A slot migrated under a command that is not followed: the app sees the cluster's
+            // answer, and the slot map is read again so the next ones go to the new primary.
+            self.relay.slots_moved();
+        }
+        let mut order = self.order();
+        if order.holds() {
+            order.hold(frame, silent);
+            return;
+        }
+        self.emit(frame, silent);
+    }
+
+    fn redirected(&self, command: Bytes, frame: Bytes, silent: bool, proto: crate::resp::Protocol) {
+        let first = self.order().redirect(command, frame, silent, proto);
+        if first && let Some(port) = self.me.upgrade() {
+            tokio::spawn(redirect::follow(port));
+        }
     }
 }
 
@@ -366,12 +443,22 @@ impl Session {
             None => self.pass.pooled.as_ref().expect("link() chose one"),
         };
         self.pass.port.in_flight.fetch_add(1, Ordering::AcqRel);
+        // On a cluster, a redirection is followed unless the command holds connection state.
+        let follow = (self
+            .pass
+            .port
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.is_cluster())
+            && !self.pass.holds_state())
+        .then_some(self.proto);
         let sink = Sink::Client {
             to: self.pass.port.clone(),
             silent,
+            follow,
         };
         // Lost between the check and the send: never written.
-        if let Err((raw, Sink::Client { to, silent })) = link.send(raw, sink) {
+        if let Err((raw, Sink::Client { to, silent, .. })) = link.send(raw, sink) {
             to.deliver(
                 not_run_error(&raw, "the backplane connection was lost"),
                 silent,

@@ -11,8 +11,8 @@
 //! name has one, else of the whole name), so the sidecar and the cluster always agree on which
 //! node a channel or key lives on.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::{Addr, Endpoint, Target, UpstreamError, command};
@@ -45,6 +45,63 @@ pub fn tag_for_slot(slot: u16) -> String {
         .find(|n| key_slot(n.as_bytes()) == slot)
         .map(|n| format!("{{{n}}}"))
         .expect("every slot is reached by some number")
+}
+
+/// The slot map every part of the sidecar routes by (relay, pass-through), swapped whole when
+/// the cluster is resharded (see `relay::topology`).
+#[derive(Debug)]
+pub struct SlotMap {
+    table: RwLock<Arc<[u16]>>,
+    /// A hash of the table: equal on every sidecar that sees the same map, so it can say in the
+    /// registry which map its subscriptions follow.
+    epoch: AtomicU64,
+}
+
+impl SlotMap {
+    pub fn new(table: Arc<[u16]>) -> Self {
+        let epoch = epoch_of(&table);
+        SlotMap {
+            table: RwLock::new(table),
+            epoch: AtomicU64::new(epoch),
+        }
+    }
+
+    /// The shard serving `slot`.
+    pub fn shard(&self, slot: u16) -> usize {
+        usize::from(self.table.read().expect("slot map poisoned")[usize::from(slot)])
+    }
+
+    pub fn table(&self) -> Arc<[u16]> {
+        self.table.read().expect("slot map poisoned").clone()
+    }
+
+    /// Replaces the table; false if it was the same.
+    pub fn replace(&self, table: Arc<[u16]>) -> bool {
+        let mut current = self.table.write().expect("slot map poisoned");
+        if *current == table {
+            return false;
+        }
+        self.epoch.store(epoch_of(&table), Ordering::Relaxed);
+        *current = table;
+        true
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// The lowest slot `shard` serves (it names the shard's own channels), if any.
+    pub fn first_slot(&self, shard: usize) -> Option<u16> {
+        let table = self.table();
+        (0..SLOTS).find(|&s| usize::from(table[usize::from(s)]) == shard)
+    }
+}
+
+/// FNV-1a of the table.
+fn epoch_of(table: &[u16]) -> u64 {
+    table.iter().fold(0xcbf2_9ce4_8422_2325, |h, &s| {
+        (h ^ u64::from(s)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One primary and the slot ranges it serves.
@@ -129,6 +186,47 @@ impl Topology {
     /// The primary serving `slot`.
     pub fn owner(&self, slot: u16) -> Option<&Primary> {
         self.primaries.iter().find(|p| p.owns(slot))
+    }
+
+    /// This topology as a table over the shards of `current`: each primary becomes the shard
+    /// whose slots it shares most of (a resharding moves some slots, a failover none), so shard
+    /// numbers stay stable. `None` if the primaries are not one per shard (one was added or
+    /// removed: the sidecars must restart to use it) or some slot has no primary.
+    pub fn table_over(&self, current: &[u16], shards: usize) -> Option<Vec<u16>> {
+        if self.primaries.len() != shards {
+            return None;
+        }
+        let mut overlap = vec![vec![0usize; shards]; shards];
+        for (p, primary) in self.primaries.iter().enumerate() {
+            for &(lo, hi) in &primary.ranges {
+                for slot in lo..=hi.min(SLOTS - 1) {
+                    overlap[p][usize::from(current[usize::from(slot)])] += 1;
+                }
+            }
+        }
+        // Greedy by largest overlap: a handful of primaries.
+        let mut shard_of = vec![usize::MAX; shards];
+        let mut taken = vec![false; shards];
+        let mut pairs: Vec<(usize, usize, usize)> = (0..shards)
+            .flat_map(|p| (0..shards).map(move |s| (p, s)))
+            .map(|(p, s)| (overlap[p][s], p, s))
+            .collect();
+        pairs.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, p, s) in pairs {
+            if shard_of[p] == usize::MAX && !taken[s] {
+                shard_of[p] = s;
+                taken[s] = true;
+            }
+        }
+        let mut table = vec![u16::MAX; usize::from(SLOTS)];
+        for (p, primary) in self.primaries.iter().enumerate() {
+            for &(lo, hi) in &primary.ranges {
+                for slot in lo..=hi.min(SLOTS - 1) {
+                    table[usize::from(slot)] = u16::try_from(shard_of[p]).ok()?;
+                }
+            }
+        }
+        (!table.contains(&u16::MAX)).then_some(table)
     }
 }
 
@@ -275,6 +373,24 @@ mod tests {
         assert_eq!(t.owner(5200).unwrap().addr.port, 7002);
         let table = t.slot_table().unwrap();
         assert_eq!((table[0], table[5001], table[16383]), (0, 1, 2));
+        // A resharding keeps shard numbers: the primary that kept most of shard 1's slots is
+        // still shard 1, whatever its place in the list.
+        let current = t.slot_table().unwrap();
+        let moved = Topology::from_slots(&Value::Array(vec![
+            range(0, 4000, node("10.0.0.1", 7001)),
+            range(4001, 10922, node("10.0.0.2", 7002)),
+            range(10923, 16383, node("10.0.0.3", 7003)),
+        ]))
+        .unwrap();
+        let over = moved.table_over(&current, 3).unwrap();
+        assert_eq!((over[0], over[4500], over[16383]), (0, 1, 2));
+        assert_eq!(moved.table_over(&current, 4), None, "a primary was added");
+        let map = SlotMap::new(current.into());
+        let before = map.epoch();
+        assert!(!map.replace(map.table()));
+        assert!(map.replace(over.into()));
+        assert_ne!(map.epoch(), before);
+        assert_eq!((map.shard(4500), map.first_slot(1)), (1, Some(4001)));
         let partial = Topology::from_slots(&Value::Array(vec![range(0, 5, node("h", 1))]));
         assert_eq!(partial.unwrap().slot_table(), None, "slots without owner");
         assert!(Topology::from_slots(&Value::Integer(1)).is_err());

@@ -59,11 +59,12 @@ pub enum Target {
         /// Sentinel costs one timeout, not one per connection).
         preferred: Arc<AtomicUsize>,
     },
-    /// A Redis Cluster known by its seed nodes. A shard of it is the primary serving `slot`,
-    /// asked of the seeds on every connect; the URL itself (the whole cluster) has no slot.
+    /// A Redis Cluster known by its seed nodes. A shard of it is the primary serving the first
+    /// slot the slot map gives the shard, asked of the seeds on every connect (so it follows
+    /// failovers and reshardings); the URL itself (the whole cluster) has no shard.
     Cluster {
         seeds: Vec<Addr>,
-        slot: Option<u16>,
+        shard: Option<(usize, Arc<super::cluster::SlotMap>)>,
         /// The seed that answered last, asked first next time (shared by clones).
         preferred: Arc<AtomicUsize>,
     },
@@ -103,11 +104,11 @@ impl fmt::Display for Endpoint {
                     write!(f, "/{}", self.db)?;
                 }
             }
-            Target::Cluster { seeds, slot, .. } => {
+            Target::Cluster { seeds, shard, .. } => {
                 let hosts: Vec<String> = seeds.iter().map(Addr::to_string).collect();
                 write!(f, "redis{s}+cluster://{}", hosts.join(","))?;
-                if let Some(slot) = slot {
-                    write!(f, " (slot {slot})")?;
+                if let Some((shard, _)) = shard {
+                    write!(f, " (shard {shard})")?;
                 }
             }
         }
@@ -203,11 +204,11 @@ impl Endpoint {
         self.is_sentinel() || self.is_cluster()
     }
 
-    /// The shard of this cluster that serves `slot`.
-    pub fn cluster_shard(&self, slot: u16) -> Self {
+    /// Shard `index` of this cluster, as `map` assigns slots to shards.
+    pub fn cluster_shard(&self, index: usize, map: &Arc<super::cluster::SlotMap>) -> Self {
         let mut shard = self.clone();
-        if let Target::Cluster { slot: s, .. } = &mut shard.target {
-            *s = Some(slot);
+        if let Target::Cluster { shard: s, .. } = &mut shard.target {
+            *s = Some((index, map.clone()));
         }
         shard
     }
@@ -229,7 +230,7 @@ fn parse_cluster(rest: &str, secure: bool) -> Result<Endpoint, String> {
     Ok(Endpoint {
         target: Target::Cluster {
             seeds,
-            slot: None,
+            shard: None,
             preferred: Arc::new(AtomicUsize::new(0)),
         },
         username,
@@ -414,8 +415,12 @@ mod tests {
         );
         assert_eq!(e.password.as_deref(), Some("s?cret"));
         assert_eq!(
-            e.cluster_shard(5461).to_string(),
-            "rediss+cluster://n1.cache:7000,n2:6379,[::1]:7002 (slot 5461)"
+            e.cluster_shard(
+                1,
+                &Arc::new(super::super::cluster::SlotMap::new(vec![0; 16384].into()))
+            )
+            .to_string(),
+            "rediss+cluster://n1.cache:7000,n2:6379,[::1]:7002 (shard 1)"
         );
         for bad in [
             "redis+cluster://h1:7000/1",

@@ -86,9 +86,15 @@ impl Endpoint {
             } => sentinel::primary(self, sentinels, master, preferred).await,
             Target::Cluster {
                 seeds,
-                slot,
+                shard,
                 preferred,
-            } => cluster::primary_of(self, seeds, slot.unwrap_or(0), preferred).await,
+            } => {
+                let slot = shard
+                    .as_ref()
+                    .and_then(|(i, map)| map.first_slot(*i))
+                    .unwrap_or(0);
+                cluster::primary_of(self, seeds, slot, preferred).await
+            }
         }
     }
 

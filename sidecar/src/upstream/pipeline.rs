@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{Link, UpstreamError};
-use crate::resp::Reply;
+use crate::resp::{Protocol, Reply};
 
 /// Where a local client's pass-through replies go: the session implements it over its outbox.
 pub trait Recipient: Send + Sync {
@@ -30,6 +30,13 @@ pub trait Recipient: Send + Sync {
     /// errors, the same bytes in RESP2 and RESP3). `silent` replies are counted but not written
     /// (`CLIENT REPLY OFF|SKIP`).
     fn deliver(&self, frame: Bytes, silent: bool);
+
+    /// A Redis Cluster's `-MOVED` or `-ASK` answer to `command`, sent with `follow`: the
+    /// recipient runs it again where the cluster says and delivers that reply in its place.
+    fn redirected(&self, command: Bytes, frame: Bytes, silent: bool, proto: Protocol) {
+        let _ = (command, proto);
+        self.deliver(frame, silent);
+    }
 }
 
 /// Where one command's reply goes.
@@ -38,6 +45,9 @@ pub enum Sink {
     Client {
         to: Arc<dyn Recipient>,
         silent: bool,
+        /// On a Redis Cluster, for a command that holds no connection state: the protocol of
+        /// the link, in which a redirected command is run again (see [`Recipient::redirected`]).
+        follow: Option<Protocol>,
     },
     /// To a caller that reads the reply before deciding what comes next (MULTI, SELECT, AUTH):
     /// `Ok(frame)`, or `Err(error frame)` when the link was lost.
@@ -47,9 +57,14 @@ pub enum Sink {
 }
 
 impl Sink {
-    fn reply(self, frame: Bytes) {
+    fn reply(self, command: Bytes, frame: Bytes) {
         match self {
-            Sink::Client { to, silent } => to.deliver(frame, silent),
+            Sink::Client {
+                to,
+                silent,
+                follow: Some(proto),
+            } if is_redirect(&frame) => to.redirected(command, frame, silent, proto),
+            Sink::Client { to, silent, .. } => to.deliver(frame, silent),
             Sink::Caller(tx) => {
                 let _ = tx.send(Ok(frame));
             }
@@ -59,7 +74,7 @@ impl Sink {
 
     fn fail(self, frame: Bytes) {
         match self {
-            Sink::Client { to, silent } => to.deliver(frame, silent),
+            Sink::Client { to, silent, .. } => to.deliver(frame, silent),
             Sink::Caller(tx) => {
                 let _ = tx.send(Err(frame));
             }
@@ -147,9 +162,9 @@ impl Pipeline {
                     Ok(frame) => {
                         let mut pending = reading.lock();
                         match pending.queue.pop_front() {
-                            Some((_, sink)) => {
+                            Some((command, sink)) => {
                                 reading.load.fetch_sub(1, Ordering::Relaxed);
-                                sink.reply(frame);
+                                sink.reply(command, frame);
                             }
                             None => {
                                 break "the backplane sent a reply nothing asked for".to_owned();
@@ -251,8 +266,13 @@ impl Pipeline {
     }
 }
 
+/// A Redis Cluster redirection: `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>`.
+pub fn is_redirect(frame: &[u8]) -> bool {
+    frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK ")
+}
+
 /// The command's name, for error texts (`GET`, `BLPOP`), read from its multibulk encoding.
-fn name_of(raw: &[u8]) -> String {
+pub(crate) fn name_of(raw: &[u8]) -> String {
     let mut lines = raw.split(|&b| b == b'\n').skip(2);
     let name = lines.next().unwrap_or_default();
     let name = name.strip_suffix(b"\r").unwrap_or(name);

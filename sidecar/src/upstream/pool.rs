@@ -99,6 +99,20 @@ impl Pool {
         }
     }
 
+    /// A link to the node at `addr` (a Redis Cluster named it in a redirection), with this
+    /// pool's credentials and TLS settings.
+    pub async fn open_to(
+        &self,
+        addr: &super::Addr,
+        proto: Protocol,
+    ) -> Result<Pipeline, UpstreamError> {
+        let link = self.endpoint.connect_to(addr, proto, None).await?;
+        Ok(Pipeline::start(
+            link,
+            self.metrics.upstream_links(LinkKind::Dedicated),
+        ))
+    }
+
     async fn open(&self, proto: Protocol, kind: LinkKind) -> Result<Pipeline, UpstreamError> {
         let link = self.endpoint.connect(proto, None).await?;
         Ok(Pipeline::start(link, self.metrics.upstream_links(kind)))

@@ -109,7 +109,7 @@ pub enum Route {
 pub struct Routes {
     pools: Vec<Arc<Pool>>,
     /// On a cluster: slot → shard, and the key positions.
-    cluster: Option<(Arc<[u16]>, KeySpecs)>,
+    cluster: Option<(Arc<super::cluster::SlotMap>, KeySpecs)>,
 }
 
 impl Routes {
@@ -121,8 +121,12 @@ impl Routes {
         }
     }
 
-    /// A cluster: `pools[shard]`, chosen by `slots[slot of the first key]`.
-    pub fn cluster(pools: Vec<Arc<Pool>>, slots: Arc<[u16]>, specs: KeySpecs) -> Self {
+    /// A cluster: `pools[shard]`, chosen by the shard the slot map gives the first key's slot.
+    pub fn cluster(
+        pools: Vec<Arc<Pool>>,
+        slots: Arc<super::cluster::SlotMap>,
+        specs: KeySpecs,
+    ) -> Self {
         Routes {
             pools,
             cluster: Some((slots, specs)),
@@ -175,7 +179,7 @@ impl Routes {
     /// The shard serving `key`'s slot.
     pub fn by_key(&self, key: &Bytes) -> usize {
         match &self.cluster {
-            Some((slots, _)) => usize::from(slots[usize::from(key_slot(key))]),
+            Some((slots, _)) => slots.shard(key_slot(key)),
             None => 0,
         }
     }
@@ -225,7 +229,8 @@ mod tests {
         };
         let mut slots = vec![0u16; 16384];
         slots[8192..].fill(1);
-        Routes::cluster((0..2).map(pool).collect(), slots.into(), specs)
+        let map = Arc::new(crate::upstream::cluster::SlotMap::new(slots.into()));
+        Routes::cluster((0..2).map(pool).collect(), map, specs)
     }
 
     fn cmd(args: &[&str]) -> Command {

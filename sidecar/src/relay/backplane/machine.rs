@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::replay::{self, Dedup, Recent, Unconfirmed};
-use super::{Request, Settings, Shared};
+use super::{Part, Request, Settings, Shared};
 use crate::pubsub::{Kind, Topic};
 use crate::relay::buffer::PublishBuffer;
 use crate::relay::fleet::Fleet;
@@ -122,6 +122,12 @@ impl Message {
 /// What the machine needs from outside that is not a write on its own links.
 #[derive(Debug)]
 pub(crate) enum Outbound {
+    /// A request that belongs to another shard now (a resharding moved its slot).
+    Forward(usize, Request),
+    /// Answered once the outbound before it has been handed on (the first step of a replan).
+    Done(oneshot::Sender<()>),
+    /// The cluster refused a slot to this shard: the topology watcher should look again.
+    SlotsMoved,
     /// A request for shard 0's task (shards other than 0).
     Registry(Request),
     /// A registry read from shard 0 for the peer check; answer with
@@ -140,6 +146,8 @@ struct SubPending {
     /// A PING's [`Unconfirmed::mark`]: once answered, what was acknowledged before it went out
     /// has been delivered.
     confirms: Option<u64>,
+    /// The PING that ends a drain (see [`Machine::start_drain`]).
+    drained: bool,
 }
 
 /// Replies the control link owes, in order.
@@ -186,6 +194,19 @@ struct Live {
     /// the replay comes; one still unconfirmed may miss it, and expecting it would drop the next
     /// publish of the same payload (a possible duplicate is taken instead).
     subscribed: HashSet<(Kind, Bytes)>,
+    /// On a cluster, the links are to be rebuilt for a new slot map: new publishes are held,
+    /// and once every sent one is proven delivered the machine asks for new links. So a
+    /// resharding replays nothing (a replay handed to another shard could not be deduplicated
+    /// by the receivers of this one).
+    draining: bool,
+    drain_ping_sent: bool,
+    /// On a cluster, the slot map changed and the links are about to be rebuilt: publishes
+    /// are held (see [`Request::Replan`]).
+    holding: bool,
+    /// The first step of a replan is done once every publish sent before it is answered (a
+    /// `-MOVED` one handed to its new shard), so nothing of this shard's reaches a slot's new
+    /// shard after that shard starts sending its own.
+    replanned: Option<oneshot::Sender<()>>,
 }
 
 impl Live {
@@ -212,6 +233,10 @@ pub(crate) struct Machine {
     /// Pattern messages opened from one all-messages frame, beyond the first (see
     /// [`Machine::take_fanout`]).
     fanout: Vec<Message>,
+    /// On a cluster: which shard each channel is on now (the slot map can change).
+    router: Option<crate::relay::shard::Router>,
+    /// A [`Request::Replan`] arrived while connected: the links must be rebuilt.
+    replan: bool,
     shared: Arc<Shared>,
     /// Local subscribers per topic on this shard: drives upstream (un)subscribes.
     refcounts: HashMap<Topic, i64>,
@@ -221,6 +246,14 @@ pub(crate) struct Machine {
     /// How many publishes at the front of `buffer` are replays (sent before, maybe delivered):
     /// the flush announces them first.
     replays: usize,
+    /// How many publishes after the replays in `buffer` precede everything else it holds:
+    /// those another shard handed over in a resharding, and those the cluster refused with
+    /// `-MOVED` (sent before anything held since). See [`Machine::hold_early`].
+    early: usize,
+    /// On a cluster: the slot map this shard's links were built under. A publish for a slot
+    /// the shard did not serve then is held until the links are rebuilt, because the slot's
+    /// previous shard may still hand over older publishes for it (they go in front).
+    built: Option<Arc<[u16]>>,
     /// Frames delivered lately, and those set aside after a loss or an announcement, so a
     /// replay of one is not delivered twice.
     recent: Recent,
@@ -251,11 +284,15 @@ impl Machine {
             checks_role,
             cluster: None,
             fanout: Vec::new(),
+            router: None,
+            replan: false,
             shared,
             refcounts: HashMap::new(),
             gauged: 0,
             buffer,
             replays: 0,
+            early: 0,
+            built: None,
             recent: Recent::default(),
             dedup: Dedup::default(),
             awaited_peers: HashSet::new(),
@@ -266,10 +303,248 @@ impl Machine {
         }
     }
 
-    /// This shard is part of a Redis Cluster, with these names of its own.
-    pub(crate) fn in_cluster(mut self, cluster: Cluster) -> Self {
+    /// This shard is part of a Redis Cluster, with these names of its own, routing by `router`.
+    pub(crate) fn in_cluster(
+        mut self,
+        cluster: Cluster,
+        router: crate::relay::shard::Router,
+    ) -> Self {
         self.cluster = Some(cluster);
+        self.router = Some(router);
         self
+    }
+
+    /// A [`Request::Replan`] asks for new links (taken: asked once).
+    pub(crate) fn take_replan(&mut self) -> bool {
+        std::mem::take(&mut self.replan)
+    }
+
+    /// The shard `topic` belongs on now (patterns: every shard, so this one).
+    fn home(&self, topic: &Topic) -> usize {
+        match &self.router {
+            Some(r) if topic.kind != Kind::Pattern => r.shard_of(topic.kind, &topic.name),
+            _ => self.shard,
+        }
+    }
+
+    /// After the slot map changed: the shard's own channel names follow its first slot, the
+    /// subscriptions and held publishes of slots it no longer serves go to their shards.
+    fn rehome(&mut self) {
+        let Some(router) = self.router.clone() else {
+            return;
+        };
+        if let Some(slot) = router.first_slot(self.shard) {
+            self.cluster = Some(Cluster::new(&crate::upstream::cluster::tag_for_slot(slot)));
+        }
+        self.hand_over();
+    }
+
+    /// The subscriptions and held publishes of slots this shard no longer serves, to their
+    /// shards (the channel names stay until the links are rebuilt).
+    fn hand_over(&mut self) {
+        let Some(router) = self.router.clone() else {
+            return;
+        };
+        let mut leaving: HashMap<usize, Vec<(Topic, i64)>> = HashMap::new();
+        self.refcounts.retain(|topic, n| {
+            let home = match topic.kind {
+                Kind::Pattern => return true,
+                kind => router.shard_of(kind, &topic.name),
+            };
+            if home != self.shard {
+                leaving.entry(home).or_default().push((topic.clone(), *n));
+            }
+            home == self.shard
+        });
+        for (shard, counts) in leaving {
+            tracing::info!(
+                shard = self.shard,
+                to = shard,
+                subscriptions = counts.len(),
+                "the cluster was resharded: handing subscriptions to the shard that serves their slots now"
+            );
+            self.outbound
+                .push(Outbound::Forward(shard, Request::Adopt { counts }));
+        }
+        // Held publishes are encoded for this shard's names: read back and encoded again (or
+        // handed on), in order. The all-messages copies are made again with them.
+        // The replays, then the early publishes, keep their places at the front.
+        let held: Vec<Bytes> = self.buffer.drain().collect();
+        let replays = std::mem::take(&mut self.replays);
+        let early = std::mem::take(&mut self.early);
+        let (mut kept_replays, mut kept_early) = (0, 0);
+        for (i, raw) in held.into_iter().enumerate() {
+            let Some((kind, channel, payload, part)) = self.read_publish(&raw) else {
+                continue;
+            };
+            let home = router.shard_of(kind, &channel);
+            if home != self.shard {
+                self.outbound.push(Outbound::Forward(
+                    home,
+                    Request::PublishPart {
+                        kind,
+                        channel,
+                        payload,
+                        part,
+                    },
+                ));
+                continue;
+            }
+            for raw in self.publish_raws(kind, &channel, &payload, part) {
+                let before = self.buffer.len();
+                self.hold(raw);
+                let kept = usize::from(self.buffer.len() > before);
+                if i < replays {
+                    kept_replays += kept;
+                } else if i < replays + early {
+                    kept_early += kept;
+                }
+            }
+        }
+        self.replays = kept_replays;
+        self.early = kept_early;
+    }
+
+    /// A held publish read back: the app's kind, channel and payload, and which half of a
+    /// channel publish it is.
+    fn read_publish(&self, raw: &Bytes) -> Option<(Kind, Bytes, Bytes, Part)> {
+        let limits = crate::resp::Limits::for_upstream(raw.len());
+        let mut rest = BytesMut::from(&raw[..]);
+        let crate::resp::request::Decoded::Command(c) =
+            crate::resp::request::decode(&mut rest, &limits, true).ok()?
+        else {
+            return None;
+        };
+        let [_, channel, payload] = &c.args[..] else {
+            return None;
+        };
+        let channel = self.unprefixed(channel)?;
+        if channel.starts_with(b"__switchboard:all:") {
+            let (name, body) = open_envelope(payload)?;
+            return Some((Kind::Channel, name, body, Part::Copy));
+        }
+        if channel.starts_with(b"__switchboard:") {
+            return None;
+        }
+        Some(match channel.strip_prefix(CLASSIC) {
+            Some(name) => (
+                Kind::Channel,
+                channel.slice_ref(name),
+                payload.clone(),
+                Part::Main,
+            ),
+            None => (Kind::Shard, channel, payload.clone(), Part::Both),
+        })
+    }
+
+    /// On a cluster, a request some of whose topics are another shard's now (split before a
+    /// resharding): those go on; the rest, if any, is returned.
+    fn route(&mut self, request: Request) -> Option<Request> {
+        if self.router.is_none() {
+            return Some(request);
+        }
+        match request {
+            Request::Acquire { topics, done } => {
+                let (mine, others): (Vec<Topic>, Vec<Topic>) =
+                    topics.into_iter().partition(|t| self.home(t) == self.shard);
+                self.hand_on(others, 1);
+                Some(Request::Acquire { topics: mine, done })
+            }
+            Request::Release { topics, done } => {
+                let (mine, others): (Vec<Topic>, Vec<Topic>) =
+                    topics.into_iter().partition(|t| self.home(t) == self.shard);
+                self.hand_on(others, -1);
+                Some(Request::Release { topics: mine, done })
+            }
+            Request::Adopt { counts } => {
+                let (mine, others): (Vec<_>, Vec<_>) = counts
+                    .into_iter()
+                    .partition(|(t, _)| self.home(t) == self.shard);
+                for (topic, n) in others {
+                    let home = self.home(&topic);
+                    self.outbound.push(Outbound::Forward(
+                        home,
+                        Request::Adopt {
+                            counts: vec![(topic, n)],
+                        },
+                    ));
+                }
+                Some(Request::Adopt { counts: mine })
+            }
+            Request::Publish {
+                kind,
+                channel,
+                payload,
+            } => {
+                let home = self.home(&Topic::new(kind, channel.clone()));
+                if home == self.shard {
+                    return Some(Request::Publish {
+                        kind,
+                        channel,
+                        payload,
+                    });
+                }
+                self.pass_on(home, kind, channel, payload, Part::Both);
+                None
+            }
+            Request::PublishPart {
+                kind,
+                channel,
+                payload,
+                part,
+            } => {
+                let home = self.home(&Topic::new(kind, channel.clone()));
+                if home == self.shard {
+                    return Some(Request::PublishPart {
+                        kind,
+                        channel,
+                        payload,
+                        part,
+                    });
+                }
+                self.pass_on(home, kind, channel, payload, part);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// A publish routed here by the slot map before the last one: it precedes what the slot's
+    /// new shard was given directly, so it goes there as an early one; but behind this
+    /// shard's own that are held or unanswered, which are handed over first.
+    fn pass_on(&mut self, home: usize, kind: Kind, channel: Bytes, payload: Bytes, part: Part) {
+        let queued = !self.buffer.is_empty()
+            || self
+                .live
+                .as_ref()
+                .is_some_and(|l| l.replanned.is_some() || Self::publishes_unanswered(l));
+        if queued {
+            for raw in self.publish_raws(kind, &channel, &payload, part) {
+                self.hold(raw);
+            }
+            return;
+        }
+        self.outbound.push(Outbound::Forward(
+            home,
+            Request::PublishPart {
+                kind,
+                channel,
+                payload,
+                part,
+            },
+        ));
+    }
+
+    fn hand_on(&mut self, topics: Vec<Topic>, delta: i64) {
+        for topic in topics {
+            let home = self.home(&topic);
+            self.outbound.push(Outbound::Forward(
+                home,
+                Request::Adopt {
+                    counts: vec![(topic, delta)],
+                },
+            ));
+        }
     }
 
     fn keeps_registry(&self) -> bool {
@@ -332,6 +607,7 @@ impl Machine {
     /// Both links are open on `server`: re-establishes every subscription and this sidecar's
     /// registry entry, and arranges the flush of what the outage buffered.
     pub(crate) fn connected(&mut self, server: Bytes, now: Instant) {
+        self.rehome();
         let mut live = Live {
             server,
             sub_out: BytesMut::new(),
@@ -345,7 +621,15 @@ impl Machine {
             heartbeats_unanswered: 0,
             heartbeat_deadline: None,
             unconfirmed: Unconfirmed::default(),
+            draining: false,
+            drain_ping_sent: false,
+            holding: false,
+            replanned: None,
         };
+        self.built = self
+            .router
+            .as_ref()
+            .and_then(crate::relay::shard::Router::table);
         for kind in Kind::ALL {
             let mut topics: Vec<Topic> = self
                 .refcounts
@@ -374,6 +658,7 @@ impl Machine {
             heartbeat: false,
             restored: true,
             confirms: None,
+            drained: false,
         });
         if self.keeps_registry() {
             self.resnapshot_quietly(&mut live);
@@ -438,6 +723,11 @@ impl Machine {
                 let _ = done.send(Ok(()));
             }
         }
+        if let Some(done) = live.replanned {
+            // Lost during the first step of a replan: what went unanswered is handed on too.
+            self.hand_over();
+            self.outbound.push(Outbound::Done(done));
+        }
         self.awaited_peers = self.shared.peers.read().expect("peers lock poisoned").ids();
         // Not subscribed anywhere until the reconnect restores it.
         if self.keeps_registry() {
@@ -457,6 +747,25 @@ impl Machine {
     /// A request from the relay, connected or not.
     pub(crate) fn request(&mut self, request: Request) {
         let request = match request {
+            Request::Replan { done } => {
+                // From now until the links are rebuilt and the peers are back under the new
+                // map, publishes wait: a peer may not have moved its subscriptions yet. The
+                // hand-over waits for the answers to what went out before (see
+                // `Live::replanned`).
+                match self.live.take() {
+                    Some(mut live) => {
+                        live.holding = true;
+                        live.replanned = Some(done);
+                        self.finish_replan_if_done(&mut live);
+                        self.live = Some(live);
+                    }
+                    None => {
+                        self.hand_over();
+                        self.outbound.push(Outbound::Done(done));
+                    }
+                }
+                return;
+            }
             Request::Acquire { topics, done }
                 if self.cluster.is_some()
                     && !self.settings.pattern_copies
@@ -466,6 +775,9 @@ impl Machine {
                 return;
             }
             other => other,
+        };
+        let Some(request) = self.route(request) else {
+            return;
         };
         match self.live.take() {
             Some(mut live) => {
@@ -484,7 +796,13 @@ impl Machine {
         let Some((kind, parts)) = split_message(&frame) else {
             let frame = value::parse(&frame)?;
             if let Some(reason) = self.dropped_by_cluster(&frame) {
-                return Err(ProtocolError(reason));
+                tracing::info!(shard = self.shard, %reason, "rebuilding this shard's links once its publishes are delivered");
+                self.outbound.push(Outbound::SlotsMoved);
+                if let Some(mut live) = self.live.take() {
+                    self.start_drain(&mut live);
+                    self.live = Some(live);
+                }
+                return Ok(None);
             }
             return Ok(self.sub_frame(frame));
         };
@@ -634,6 +952,8 @@ impl Machine {
             return Ok(());
         };
         let result = self.on_ctl_frame(&mut live, frame, now);
+        self.finish_drain_if_done(&mut live);
+        self.finish_replan_if_done(&mut live);
         self.live = Some(live);
         result
     }
@@ -665,6 +985,7 @@ impl Machine {
             heartbeat: true,
             restored: false,
             confirms: Some(live.unconfirmed.mark()),
+            drained: false,
         });
         if registry {
             push_ctl(live, &self.registry.touch(), CtlPending::Touch);
@@ -767,26 +1088,84 @@ impl Machine {
                 kind,
                 channel,
                 payload,
-            } => {
-                let (raw, all) = self.publish_commands(kind, &channel, &payload);
-                for raw in std::iter::once(raw).chain(all) {
-                    if live.flush_deadline.is_some() {
-                        self.hold(raw);
-                    } else {
-                        self.shared.metrics.publishes_sent.inc();
-                        // Kept until acknowledged, to resend if the link dies first.
-                        live.ctl_out.extend_from_slice(&raw);
-                        live.ctl_pending.push_back(CtlPending::Publish(raw));
-                    }
-                }
-            }
+            } => self.publish_online(live, kind, &channel, &payload, Part::Both, false),
+            Request::PublishPart {
+                kind,
+                channel,
+                payload,
+                part,
+            } => self.publish_online(live, kind, &channel, &payload, part, true),
             Request::ReadFleet { done } => {
                 push_ctl(live, &self.registry.read(), CtlPending::ReadFleet(done))
             }
             Request::Leave { done } => {
                 push_ctl(live, &self.registry.leave(), CtlPending::Leave(done))
             }
+            // New links are made (and the subscriptions re-homed) by the driver's reconnect.
+            Request::Rebuild => self.start_drain(live),
+            Request::Replan { .. } => unreachable!("handled in request"),
+            Request::Adopt { counts } => self.adopt_online(live, &counts),
         }
+    }
+
+    /// A publish while connected; `early` when another shard handed it over (see
+    /// [`Machine::hold_early`]).
+    fn publish_online(
+        &mut self,
+        live: &mut Live,
+        kind: Kind,
+        channel: &[u8],
+        payload: &[u8],
+        part: Part,
+        early: bool,
+    ) {
+        let gained = self.gained(kind, channel);
+        for raw in self.publish_raws(kind, channel, payload, part) {
+            if early && (gained || live.flush_deadline.is_some() || live.draining || live.holding) {
+                self.hold_early(raw);
+            } else if gained || live.flush_deadline.is_some() || live.draining || live.holding {
+                self.hold(raw);
+            } else {
+                self.shared.metrics.publishes_sent.inc();
+                // Kept until acknowledged, to resend if the link dies first.
+                live.ctl_out.extend_from_slice(&raw);
+                live.ctl_pending.push_back(CtlPending::Publish(raw));
+            }
+        }
+    }
+
+    fn adopt_online(&mut self, live: &mut Live, counts: &[(Topic, i64)]) {
+        let had_patterns = self.holds_patterns();
+        let (fresh, gone) = self.adopt(counts);
+        let first_pattern = !had_patterns && self.holds_patterns();
+        let last_pattern = had_patterns && !self.holds_patterns();
+        for kind in Kind::ALL {
+            let of = |v: &[Topic]| {
+                v.iter()
+                    .filter(|t| t.kind == kind)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            self.subscribe(live, &of(&fresh), first_pattern, None);
+            self.unsubscribe(live, &of(&gone), last_pattern);
+        }
+    }
+
+    /// Applies count changes handed over by another shard; the topics subscribed fresh and
+    /// those whose last subscriber left.
+    fn adopt(&mut self, counts: &[(Topic, i64)]) -> (Vec<Topic>, Vec<Topic>) {
+        let (mut fresh, mut gone) = (Vec::new(), Vec::new());
+        for (topic, delta) in counts {
+            let changed = self.count(std::slice::from_ref(topic), *delta);
+            if !changed.is_empty() {
+                if *delta > 0 {
+                    fresh.push(topic.clone());
+                } else {
+                    gone.push(topic.clone());
+                }
+            }
+        }
+        (fresh, gone)
     }
 
     /// A request while disconnected: record it so the reconnect restores it.
@@ -815,10 +1194,18 @@ impl Machine {
                 channel,
                 payload,
             } => {
-                let (raw, all) = self.publish_commands(kind, &channel, &payload);
-                self.hold(raw);
-                if let Some(all) = all {
-                    self.hold(all);
+                for raw in self.publish_raws(kind, &channel, &payload, Part::Both) {
+                    self.hold(raw);
+                }
+            }
+            Request::PublishPart {
+                kind,
+                channel,
+                payload,
+                part,
+            } => {
+                for raw in self.publish_raws(kind, &channel, &payload, part) {
+                    self.hold_early(raw);
                 }
             }
             Request::ReadFleet { done } => {
@@ -826,6 +1213,12 @@ impl Machine {
             }
             Request::Leave { done } => {
                 let _ = done.send(());
+            }
+            // The reconnect rebuilds the links (and names) anyway.
+            Request::Rebuild => {}
+            Request::Replan { .. } => unreachable!("handled in request"),
+            Request::Adopt { counts } => {
+                self.adopt(&counts);
             }
         }
     }
@@ -860,6 +1253,16 @@ impl Machine {
 
     /// The publish of a message, and on a cluster for a channel message its copy on the
     /// shard's all-messages channel (for pattern subscribers; see [`Cluster`]).
+    /// The commands of `part` of a publish (all of it when not on a cluster).
+    fn publish_raws(&self, kind: Kind, channel: &[u8], payload: &[u8], part: Part) -> Vec<Bytes> {
+        let (main, copy) = self.publish_commands(kind, channel, payload);
+        match (part, copy) {
+            (Part::Main, Some(_)) => vec![main],
+            (Part::Copy, Some(copy)) => vec![copy],
+            (_, copy) => std::iter::once(main).chain(copy).collect(),
+        }
+    }
+
     fn publish_commands(
         &self,
         kind: Kind,
@@ -904,6 +1307,33 @@ impl Machine {
     }
 
     /// Holds a publish for later; counts and logs it if the buffer is full.
+    /// Whether `channel`'s slot is one this shard did not serve when its links were built (see
+    /// `Machine::built`).
+    fn gained(&self, kind: Kind, channel: &[u8]) -> bool {
+        let (Some(built), Some(router)) = (&self.built, &self.router) else {
+            return false;
+        };
+        router
+            .slot_of(kind, channel)
+            .is_some_and(|slot| usize::from(built[usize::from(slot)]) != self.shard)
+    }
+
+    /// Holds a publish that precedes everything held since it was made: handed over by the
+    /// slot's previous shard, or refused by the cluster after it went out. It goes after the
+    /// replays and the earlier such publishes, before the rest, so a publisher's order on a
+    /// channel survives its slot changing shards.
+    fn hold_early(&mut self, raw: Bytes) {
+        if self.buffer.insert(self.replays + self.early, raw.clone()) {
+            self.early += 1;
+            self.shared
+                .metrics
+                .publishes_buffered
+                .set(self.buffer.len() as i64);
+            return;
+        }
+        self.hold(raw);
+    }
+
     fn hold(&mut self, raw: Bytes) {
         if self.buffer.push(raw) {
             self.shared
@@ -1016,6 +1446,7 @@ impl Machine {
             heartbeat: false,
             restored: false,
             confirms: None,
+            drained: false,
         });
     }
 
@@ -1110,6 +1541,9 @@ impl Machine {
         if done.heartbeat {
             Self::heartbeat_answered(live);
         }
+        if done.drained {
+            self.replan = true;
+        }
         if done.restored {
             // Every resubscription before this PING is in place: tell the fleet.
             let server = Some(live.server.clone());
@@ -1142,11 +1576,22 @@ impl Machine {
             return Err(Lost(format!("the backplane became a replica: {e}")));
         }
         if let Some(e) = refused.as_deref().filter(|e| e.starts_with("MOVED")) {
-            // A cluster node that no longer serves this shard's slots (demoted, or the slots
-            // were migrated): re-resolve. Resharding is not followed yet (docs/cluster-design.md):
-            // the sidecars must restart to learn the new slot map.
+            // A cluster node that no longer serves this slot (the slot migrated, or the node
+            // was demoted). A publish it refused did not run: it is held in front of what was
+            // held since, and handed to the slot's new shard with the rest once the slot map
+            // is read again (see `relay::topology`) and what went out before is answered.
+            self.outbound.push(Outbound::SlotsMoved);
+            if let Some(CtlPending::Publish(raw)) = live.ctl_pending.front() {
+                let raw = raw.clone();
+                live.ctl_pending.pop_front();
+                tracing::info!(shard = self.shard, error = %e, "a publish went to a slot that moved; held for the slot's new primary");
+                self.hold_early(raw);
+                self.start_drain(live);
+                self.finish_drain_if_done(live);
+                return Ok(());
+            }
             return Err(Lost(format!(
-                "the cluster moved this shard's slots ({e}); if the cluster was resharded, restart the sidecars"
+                "the cluster moved a slot of this shard ({e})"
             )));
         }
         let Some(pending) = live.ctl_pending.pop_front() else {
@@ -1213,6 +1658,51 @@ impl Machine {
         Ok(())
     }
 
+    /// Whether a publish (or an announcement of replays) awaits the server's answer.
+    fn publishes_unanswered(live: &Live) -> bool {
+        live.ctl_pending
+            .iter()
+            .any(|p| matches!(p, CtlPending::Publish(_) | CtlPending::Announce))
+    }
+
+    /// Ends the first step of a replan (see `Live::replanned`) once nothing sent is unanswered.
+    fn finish_replan_if_done(&mut self, live: &mut Live) {
+        if live.replanned.is_some() && !Self::publishes_unanswered(live) {
+            let done = live.replanned.take().expect("checked");
+            // What the cluster refused is held in front by now: everything goes in order,
+            // and the step ends after it (see `Outbound::Done`).
+            self.hand_over();
+            self.outbound.push(Outbound::Done(done));
+        }
+    }
+
+    /// Starts rebuilding the links for a new slot map (see `Live::draining`).
+    fn start_drain(&mut self, live: &mut Live) {
+        if !live.draining {
+            live.draining = true;
+            self.finish_drain_if_done(live);
+        }
+    }
+
+    /// Once no publish awaits its acknowledgement, a PING on the subscriber link proves every
+    /// acknowledged one delivered; its answer asks for new links.
+    fn finish_drain_if_done(&mut self, live: &mut Live) {
+        if !live.draining || live.drain_ping_sent || Self::publishes_unanswered(live) {
+            return;
+        }
+        live.drain_ping_sent = true;
+        live.sub_out
+            .extend_from_slice(&crate::upstream::command(&["PING"]).raw);
+        live.sub_pending.push_back(SubPending {
+            replies: 1,
+            done: None,
+            heartbeat: false,
+            restored: false,
+            confirms: Some(live.unconfirmed.mark()),
+            drained: true,
+        });
+    }
+
     /// Caches a registry read (without this sidecar) and returns it.
     fn remember(&mut self, frame: &Value) -> Option<Fleet> {
         let mut fleet = Fleet::from_registry(frame)?;
@@ -1248,8 +1738,10 @@ impl Machine {
         let n = self.buffer.len();
         let mut held = self.buffer.drain();
         let replays: Vec<Bytes> = held.by_ref().take(self.replays).collect();
+        // The early publishes come first among the rest already.
         let fresh: Vec<Bytes> = held.collect();
         self.replays = 0;
+        self.early = 0;
         for (announcement, run) in replay::announcements(replays, self.settings.max_bulk) {
             if let Some(listed) = announcement {
                 let raw = self.publish_command(Kind::Channel, self.replays_channel(), &listed);

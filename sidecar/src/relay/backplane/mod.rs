@@ -80,6 +80,34 @@ pub enum Request {
     },
     /// Graceful shutdown: leave the registry.
     Leave { done: oneshot::Sender<()> },
+    /// On a cluster, first step after the slot map changed (a resharding): the shard hands the
+    /// subscriptions and held publishes that are no longer its own to their shards at once.
+    Replan { done: oneshot::Sender<()> },
+    /// Second step, once every shard has handed over: the shard rebuilds its links with what
+    /// it holds now (see `relay::topology`).
+    Rebuild,
+    /// On a cluster: subscription count changes handed over by another shard (a resharding),
+    /// or sent to the wrong shard just before one.
+    Adopt { counts: Vec<(Topic, i64)> },
+    /// On a cluster: one half of a channel publish handed over by another shard (a resharding
+    /// moved its slot after the other half went out).
+    PublishPart {
+        kind: Kind,
+        channel: Bytes,
+        payload: Bytes,
+        part: Part,
+    },
+}
+
+/// On a cluster, a channel message is published twice on its shard's node (see
+/// `machine::Cluster`): these are the halves, which a resharding can separate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Both,
+    /// To the channel's subscribers.
+    Main,
+    /// To the shard's all-messages channel, for pattern subscribers.
+    Copy,
 }
 
 /// Timing and limits, from the configuration.
@@ -112,6 +140,9 @@ pub struct Shared {
     last_error: RwLock<Option<String>>,
     shards: usize,
     pub metrics: Arc<Metrics>,
+    /// On a cluster: a shard lost its links, maybe because slots moved; the topology watcher
+    /// looks at the slot map again (see `relay::topology`).
+    pub topology: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -126,6 +157,7 @@ impl Shared {
             last_error: RwLock::new(None),
             shards,
             metrics,
+            topology: tokio::sync::Notify::new(),
         })
     }
 
@@ -171,6 +203,8 @@ pub struct Backplane {
     requests: mpsc::Receiver<Request>,
     /// Shard 0's requests, for the other shards (weak, so the relay's drop still ends shard 0).
     registry_shard: Option<mpsc::WeakSender<Request>>,
+    /// Every shard's requests (weak), for what a resharding hands from one to another.
+    peers: Vec<mpsc::WeakSender<Request>>,
     shared: Arc<Shared>,
     machine: Machine,
 }
@@ -203,17 +237,27 @@ impl From<Lost> for Stop {
     }
 }
 
+/// How a shard's task hears the relay and reaches the other shards.
+pub struct Wiring {
+    pub requests: mpsc::Receiver<Request>,
+    /// Every shard's requests, this one's too (weak, so the relay's drop still ends the tasks):
+    /// shard 0 keeps the registry, and a resharding hands requests between shards.
+    pub peers: Vec<mpsc::WeakSender<Request>>,
+}
+
 impl Backplane {
-    /// The task for shard `shard`; `registry_shard` reaches shard 0 (`None` for shard 0).
+    /// The task for shard `shard`.
     pub fn new(
         endpoint: Endpoint,
         shard: usize,
         settings: Settings,
         registry: Registry,
-        requests: mpsc::Receiver<Request>,
-        registry_shard: Option<mpsc::WeakSender<Request>>,
+        wiring: Wiring,
+        router: &crate::relay::shard::Router,
         shared: Arc<Shared>,
     ) -> Self {
+        let Wiring { requests, peers } = wiring;
+        let registry_shard = (shard > 0).then(|| peers[0].clone());
         let mut machine = Machine::new(
             shard,
             settings.clone(),
@@ -222,11 +266,12 @@ impl Backplane {
             shared.clone(),
         );
         if let crate::upstream::Target::Cluster {
-            slot: Some(slot), ..
+            shard: Some((index, map)),
+            ..
         } = &endpoint.target
         {
-            let tag = crate::upstream::cluster::tag_for_slot(*slot);
-            machine = machine.in_cluster(machine::Cluster::new(&tag));
+            let tag = crate::upstream::cluster::tag_for_slot(map.first_slot(*index).unwrap_or(0));
+            machine = machine.in_cluster(machine::Cluster::new(&tag), router.clone());
         }
         Backplane {
             endpoint,
@@ -235,6 +280,7 @@ impl Backplane {
             sidecar_id: registry.id().to_owned(),
             requests,
             registry_shard,
+            peers,
             shared,
             machine,
         }
@@ -258,6 +304,9 @@ impl Backplane {
             match stop {
                 Stop::Shutdown => return,
                 Stop::Lost(e) => {
+                    if self.endpoint.is_cluster() {
+                        self.shared.topology.notify_one();
+                    }
                     self.shared.metrics.upstream_reconnects.inc();
                     tracing::warn!(
                         shard = self.shard,
@@ -339,7 +388,15 @@ impl Backplane {
             .endpoint
             .connect_to(&addr, Protocol::Resp2, Some(&name("ctl")))
             .await?;
-        let server = ctl.server_id().await?;
+        let mut server = ctl.server_id().await?;
+        if let crate::upstream::Target::Cluster {
+            shard: Some((_, map)),
+            ..
+        } = &self.endpoint.target
+        {
+            // Peers that follow another slot map are not "back" on this server yet.
+            server = format!("{}@{:x}", String::from_utf8_lossy(&server), map.epoch()).into();
+        }
         tracing::debug!(endpoint = %self.endpoint, %addr, server = %String::from_utf8_lossy(&server), "backplane links open");
         let (mut sub_in, sub_out) = sub.into_parts();
         let (ctl_in, ctl_out) = ctl.into_parts();
@@ -399,6 +456,13 @@ impl Backplane {
                     Ok(())
                 }
             };
+            let step = step.and_then(|()| {
+                if self.machine.take_replan() {
+                    Err(Stop::Lost("the cluster's slot map changed: rebuilding this shard's links and subscriptions (its publishes are all delivered)".into()))
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(stop) = step {
                 if matches!(stop, Stop::Shutdown) {
                     let _ = self.write_out(links).await;
@@ -466,6 +530,11 @@ impl Backplane {
         for outbound in self.machine.take_outbound() {
             match outbound {
                 Outbound::Registry(request) => self.to_registry_shard(request),
+                Outbound::Forward(shard, request) => self.to_shard(shard, request),
+                Outbound::Done(done) => {
+                    let _ = done.send(());
+                }
+                Outbound::SlotsMoved => self.shared.topology.notify_one(),
                 Outbound::PeerCheck => {
                     let (tx, rx) = oneshot::channel();
                     self.to_registry_shard(Request::ReadFleet { done: tx });
@@ -478,9 +547,29 @@ impl Backplane {
     /// While disconnected only marks can be outbound; they go at once.
     fn forward_to_registry_shard(&mut self) {
         for outbound in self.machine.take_outbound() {
-            if let Outbound::Registry(request) = outbound {
-                self.to_registry_shard(request);
+            match outbound {
+                Outbound::Registry(request) => self.to_registry_shard(request),
+                Outbound::Forward(shard, request) => self.to_shard(shard, request),
+                Outbound::Done(done) => {
+                    let _ = done.send(());
+                }
+                Outbound::SlotsMoved => self.shared.topology.notify_one(),
+                Outbound::PeerCheck => {}
             }
+        }
+    }
+
+    /// Hands a request to another shard's task, without blocking this one. Requests keep their
+    /// order unless that shard's queue is full (4096 waiting), which a resharding's hand-over
+    /// does not come near.
+    fn to_shard(&self, shard: usize, request: Request) {
+        let Some(tx) = self.peers.get(shard).and_then(|w| w.upgrade()) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(request)) = tx.try_send(request) {
+            tokio::spawn(async move {
+                let _ = tx.send(request).await;
+            });
         }
     }
 

@@ -157,6 +157,12 @@ fn publish(m: &mut Machine, channel: &str, payload: &str) {
 /// snapshot, the registry read, the mark), as a healthy server would; `peers` is the registry.
 fn connect_settled(m: &mut Machine, server: &str, peers: &[(&str, &str)], now: Instant) {
     m.connected(Bytes::copy_from_slice(server.as_bytes()), now);
+    answer_sub(m);
+    answer_ctl(m, peers, now);
+}
+
+/// Answers every subscriber-link command written so far, as a healthy server would.
+fn answer_sub(m: &mut Machine) {
     for command in commands(m.take_sub_writes()) {
         match command[0].as_str() {
             "PING" => assert_eq!(m.sub_frame(pong()), None),
@@ -167,7 +173,6 @@ fn connect_settled(m: &mut Machine, server: &str, peers: &[(&str, &str)], now: I
             }
         }
     }
-    answer_ctl(m, peers, now);
 }
 
 /// Answers every control command written so far (publishes with 1, registry scripts with 1,
@@ -196,7 +201,7 @@ fn answer_ctl(m: &mut Machine, peers: &[(&str, &str)], now: Instant) -> Vec<Stri
 fn published(bytes: BytesMut) -> Vec<String> {
     commands(bytes)
         .into_iter()
-        .filter(|c| c[0] == "PUBLISH")
+        .filter(|c| c[0] == "PUBLISH" || c[0] == "SPUBLISH")
         .map(|c| {
             if c[1] == ANNOUNCEMENTS {
                 let listed = published(BytesMut::from(c[2].as_bytes()));
@@ -871,10 +876,19 @@ fn a_replay_expected_on_a_channel_given_up_never_drops_a_later_publish() {
     assert_eq!(delivered(&mut m, "hello").as_deref(), Some("hello"));
 }
 
-/// Shard 1 of a cluster whose first slot has tag `{7}` (the registry is on shard 0).
+/// The hash tag of slot 0 (`tag_for_slot(0)`), which names the shard's own channels.
+const TAG: &str = "{3560}";
+
+/// Shard 1 of a cluster that serves every slot (the registry is on shard 0).
 fn cluster_machine() -> Machine {
     let (m, _) = machine(1, true, 100);
-    m.in_cluster(super::machine::Cluster::new("{7}"))
+    m.in_cluster(super::machine::Cluster::new("{7}"), every_slot_on_shard_1())
+}
+
+/// A router for a cluster whose every slot is on shard 1, the machine's own.
+fn every_slot_on_shard_1() -> crate::relay::shard::Router {
+    let map = crate::upstream::cluster::SlotMap::new(vec![1u16; 16384].into());
+    crate::relay::shard::Router::cluster(Bytes::from_static(b"app:"), Arc::new(map))
 }
 
 fn raw_frame(parts: &[&str]) -> Bytes {
@@ -893,7 +907,7 @@ fn on_a_cluster_channels_ride_sharded_pub_sub_apart_from_shard_channels() {
     assert_eq!(
         commands(m.take_sub_writes()),
         vec![
-            vec!["SSUBSCRIBE", "app:__switchboard:replays:{7}"],
+            vec!["SSUBSCRIBE", &format!("app:__switchboard:replays:{TAG}")],
             vec!["PING"]
         ],
         "the shard's own announcement channel, sharded"
@@ -907,7 +921,11 @@ fn on_a_cluster_channels_ride_sharded_pub_sub_apart_from_shard_channels() {
         ],
         "one command per channel: a command's shard channels must share a slot"
     );
-    m.sub_frame(confirm("ssubscribe", "app:__switchboard:replays:{7}", 1));
+    m.sub_frame(confirm(
+        "ssubscribe",
+        &format!("app:__switchboard:replays:{TAG}"),
+        1,
+    ));
     m.sub_frame(pong());
     m.sub_frame(confirm("ssubscribe", "app:__c:a", 1));
     assert!(done.try_recv().is_err(), "waits for the last one");
@@ -924,7 +942,7 @@ fn on_a_cluster_channels_ride_sharded_pub_sub_apart_from_shard_channels() {
         commands(m.take_ctl_writes()),
         vec![
             vec!["SPUBLISH", "app:__c:a", "hi"],
-            vec!["SPUBLISH", "app:__switchboard:all:{7}", "1:ahi"],
+            vec!["SPUBLISH", &format!("app:__switchboard:all:{TAG}"), "1:ahi"],
             vec!["SPUBLISH", "app:a", "own"],
         ],
         "a channel message is also copied for pattern subscribers; a shard message is not"
@@ -958,7 +976,7 @@ fn on_a_cluster_patterns_are_matched_from_the_all_messages_channel_once_each() {
     });
     assert_eq!(
         commands(m.take_sub_writes()),
-        vec![vec!["SSUBSCRIBE", "app:__switchboard:all:{7}"]],
+        vec![vec!["SSUBSCRIBE", &format!("app:__switchboard:all:{TAG}")]],
         "the first patterns subscribe the shard's all-messages channel, nothing per pattern"
     );
     let (done, _rx) = oneshot::channel();
@@ -971,7 +989,7 @@ fn on_a_cluster_patterns_are_matched_from_the_all_messages_channel_once_each() {
     let first = m
         .sub_raw(raw_frame(&[
             "smessage",
-            "app:__switchboard:all:{7}",
+            &format!("app:__switchboard:all:{TAG}"),
             "6:room:1x",
         ]))
         .unwrap()
@@ -997,7 +1015,7 @@ fn on_a_cluster_patterns_are_matched_from_the_all_messages_channel_once_each() {
     assert_eq!(
         m.sub_raw(raw_frame(&[
             "smessage",
-            "app:__switchboard:all:{7}",
+            &format!("app:__switchboard:all:{TAG}"),
             "5:other"
         ]))
         .unwrap(),
@@ -1007,7 +1025,7 @@ fn on_a_cluster_patterns_are_matched_from_the_all_messages_channel_once_each() {
     assert_eq!(
         m.sub_raw(raw_frame(&[
             "smessage",
-            "app:__switchboard:all:{7}",
+            &format!("app:__switchboard:all:{TAG}"),
             "99:short"
         ]))
         .unwrap(),
@@ -1022,43 +1040,146 @@ fn on_a_cluster_patterns_are_matched_from_the_all_messages_channel_once_each() {
     });
     assert_eq!(
         commands(m.take_sub_writes()),
-        vec![vec!["SUNSUBSCRIBE", "app:__switchboard:all:{7}"]],
+        vec![vec![
+            "SUNSUBSCRIBE",
+            &format!("app:__switchboard:all:{TAG}")
+        ]],
         "the last pattern gone"
     );
 }
 
+/// Shard `shard` of a cluster routed by `router`, without all-messages copies (one command
+/// per publish), connected to `server` with nothing held.
+fn cluster_shard(shard: usize, router: &crate::relay::shard::Router, server: &str) -> Machine {
+    let (_, shared) = machine(shard, true, 100);
+    let mut m = Machine::new(
+        shard,
+        Settings {
+            pattern_copies: false,
+            ..settings(100)
+        },
+        Registry::new(PREFIX, "me", 10_000),
+        true,
+        shared,
+    )
+    .in_cluster(super::machine::Cluster::new("{7}"), router.clone());
+    m.connected(Bytes::copy_from_slice(server.as_bytes()), Instant::now());
+    m.take_sub_writes();
+    m.take_ctl_writes();
+    m
+}
+
+/// Takes the outbound requests for other shards, answering the ends of replan steps.
+fn forwards(m: &mut Machine) -> Vec<(usize, Request)> {
+    let mut out = Vec::new();
+    for outbound in m.take_outbound() {
+        match outbound {
+            Outbound::Forward(shard, request) => out.push((shard, request)),
+            Outbound::Done(done) => {
+                let _ = done.send(());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 #[test]
-fn on_a_cluster_a_dropped_shard_subscription_or_a_moved_slot_rebuilds_the_links() {
+fn on_a_cluster_a_dropped_shard_subscription_drains_then_rebuilds_the_links() {
     let mut m = cluster_machine();
     let now = Instant::now();
     m.connected(Bytes::from_static(b"run-1"), now);
     let _done = acquire(&mut m, &["a"]);
-    m.take_sub_writes();
-    // A sunsubscribe we asked for is an answer; one we did not means the slot left the node.
-    let lost = m.sub_raw(raw_frame(&["sunsubscribe", "app:__c:a", "0"]));
+    answer_sub(&mut m);
+    m.take_ctl_writes();
+    // A sunsubscribe we did not ask for means the slot left the node: once what went out is
+    // proven delivered (a PING on the subscriber link), the links are rebuilt.
+    let dropped = m.sub_raw(raw_frame(&["sunsubscribe", "app:__c:a", "0"]));
+    assert_eq!(dropped, Ok(None));
     assert!(
-        lost.as_ref()
-            .is_err_and(|e| e.0.contains("\"__c:a\"") && e.0.contains("slot moved")),
-        "{lost:?}"
+        m.take_outbound()
+            .iter()
+            .any(|o| matches!(o, Outbound::SlotsMoved)),
+        "the slot map is read again"
     );
+    assert_eq!(verbs(m.take_sub_writes()), vec!["PING"]);
+    publish(&mut m, "a", "held");
+    assert!(m.take_ctl_writes().is_empty(), "held while draining");
+    assert!(!m.take_replan());
+    m.sub_frame(pong());
+    assert!(m.take_replan(), "drained: new links");
+    // One we asked for is an answer, not a loss.
     release(&mut m, &["a"]);
-    m.take_sub_writes();
     assert_eq!(
         m.sub_raw(raw_frame(&["sunsubscribe", "app:__c:a", "0"])),
         Ok(None)
     );
+}
 
-    publish(&mut m, "a", "hi");
-    m.take_ctl_writes();
-    let moved = m.ctl_frame(
-        Value::Error(Bytes::from_static(b"MOVED 15495 127.0.0.1:7002")),
-        now,
+#[test]
+fn a_publishers_order_on_a_channel_survives_its_slot_changing_shards() {
+    let map = Arc::new(crate::upstream::cluster::SlotMap::new(
+        vec![1u16; 16384].into(),
+    ));
+    let router = crate::relay::shard::Router::cluster(Bytes::from_static(b"app:"), map.clone());
+    let (mut a, mut b) = (
+        cluster_shard(1, &router, "a"),
+        cluster_shard(2, &router, "b"),
     );
+    let now = Instant::now();
+
+    publish(&mut a, "ch", "1");
+    assert_eq!(published(a.take_ctl_writes()), vec!["app:__c:ch 1"]);
+    // The slot of "ch" moves to shard 2, which the relay now sends "ch" to; "2" was routed to
+    // shard 1 just before.
+    map.replace(vec![2u16; 16384].into());
+    publish(&mut b, "ch", "3");
     assert!(
-        moved
-            .as_ref()
-            .is_err_and(|Lost(e)| e.contains("MOVED 15495")),
-        "{moved:?}"
+        b.take_ctl_writes().is_empty(),
+        "shard 2 holds a slot it did not serve when its links were built"
+    );
+    publish(&mut a, "ch", "2");
+    assert!(
+        a.take_ctl_writes().is_empty(),
+        "behind the unanswered one, not around it"
+    );
+    assert!(forwards(&mut a).is_empty());
+
+    // The replan's first step ends only once "1" is answered: the cluster refuses it.
+    let (done, mut replanned) = oneshot::channel();
+    a.request(Request::Replan { done });
+    assert!(forwards(&mut a).is_empty());
+    assert!(replanned.try_recv().is_err(), "waits for the answer to 1");
+    a.ctl_frame(
+        Value::Error(Bytes::from_static(b"MOVED 1 127.0.0.1:7002")),
+        now,
+    )
+    .expect("a moved slot is not a lost link");
+    let handed = forwards(&mut a);
+    assert_eq!(replanned.try_recv(), Ok(()));
+    assert_eq!(
+        handed.iter().map(|(shard, _)| *shard).collect::<Vec<_>>(),
+        vec![2, 2],
+        "both go to shard 2"
+    );
+    for (_, request) in handed {
+        b.request(request);
+    }
+    assert!(
+        b.take_ctl_writes().is_empty(),
+        "held until shard 2 rebuilds"
+    );
+
+    // The second step: shard 2's new links, and the flush once its peers are back.
+    b.disconnected();
+    b.connected(Bytes::from_static(b"b2"), now);
+    b.take_sub_writes();
+    b.take_ctl_writes();
+    b.peers_answered(None, now);
+    assert_eq!(
+        published(b.take_ctl_writes()),
+        vec!["app:__c:ch 1", "app:__c:ch 2", "app:__c:ch 3"],
+        "in the publisher's order"
     );
 }
 
@@ -1076,7 +1197,7 @@ fn on_a_cluster_without_pattern_copies_a_publish_is_one_command_and_patterns_are
         true,
         shared,
     )
-    .in_cluster(super::machine::Cluster::new("{7}"));
+    .in_cluster(super::machine::Cluster::new("{7}"), every_slot_on_shard_1());
     m.connected(Bytes::from_static(b"run-1"), Instant::now());
     m.take_sub_writes();
     publish(&mut m, "a", "hi");

@@ -547,6 +547,80 @@ fn pub_sub_across_three_sidecars_rides_sharded_pub_sub_with_redis_semantics() {
     );
 }
 
+/// One publisher's messages reach a pattern subscriber in the order it published them, as
+/// from one Redis, although its channels live on every primary: sidecar A pipelines numbered
+/// `PUBLISH`es round-robin over channels spread across the three primaries, and `PSUBSCRIBE`
+/// subscribers on B and on A itself read every number once, in order. (Per-channel order alone
+/// would let an emit to a room and a broadcast after it arrive swapped; Node's classic
+/// socket.io adapter receives both through one pattern.)
+#[test]
+fn a_pattern_subscriber_gets_one_publishers_messages_in_order_across_primaries() {
+    let cluster = RedisCluster::start(3, 0);
+    let ranges = cluster.slot_ranges();
+    let (a, b) = (
+        cluster_sidecar(&cluster, "pod-a"),
+        cluster_sidecar(&cluster, "pod-b"),
+    );
+    let channels: Vec<String> = cluster
+        .primaries()
+        .into_iter()
+        .flat_map(|p| {
+            let up = names_on(&cluster, &ranges, "__c:ord:", p, 2);
+            up.into_iter()
+                .map(|n| n.trim_start_matches("__c:").to_owned())
+        })
+        .collect();
+    assert_eq!(
+        channels.len(),
+        6,
+        "two channels on each of the three primaries"
+    );
+    const MESSAGES: usize = 600;
+    let mut on_b = subscriber(b.addr, "psub-b", "PSUBSCRIBE", &["ord:*".into()]);
+    let mut on_a = subscriber(a.addr, "psub-a", "PSUBSCRIBE", &["ord:*".into()]);
+
+    let mut publisher = RawClient::connect(a.addr, "pub-a");
+    for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(100) {
+        let mut bytes = Vec::new();
+        for &n in batch {
+            bytes.extend(cmd(&[
+                "PUBLISH",
+                &channels[n % channels.len()],
+                &n.to_string(),
+            ]));
+        }
+        publisher.send(&bytes);
+        for reply in publisher.read_frames(batch.len()) {
+            assert!(reply.starts_with(b":"), "publish: {}", show(&reply));
+        }
+    }
+    for sub in [&mut on_b, &mut on_a] {
+        for n in 0..MESSAGES {
+            let frame = sub
+                .try_read_frame(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{}: message {n} never came: {e:?}", sub.name));
+            let (kind, pattern, channel, payload) = message_parts(&frame, &sub.name);
+            assert_eq!(
+                (
+                    kind.as_str(),
+                    pattern.as_str(),
+                    channel.as_str(),
+                    payload.as_str()
+                ),
+                (
+                    "pmessage",
+                    "ord:*",
+                    channels[n % channels.len()].as_str(),
+                    n.to_string().as_str()
+                ),
+                "{}: message {n} of the publisher's order",
+                sub.name
+            );
+        }
+        sub.assert_nothing_within(Duration::from_millis(300));
+    }
+}
+
 /// A publisher on one sidecar sending numbered messages on one channel from its own thread
 /// until stopped.
 struct Traffic {

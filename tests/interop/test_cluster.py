@@ -117,6 +117,13 @@ def test_a_primary_killed_mid_stream_loses_nothing_and_nobody_reconnects(procs, 
     wait_for_delivery(clients, members, "news", sent[-1])
 
     dead = redis_cluster.kill_primary_of(EMIT_NAME[(stack, adapter)])
+    # The emits below are made while the slot has no primary. One made at the very moment of the
+    # kill could be in flight on the dying connection, where it may or may not have run (a key
+    # command such as the streams adapter's XADD is then answered with an error, as Redis's own
+    # clients are), so they start once every sidecar has seen the primary go.
+    for pod in pods:  # /readyz is 200 only while every backplane shard is connected
+        wait_until(f"{pod.name}'s sidecar to notice the primary's loss (/readyz not 200)",
+                   lambda: pod.sidecar.readyz() != 200, timeout=10, watch=[pod.sidecar.proc])
     n = 2
     for _ in range(10):  # emits while the slot has no primary, and while the replica takes over
         sent.append(emit_news(first if n % 2 else second, n))

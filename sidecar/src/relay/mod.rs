@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use self::backplane::{Request, Shared};
+use self::backplane::{Part, Request, Shared};
 use self::fleet::Fleet;
 use self::shard::Router;
 use crate::metrics::Metrics;
@@ -50,6 +50,9 @@ pub struct Relay {
     /// One backplane task per shard, in shard order; empty when embedded.
     shards: Vec<mpsc::Sender<Request>>,
     router: Router,
+    /// On a cluster with pattern copies: the shard that gets every all-messages copy of this
+    /// sidecar's publishes (see [`backplane::Part`]).
+    copy_shard: Option<usize>,
     /// Local subscriptions made since [`Relay::take_recent_topics`] was last called: the
     /// listening check samples the table once a second, and an app whose listener subscribed
     /// and died between two looks must still arm it. At most [`RECENT_TOPICS`] are kept.
@@ -69,6 +72,7 @@ impl Relay {
             shared,
             shards: Vec::new(),
             router: Router::new(Bytes::new(), 1),
+            copy_shard: None,
             recent: Mutex::default(),
         }
     }
@@ -88,6 +92,8 @@ impl Relay {
             None => Router::new(settings.channel_prefix.clone(), endpoints.len()),
         };
         let id = registry.id().to_owned();
+        let copy_shard = (slots.is_some() && settings.pattern_copies)
+            .then(|| shard::copy_shard(&id, endpoints.len()));
         let channels: Vec<_> = endpoints.iter().map(|_| mpsc::channel(4096)).collect();
         let peers: Vec<_> = channels.iter().map(|(tx, _)| tx.downgrade()).collect();
         if let Some(map) = slots {
@@ -120,6 +126,7 @@ impl Relay {
             shared,
             shards,
             router,
+            copy_shard,
             recent: Mutex::default(),
         }
     }
@@ -339,7 +346,8 @@ impl Relay {
     pub async fn publish(&self, kind: Kind, channel: Bytes, payload: Bytes) -> i64 {
         let metrics = &self.shared.metrics;
         metrics.publishes.inc();
-        let Some(backplane) = self.shards.get(self.router.shard_of(kind, &channel)) else {
+        let shard = self.router.shard_of(kind, &channel);
+        let Some(backplane) = self.shards.get(shard) else {
             let n = self.shared.table.publish_locally(kind, &channel, &payload);
             metrics.messages_delivered.inc_by(n as u64);
             return n as i64;
@@ -351,13 +359,33 @@ impl Relay {
             .expect("peers lock poisoned")
             .receivers(kind, &channel);
         let local = self.shared.table.receivers(kind, &channel);
-        let _ = backplane
-            .send(Request::Publish {
-                kind,
-                channel,
-                payload,
-            })
-            .await;
+        match self.copy_shard {
+            Some(copies) if kind == Kind::Channel && copies != shard => {
+                let copy = Request::Publish {
+                    kind,
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                    part: Part::Copy,
+                };
+                let main = Request::Publish {
+                    kind,
+                    channel,
+                    payload,
+                    part: Part::Main,
+                };
+                let _ = backplane.send(main).await;
+                let _ = self.shards[copies].send(copy).await;
+            }
+            _ => {
+                let both = Request::Publish {
+                    kind,
+                    channel,
+                    payload,
+                    part: Part::Both,
+                };
+                let _ = backplane.send(both).await;
+            }
+        }
         local + remote
     }
 

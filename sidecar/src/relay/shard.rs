@@ -115,6 +115,13 @@ impl Router {
     }
 }
 
+/// On a cluster, the shard that carries the all-messages copies of every publish sidecar `id`
+/// makes (see `backplane::Part`): one per sidecar, so a pattern subscriber gets one
+/// publisher's messages in order, and spread over the shards by the sidecars' ids.
+pub fn copy_shard(id: &str, shards: usize) -> usize {
+    usize::from(crc16(0, id.as_bytes())) % shards.max(1)
+}
+
 /// CRC-16/XMODEM, continuing from `crc` (start with 0). Bitwise rather than table-driven: a
 /// channel name is hashed once per publish or subscribe, a few dozen bytes.
 pub fn crc16(mut crc: u16, data: &[u8]) -> u16 {

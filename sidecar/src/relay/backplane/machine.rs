@@ -13,11 +13,13 @@
 //! bus: `SUBSCRIBE`/`PUBLISH` become `SSUBSCRIBE`/`SPUBLISH` of the prefixed name marked
 //! [`CLASSIC`] (apart from the app's own shard channels, which keep their names), and the frames
 //! come back as `message` to the app. Sharded messages never reach `PSUBSCRIBE`, so
-//! patterns are served from each shard's *all-messages channel*: a publisher also `SPUBLISH`es
-//! every channel message there, on the same node (its name carries a hash tag of the shard's
-//! own first slot), as `<channel length>:<channel><payload>`; a sidecar whose app holds patterns
-//! subscribes it on every shard and matches the patterns itself. Each message reaches each
-//! pattern exactly once, and the publisher needs to know nothing about who holds patterns.
+//! patterns are served from each shard's *all-messages channel* (its name carries a hash tag of
+//! the shard's own first slot, so it lives on the shard's node): a publisher also `SPUBLISH`es
+//! every channel message, as `<channel length>:<channel><payload>`, to the one of its *copy
+//! shard*, the same shard for all its publishes, so its copies keep their order on their way
+//! to a pattern subscriber (see [`Part`]); a sidecar whose app holds patterns subscribes the
+//! all-messages channel of every shard and matches the patterns itself. Each message reaches
+//! each pattern exactly once, and the publisher needs to know nothing about who holds patterns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -377,19 +379,21 @@ impl Machine {
             let Some((kind, channel, payload, part)) = self.read_publish(&raw) else {
                 continue;
             };
-            let home = router.shard_of(kind, &channel);
-            if home != self.shard {
+            let (stays, leaves) = self.split_publish(kind, &channel, part);
+            if let Some((home, part)) = leaves {
                 self.outbound.push(Outbound::Forward(
                     home,
                     Request::PublishPart {
                         kind,
-                        channel,
-                        payload,
+                        channel: channel.clone(),
+                        payload: payload.clone(),
                         part,
                     },
                 ));
-                continue;
             }
+            let Some(part) = stays else {
+                continue;
+            };
             for raw in self.publish_raws(kind, &channel, &payload, part) {
                 let before = self.buffer.len();
                 self.hold(raw);
@@ -475,17 +479,15 @@ impl Machine {
                 kind,
                 channel,
                 payload,
+                part,
             } => {
-                let home = self.home(&Topic::new(kind, channel.clone()));
-                if home == self.shard {
-                    return Some(Request::Publish {
+                self.route_publish(kind, channel, payload, part)
+                    .map(|(channel, payload, part)| Request::Publish {
                         kind,
                         channel,
                         payload,
-                    });
-                }
-                self.pass_on(home, kind, channel, payload, Part::Both);
-                None
+                        part,
+                    })
             }
             Request::PublishPart {
                 kind,
@@ -493,19 +495,53 @@ impl Machine {
                 payload,
                 part,
             } => {
-                let home = self.home(&Topic::new(kind, channel.clone()));
-                if home == self.shard {
-                    return Some(Request::PublishPart {
+                self.route_publish(kind, channel, payload, part)
+                    .map(|(channel, payload, part)| Request::PublishPart {
                         kind,
                         channel,
                         payload,
                         part,
-                    });
-                }
-                self.pass_on(home, kind, channel, payload, part);
-                None
+                    })
             }
             other => Some(other),
+        }
+    }
+
+    /// A publish whose channel's slot may have moved: the main half goes on to the channel's
+    /// shard now; what is this shard's (the copy always: it rides the publisher's copy shard
+    /// whatever the slot) is returned.
+    fn route_publish(
+        &mut self,
+        kind: Kind,
+        channel: Bytes,
+        payload: Bytes,
+        part: Part,
+    ) -> Option<(Bytes, Bytes, Part)> {
+        let (stays, leaves) = self.split_publish(kind, &channel, part);
+        if let Some((home, part)) = leaves {
+            self.pass_on(home, kind, channel.clone(), payload.clone(), part);
+        }
+        stays.map(|part| (channel, payload, part))
+    }
+
+    /// Which part of a publish stays on this shard, and which goes to which other shard: the
+    /// main half lives on the channel's shard, the copy of a channel message stays where the
+    /// relay put it.
+    fn split_publish(
+        &self,
+        kind: Kind,
+        channel: &[u8],
+        part: Part,
+    ) -> (Option<Part>, Option<(usize, Part)>) {
+        let home = match &self.router {
+            Some(router) => router.shard_of(kind, channel),
+            None => self.shard,
+        };
+        match part {
+            _ if home == self.shard => (Some(part), None),
+            Part::Copy => (Some(Part::Copy), None),
+            Part::Both if kind == Kind::Channel => (Some(Part::Copy), Some((home, Part::Main))),
+            part => (None, Some((home, part))),
         }
     }
 
@@ -1088,7 +1124,8 @@ impl Machine {
                 kind,
                 channel,
                 payload,
-            } => self.publish_online(live, kind, &channel, &payload, Part::Both, false),
+                part,
+            } => self.publish_online(live, kind, &channel, &payload, part, false),
             Request::PublishPart {
                 kind,
                 channel,
@@ -1119,17 +1156,22 @@ impl Machine {
         part: Part,
         early: bool,
     ) {
-        let gained = self.gained(kind, channel);
-        for raw in self.publish_raws(kind, channel, payload, part) {
-            if early && (gained || live.flush_deadline.is_some() || live.draining || live.holding) {
-                self.hold_early(raw);
-            } else if gained || live.flush_deadline.is_some() || live.draining || live.holding {
-                self.hold(raw);
-            } else {
-                self.shared.metrics.publishes_sent.inc();
-                // Kept until acknowledged, to resend if the link dies first.
-                live.ctl_out.extend_from_slice(&raw);
-                live.ctl_pending.push_back(CtlPending::Publish(raw));
+        let waiting = live.flush_deadline.is_some() || live.draining || live.holding;
+        for &half in part.halves() {
+            // Only the main half lives on the channel's slot; the copy's order is the copy
+            // shard's own.
+            let held = waiting || (half == Part::Main && self.gained(kind, channel));
+            for raw in self.publish_raws(kind, channel, payload, half) {
+                if held && early {
+                    self.hold_early(raw);
+                } else if held {
+                    self.hold(raw);
+                } else {
+                    self.shared.metrics.publishes_sent.inc();
+                    // Kept until acknowledged, to resend if the link dies first.
+                    live.ctl_out.extend_from_slice(&raw);
+                    live.ctl_pending.push_back(CtlPending::Publish(raw));
+                }
             }
         }
     }
@@ -1193,8 +1235,9 @@ impl Machine {
                 kind,
                 channel,
                 payload,
+                part,
             } => {
-                for raw in self.publish_raws(kind, &channel, &payload, Part::Both) {
+                for raw in self.publish_raws(kind, &channel, &payload, part) {
                     self.hold(raw);
                 }
             }
@@ -1251,15 +1294,15 @@ impl Machine {
         }
     }
 
-    /// The publish of a message, and on a cluster for a channel message its copy on the
-    /// shard's all-messages channel (for pattern subscribers; see [`Cluster`]).
-    /// The commands of `part` of a publish (all of it when not on a cluster).
+    /// The commands of `part` of a publish: the publish of the message, and on a cluster for
+    /// a channel message its copy on this shard's all-messages channel (for pattern
+    /// subscribers; see [`Cluster`]). A copy is nothing where no copies are made.
     fn publish_raws(&self, kind: Kind, channel: &[u8], payload: &[u8], part: Part) -> Vec<Bytes> {
         let (main, copy) = self.publish_commands(kind, channel, payload);
-        match (part, copy) {
-            (Part::Main, Some(_)) => vec![main],
-            (Part::Copy, Some(copy)) => vec![copy],
-            (_, copy) => std::iter::once(main).chain(copy).collect(),
+        match part {
+            Part::Main => vec![main],
+            Part::Copy => copy.into_iter().collect(),
+            Part::Both => std::iter::once(main).chain(copy).collect(),
         }
     }
 

@@ -69,10 +69,14 @@ pub enum Request {
     /// Shard 0: shard `shard`'s subscriptions are in place on server `server` (`None`: they
     /// are not, the shard is reconnecting).
     Mark { shard: usize, server: Option<Bytes> },
+    /// A publish from the app. On a cluster a channel message has two parts (see [`Part`]):
+    /// the relay gives the channel's shard the `Main` one and the publisher's copy shard the
+    /// `Copy`, or one shard `Both` when that is the same shard.
     Publish {
         kind: Kind,
         channel: Bytes,
         payload: Bytes,
+        part: Part,
     },
     /// A fresh read of the fleet registry (for `PUBSUB` counts).
     ReadFleet {
@@ -99,8 +103,12 @@ pub enum Request {
     },
 }
 
-/// On a cluster, a channel message is published twice on its shard's node (see
-/// `machine::Cluster`): these are the halves, which a resharding can separate.
+/// On a cluster, a channel message is published twice (see `machine::Cluster`): to the
+/// channel's subscribers on the node of its slot, and as a copy for pattern subscribers on the
+/// publisher's *copy shard*, one shard per sidecar, so that every copy of one publisher rides
+/// one node and one link and a pattern subscriber gets them in the order they were published
+/// (as Redis gives), whichever shards the channels are on. These are the halves; a resharding
+/// moves only the first with its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Both,
@@ -108,6 +116,17 @@ pub enum Part {
     Main,
     /// To the shard's all-messages channel, for pattern subscribers.
     Copy,
+}
+
+impl Part {
+    /// The halves this part is made of, main first.
+    pub(crate) fn halves(self) -> &'static [Part] {
+        match self {
+            Part::Both => &[Part::Main, Part::Copy],
+            Part::Main => &[Part::Main],
+            Part::Copy => &[Part::Copy],
+        }
+    }
 }
 
 /// Timing and limits, from the configuration.
@@ -121,9 +140,10 @@ pub struct Settings {
     pub buffer_bytes: usize,
     pub buffer_messages: usize,
     pub max_bulk: usize,
-    /// On a Redis Cluster, copy every channel message to its shard's all-messages channel so
-    /// that pattern subscribers get it (see `machine::Cluster`). Off, a publish costs its node
-    /// one command instead of two, and `PSUBSCRIBE` is refused.
+    /// On a Redis Cluster, copy every channel message to the all-messages channel of the
+    /// publisher's copy shard so that pattern subscribers get it (see `machine::Cluster`).
+    /// Off, a publish costs the cluster one command instead of two, and `PSUBSCRIBE` is
+    /// refused.
     pub pattern_copies: bool,
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::machine::{Lost, Machine, Message, Outbound};
-use super::{Request, Settings, Shared};
+use super::{Part, Request, Settings, Shared};
 use crate::metrics::Metrics;
 use crate::pubsub::{Kind, Topic};
 use crate::relay::registry::Registry;
@@ -150,6 +150,7 @@ fn publish(m: &mut Machine, channel: &str, payload: &str) {
         kind: Kind::Channel,
         channel: Bytes::copy_from_slice(channel.as_bytes()),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
+        part: Part::Both,
     });
 }
 
@@ -937,6 +938,7 @@ fn on_a_cluster_channels_ride_sharded_pub_sub_apart_from_shard_channels() {
         kind: Kind::Shard,
         channel: Bytes::from_static(b"a"),
         payload: Bytes::from_static(b"own"),
+        part: Part::Both,
     });
     assert_eq!(
         commands(m.take_ctl_writes()),
@@ -1051,11 +1053,20 @@ fn on_a_cluster_patterns_are_matched_from_the_all_messages_channel_once_each() {
 /// Shard `shard` of a cluster routed by `router`, without all-messages copies (one command
 /// per publish), connected to `server` with nothing held.
 fn cluster_shard(shard: usize, router: &crate::relay::shard::Router, server: &str) -> Machine {
+    cluster_shard_with(shard, router, server, false)
+}
+
+fn cluster_shard_with(
+    shard: usize,
+    router: &crate::relay::shard::Router,
+    server: &str,
+    pattern_copies: bool,
+) -> Machine {
     let (_, shared) = machine(shard, true, 100);
     let mut m = Machine::new(
         shard,
         Settings {
-            pattern_copies: false,
+            pattern_copies,
             ..settings(100)
         },
         Registry::new(PREFIX, "me", 10_000),
@@ -1180,6 +1191,67 @@ fn a_publishers_order_on_a_channel_survives_its_slot_changing_shards() {
         published(b.take_ctl_writes()),
         vec!["app:__c:ch 1", "app:__c:ch 2", "app:__c:ch 3"],
         "in the publisher's order"
+    );
+}
+
+/// The all-messages copy of a publish stays on the shard the relay gave it (the publisher's
+/// copy shard, whose one stream keeps the publisher's order for pattern subscribers) when the
+/// channel's slot moves; only the main half follows the slot, sent or held.
+#[test]
+fn on_a_resharding_the_copy_stays_on_its_shard_and_the_main_half_follows_the_slot() {
+    let map = Arc::new(crate::upstream::cluster::SlotMap::new(
+        vec![1u16; 16384].into(),
+    ));
+    let router = crate::relay::shard::Router::cluster(Bytes::from_static(b"app:"), map.clone());
+    let mut m = cluster_shard_with(1, &router, "a", true);
+    let now = Instant::now();
+    // Sent while the slot map routes "ch" elsewhere: the main half goes on, the copy goes out
+    // to this shard's all-messages channel (named by its first slot when the links were made).
+    map.replace(vec![2u16; 16384].into());
+    publish(&mut m, "ch", "1");
+    let sent = published(m.take_ctl_writes());
+    let all = match &sent[..] {
+        [one] if one.starts_with("app:__switchboard:all:") && one.ends_with(" 2:ch1") => {
+            one.trim_end_matches(" 2:ch1").to_owned()
+        }
+        _ => panic!("only the copy goes out here: {sent:?}"),
+    };
+    let copy = |payload: &str| format!("{all} 2:ch{payload}");
+    let handed = forwards(&mut m);
+    assert!(
+        matches!(
+            &handed[..],
+            [(2, Request::PublishPart { part: Part::Main, payload, .. })] if payload == "1"
+        ),
+        "only the main half to shard 2: {handed:?}"
+    );
+
+    // Held through an outage, then a resharding: the same split of what is held.
+    m.disconnected();
+    publish(&mut m, "ch", "2");
+    let (done, _replanned) = oneshot::channel();
+    m.request(Request::Replan { done });
+    let handed = forwards(&mut m);
+    assert!(
+        matches!(
+            &handed[..],
+            [(2, Request::PublishPart { part: Part::Main, payload, .. })] if payload == "2"
+        ),
+        "the held main half to shard 2: {handed:?}"
+    );
+    m.connected(Bytes::from_static(b"a2"), now);
+    m.take_sub_writes();
+    m.take_ctl_writes();
+    m.peers_answered(None, now);
+    let flushed = published(m.take_ctl_writes());
+    assert_eq!(
+        flushed.last(),
+        Some(&copy("2")),
+        "the held copy stays and is flushed here: {flushed:?}"
+    );
+    assert!(
+        !flushed.iter().any(|p| p.starts_with("app:__c:ch")),
+        "no main half here: {flushed:?}"
     );
 }
 

@@ -33,6 +33,51 @@ pub struct Config {
     )]
     pub http_listen: SocketAddr,
 
+    /// The HTTP front (preview): where it listens for the app's HTTP traffic, which it passes
+    /// to `--front-app`, sending each Engine.IO session's requests to the pod that owns the
+    /// session, so no sticky sessions are needed. Unset: no front.
+    #[arg(long, env = "SWITCHBOARD_FRONT_LISTEN")]
+    pub front_listen: Option<SocketAddr>,
+
+    /// Where the app serves HTTP, on this pod's loopback.
+    #[arg(long, env = "SWITCHBOARD_FRONT_APP", default_value = "127.0.0.1:8080")]
+    pub front_app: SocketAddr,
+
+    /// The address the other pods' fronts reach this one at (the pod IP and the front's port);
+    /// defaults to `--front-listen` when that is not a wildcard address.
+    #[arg(long, env = "SWITCHBOARD_FRONT_ADVERTISE")]
+    pub front_advertise: Option<SocketAddr>,
+
+    /// The Engine.IO path the front routes by session (`/ws/socket.io/` for Open WebUI).
+    #[arg(long, env = "SWITCHBOARD_FRONT_PATH", default_value = "/socket.io/")]
+    pub front_path: String,
+
+    /// A file holding the fleet's secret (at least 16 printable characters) that requests one
+    /// front forwards to another carry; required with a backplane.
+    #[arg(long, env = "SWITCHBOARD_FRONT_SECRET_FILE")]
+    pub front_secret_file: Option<std::path::PathBuf>,
+
+    /// How long a session's owner record lives in the backplane without renewal (renewed a
+    /// third of the way while the session lives), in milliseconds.
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL_MS", default_value_t = 30_000)]
+    pub session_ttl_ms: u64,
+
+    /// Most sessions this front records at once; beyond it new sessions still open but are not
+    /// recorded (their requests reach only pods that saw the handshake), so a handshake flood
+    /// cannot grow memory or the backplane without limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FRONT_MAX_SESSIONS",
+        default_value_t = 100_000
+    )]
+    pub front_max_sessions: usize,
+
+    /// At shutdown, how long the front lets requests in flight finish (other pods' long-polls
+    /// pass through it; one ends within the app's ping interval) before it cuts them. Keep it
+    /// below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "SWITCHBOARD_FRONT_DRAIN_SECONDS", default_value_t = 25)]
+    pub front_drain_seconds: u64,
+
     /// The shared backplane, one URL per shard in shard order (repeat the flag; in the variable,
     /// separate them with spaces): `redis://[user:password@]host:port[/db]` or
     /// `redis+sentinel://[user@]host:26379,host:26379/<master>[/<db>]`; `rediss://` and
@@ -135,11 +180,11 @@ pub struct Config {
     )]
     pub passthrough_wait_ms: u64,
 
-    /// On a Redis Cluster backplane, also publish every channel message to its shard's
-    /// all-messages channel, which serves PSUBSCRIBE. Turn off for apps that use no patterns
-    /// (python-socketio, the sharded and streams socket.io adapters): a publish then costs its
-    /// node one command instead of two, and PSUBSCRIBE is refused. Every sidecar of a fleet
-    /// must agree.
+    /// On a Redis Cluster backplane, also publish every channel message to the all-messages
+    /// channel of this sidecar's copy shard, which serves PSUBSCRIBE. Turn off for apps that
+    /// use no patterns (python-socketio, the sharded and streams socket.io adapters): a publish
+    /// then costs the cluster one command instead of two, and PSUBSCRIBE is refused. Every
+    /// sidecar of a fleet must agree.
     #[arg(
         long,
         env = "SWITCHBOARD_CLUSTER_PATTERN_COPIES",
@@ -327,7 +372,44 @@ impl Config {
                     .into(),
             );
         }
+        self.validate_front()?;
         Ok(self)
+    }
+
+    /// The HTTP front's settings (the secret file is read at start, which names what is wrong).
+    fn validate_front(&self) -> Result<(), String> {
+        let Some(listen) = self.front_listen else {
+            return Ok(());
+        };
+        if listen.ip().is_unspecified() && self.front_advertise.is_none() {
+            return Err(format!(
+                "--front-listen ({listen}) is a wildcard address: give --front-advertise (SWITCHBOARD_FRONT_ADVERTISE), the pod IP and port other pods reach this front at"
+            ));
+        }
+        if !self.front_path.starts_with('/') || !self.front_path.ends_with('/') {
+            return Err(format!(
+                "--front-path (SWITCHBOARD_FRONT_PATH) must start and end with '/', like /socket.io/; not {:?}",
+                self.front_path
+            ));
+        }
+        if self.session_ttl_ms < 3000 {
+            return Err(format!(
+                "--session-ttl-ms (SWITCHBOARD_SESSION_TTL_MS) must be at least 3000, not {}: owners renew a third of the way",
+                self.session_ttl_ms
+            ));
+        }
+        if self.front_max_sessions == 0 {
+            return Err(
+                "--front-max-sessions (SWITCHBOARD_FRONT_MAX_SESSIONS) must be at least 1".into(),
+            );
+        }
+        if !self.upstreams.is_empty() && self.front_secret_file.is_none() {
+            return Err(
+                "--front-listen with a backplane needs --front-secret-file (SWITCHBOARD_FRONT_SECRET_FILE): pods forward sessions to each other only with the fleet's secret"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The backplane's TLS settings (`--upstream-tls-*`).

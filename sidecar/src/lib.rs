@@ -8,6 +8,7 @@
 //!   counts, surviving backplane outages;
 //! - `upstream`: connections to the backplane;
 //! - `http`, `metrics`: health, readiness and Prometheus metrics;
+//! - `front`: the HTTP front (preview) that routes Engine.IO sessions to the pods owning them;
 //! - `listening`: whether the app still holds the subscription its adapter listens on;
 //! - [`config`]: flags and `SWITCHBOARD_*` variables, read once at start.
 
@@ -15,6 +16,7 @@
 // public for fuzzing; `fuzzing` drives the decoders and the command parser for the fuzz target and
 // its corpus test (hidden: not an API); everything else is this crate's own.
 pub mod config;
+pub(crate) mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod glob;
@@ -131,6 +133,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
     if relay.is_embedded() {
         tracing::info!("no --upstream: running embedded, a pub/sub broker for this pod alone");
     }
+    let (front_stop, front_stopped) = watch::channel(false);
+    let mut front_task = None;
+    if let Some(listen) = config.front_listen {
+        let secret = match &config.front_secret_file {
+            Some(path) => Some(front::read_secret(path).map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let settings = front::Settings {
+            listen,
+            app: config.front_app,
+            advertise: config.front_advertise.unwrap_or(listen),
+            path: config.front_path.clone(),
+            secret,
+            ttl: std::time::Duration::from_millis(config.session_ttl_ms),
+            max_sessions: config.front_max_sessions,
+            drain: std::time::Duration::from_secs(config.front_drain_seconds),
+        };
+        let routes = routes.clone();
+        let prefix = config.channel_prefix.clone();
+        let metrics = metrics.clone();
+        front_task = Some(tokio::spawn(async move {
+            if let Err(e) = front::serve(settings, routes, &prefix, metrics, front_stopped).await {
+                tracing::error!(error = %e, "cannot serve the HTTP front");
+                std::process::exit(1);
+            }
+        }));
+    }
     let ctx = Arc::new(Context {
         relay: relay.clone(),
         routes,
@@ -204,6 +233,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
             }
             () = &mut shutdown => break,
         }
+    }
+    if let Some(task) = front_task {
+        // First: other pods' sessions may have requests passing through this front.
+        let _ = front_stop.send(true);
+        let _ = task.await;
     }
     tracing::info!("shutting down: closing local connections and leaving the fleet registry");
     let _ = stop_tx.send(true);

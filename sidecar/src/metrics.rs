@@ -31,6 +31,12 @@ pub struct Metrics {
     pub upstream_connections: Family<Vec<(String, String)>, Gauge>,
     pub app_not_listening: Gauge,
     pub app_listener_lost: Counter,
+    /// HTTP front requests on the Engine.IO path, by route (`local`, `forwarded`, `unknown`).
+    pub front_requests_by_route: Family<Vec<(String, String)>, Counter>,
+    pub front_forwards_refused: Counter,
+    pub front_requests_malformed: Counter,
+    pub front_sessions: Gauge,
+    pub front_sessions_unrecorded: Counter,
 }
 
 /// What a pass-through link is for: shared by every client, or lent to one.
@@ -54,6 +60,13 @@ impl Metrics {
     pub fn upstream_links(&self, kind: LinkKind) -> Gauge {
         self.upstream_connections
             .get_or_create(&vec![("kind".to_owned(), kind.label().to_owned())])
+            .clone()
+    }
+
+    /// The counter of front requests that took `route`.
+    pub fn front_requests(&self, route: &str) -> Counter {
+        self.front_requests_by_route
+            .get_or_create(&vec![("route".to_owned(), route.to_owned())])
             .clone()
     }
 
@@ -165,6 +178,31 @@ impl Metrics {
             "app_listener_lost",
             "Times the app stopped listening (held none of its expected subscriptions past the grace period)",
             m.app_listener_lost.clone(),
+        );
+        r.register(
+            "front_requests",
+            "HTTP front requests on the Engine.IO path, by route: local (this pod's app), forwarded (to the pod owning the session), unknown (a session nobody records; the local app answers)",
+            m.front_requests_by_route.clone(),
+        );
+        r.register(
+            "front_forwards_refused",
+            "HTTP front requests refused because they claimed to be forwarded without the fleet's secret",
+            m.front_forwards_refused.clone(),
+        );
+        r.register(
+            "front_requests_malformed",
+            "HTTP front connections cut for a malformed request, a head over the size limit, or a head too slow to arrive",
+            m.front_requests_malformed.clone(),
+        );
+        r.register(
+            "front_sessions",
+            "Engine.IO sessions this pod owns and records in the backplane",
+            m.front_sessions.clone(),
+        );
+        r.register(
+            "front_sessions_unrecorded",
+            "New Engine.IO sessions not recorded (--front-max-sessions reached, or the backplane unreachable)",
+            m.front_sessions_unrecorded.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

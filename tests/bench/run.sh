@@ -2,6 +2,7 @@
 # Runs one of the long measurements that are not in CI, with the interop suite's real clients:
 #   tests/bench/run.sh apps    application-level benchmark (apps.py: socket.io through sidecars vs direct)
 #   tests/bench/run.sh soak    soak (soak.py: 10 minutes of mixed load, a Redis restart, RSS over time)
+#   tests/bench/run.sh front   the HTTP front's latency (front.py: app straight, local front, forwarded)
 #
 # Installs the pinned clients (tests/.venv, tests/node_modules) if needed, builds the release
 # sidecar unless SWITCHBOARD_SIDECAR_BIN names a binary, then runs the script.
@@ -29,7 +30,7 @@ if [ -z "${SWITCHBOARD_SIDECAR_BIN:-}" ]; then
   export SWITCHBOARD_SIDECAR_BIN="$repo/target/release/switchboard-sidecar"
 fi
 
-what="${1:?usage: tests/bench/run.sh apps|soak}"
+what="${1:?usage: tests/bench/run.sh apps|soak|front}"
 shift
 cd "$bench"
 PYTHONDONTWRITEBYTECODE=1 exec "$venv/bin/python" "$bench/$what.py" "$@"

@@ -2,7 +2,8 @@
 
 `PyClients` drives python-socketio clients in this process; `NodeClients` drives socket.io-client
 sockets inside a small Node process (apps/node_clients.js) over JSON lines on its stdin/stdout.
-Each named client records every event it receives (in order) and how often it was disconnected.
+Each named client records every event it receives (in order), how often it was disconnected and
+every connect error it reported.
 """
 
 from __future__ import annotations
@@ -24,11 +25,28 @@ class PyClients:
         self._clients: dict[str, socketio.Client] = {}
         self._events: dict[str, list] = {}
         self._disconnects: dict[str, list] = {}
+        self._connect_errors: dict[str, list] = {}
         self._lock = threading.Lock()
 
-    def connect(self, name: str, url: str) -> str:
-        client = socketio.Client(reconnection=True)
-        events, disconnects = [], []
+    def connect(self, name: str, url: str, transports: list[str] | tuple = ("websocket",)) -> str:
+        """A client named `name` connected to `url` over `transports` (["polling"]: long-polling
+        only; ["polling", "websocket"]: the library's default, a polling handshake then an upgrade)."""
+        return self._connect(name, url, transports, reconnection=True)
+
+    def try_connect(self, name: str, url: str, transports: list[str] | tuple = ("websocket",),
+                    timeout: float = 5.0) -> str | None:
+        """One connection attempt, without reconnecting: the sid, or None if it failed (the reason
+        is in `connect_errors`)."""
+        try:
+            return self._connect(name, url, transports, reconnection=False, timeout=timeout)
+        except socketio.exceptions.ConnectionError as exc:
+            with self._lock:
+                self._connect_errors[name].append(f"connect() raised: {exc}")
+            return None
+
+    def _connect(self, name: str, url: str, transports, reconnection: bool, timeout: float = ACK_TIMEOUT) -> str:
+        client = socketio.Client(reconnection=reconnection)
+        events, disconnects, connect_errors = [], [], []
 
         def on_any(event, *args):
             with self._lock:
@@ -38,10 +56,16 @@ class PyClients:
             with self._lock:
                 disconnects.append(reason)
 
+        def on_connect_error(*data):
+            with self._lock:
+                connect_errors.append(repr(data))
+
         client.on("*", on_any)
         client.on("disconnect", on_disconnect)
-        client.connect(url, transports=["websocket"], wait_timeout=ACK_TIMEOUT)
-        self._clients[name], self._events[name], self._disconnects[name] = client, events, disconnects
+        client.on("connect_error", on_connect_error)
+        self._events[name], self._disconnects[name], self._connect_errors[name] = events, disconnects, connect_errors
+        client.connect(url, transports=list(transports), wait_timeout=timeout)
+        self._clients[name] = client
         return client.sid
 
     def call(self, name: str, event: str, *args, timeout: float = ACK_TIMEOUT):
@@ -55,9 +79,24 @@ class PyClients:
         with self._lock:
             return len(self._disconnects[name])
 
+    def connect_errors(self, name: str) -> list[str]:
+        """Every connect_error the client reported (and a failed try_connect), as text."""
+        with self._lock:
+            return list(self._connect_errors[name])
+
+    def transport(self, name: str) -> str:
+        """The Engine.IO transport the client uses now: "polling" or "websocket"."""
+        return self._clients[name].transport()
+
     def close(self) -> None:
         for client in self._clients.values():
-            client.disconnect()
+            if client.transport() == "polling":
+                # python-engineio's server leaves a pending long-poll unanswered when the session
+                # closes, so disconnect() would wait out the poll's 30 s timeout: not waited for
+                # (the poll ends when teardown stops the servers).
+                threading.Thread(target=client.disconnect, daemon=True).start()
+            else:
+                client.disconnect()
 
 
 class NodeClients:
@@ -87,8 +126,15 @@ class NodeClients:
             raise RuntimeError(f"{op} {fields} failed in the node client: {reply['error']}")
         return reply["result"]
 
-    def connect(self, name: str, url: str) -> str:
-        return self._request("connect", name=name, url=url)
+    def connect(self, name: str, url: str, transports: list[str] | tuple = ("websocket",)) -> str:
+        """As PyClients.connect: `transports` is socket.io-client's option of that name."""
+        return self._request("connect", name=name, url=url, transports=list(transports))
+
+    def try_connect(self, name: str, url: str, transports: list[str] | tuple = ("websocket",),
+                    timeout: float = 5.0) -> str | None:
+        """One connection attempt, without reconnecting: the sid, or None once it failed."""
+        return self._request("try_connect", name=name, url=url, transports=list(transports),
+                             ms=int(timeout * 1000), timeout=timeout + 5)
 
     def call(self, name: str, event: str, *args, timeout: float = ACK_TIMEOUT):
         return self._request("call", name=name, event=event, args=list(args), ms=int(timeout * 1000),
@@ -99,6 +145,14 @@ class NodeClients:
 
     def disconnects(self, name: str) -> int:
         return self._request("disconnects", name=name)
+
+    def connect_errors(self, name: str) -> list[str]:
+        """Every connect_error the socket reported (and every failed WebSocket upgrade probe)."""
+        return self._request("connect_errors", name=name)
+
+    def transport(self, name: str) -> str:
+        """The Engine.IO transport the socket uses now: "polling" or "websocket"."""
+        return self._request("transport", name=name)
 
     def close(self) -> None:
         if self._proc.alive():

@@ -7,6 +7,8 @@ conftest.py attaches the last lines of every log to a failing test's report.
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,6 +38,10 @@ SIDECAR_TIMING_FLAGS = [
     "--peer-ttl-ms", str(int(SIDECAR_PEER_TTL_SECONDS * 1000)),
     "--flush-grace-ms", "3000",
 ]
+# Session records in the backplane expire this long after their owner last renewed them.
+SIDECAR_SESSION_TTL_SECONDS = 5.0
+SIDECAR_FRONT_FLAGS = ["--session-ttl-ms", str(int(SIDECAR_SESSION_TTL_SECONDS * 1000))]
+NGINX = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 
 T = TypeVar("T")
 
@@ -97,6 +103,35 @@ def http_status(url: str) -> int:
             return resp.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def http_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
+                 timeout: float = 5.0) -> tuple[int, str]:
+    """One plain HTTP request (a new connection each time); returns (status, body) whatever the status."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of a Prometheus (or OpenMetrics) text exposition: (name, labels, value)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if not match:
+            raise AssertionError(f"not a Prometheus sample line: {line!r}")
+        name, labels, value = match.groups()
+        samples.append((name, dict(_LABEL.findall(labels or "")), float(value)))
+    return samples
 
 
 class ManagedProcess:
@@ -376,6 +411,7 @@ class Sidecar:
     proc: ManagedProcess
     resp_port: int
     http_port: int
+    front_port: int | None = None  # the HTTP front (--front-listen), when it has one
 
     @property
     def url(self) -> str:
@@ -384,8 +420,44 @@ class Sidecar:
     def readyz(self) -> int:
         return http_status(f"http://127.0.0.1:{self.http_port}/readyz")
 
+    def healthz(self) -> int:
+        return http_status(f"http://127.0.0.1:{self.http_port}/healthz")
 
-def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: list | tuple = ()) -> Sidecar:
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample on the sidecar's Prometheus endpoint, as (name, labels, value)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as resp:
+            return parse_prometheus(resp.read().decode())
+
+    def metric(self, name: str, labels: dict[str, str] | None = None, default: float | None = None) -> float:
+        """The value of sample `name` whose labels include `labels` (summed if several do).
+
+        None matching (a labelled counter is absent until first counted): `default`, or, without
+        one, a failure that lists the samples of that name the sidecar does serve.
+        """
+        want = labels or {}
+        samples = self.metrics()
+        matching = [v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in want.items())]
+        if matching:
+            return sum(matching)
+        if default is not None:
+            return default
+        seen = [(n, l) for n, l, _ in samples if n == name] or sorted({n for n, _, _ in samples})
+        raise AssertionError(f"{self.name}'s sidecar serves no sample {name}{want or ''}; it serves {seen}")
+
+
+def sidecar_supports(flag: str) -> bool:
+    """Whether SIDECAR_BIN's --help lists `flag` (so a missing feature fails with a clear message)."""
+    done = subprocess.run([str(SIDECAR_BIN), "--help"], capture_output=True, text=True, timeout=30)
+    return flag in done.stdout
+
+
+def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: list | tuple = (),
+                  front_app_port: int | None = None, front_secret_file: Path | None = None,
+                  wait_ready: bool = True) -> Sidecar:
+    """A sidecar for `pod`; waits for /readyz (or, without `wait_ready`, for /healthz only).
+
+    With `front_app_port` it also runs the HTTP front, on a free port, in front of an app on that
+    port, sharing the fleet's `front_secret_file`."""
     if not SIDECAR_BIN.is_file():
         raise AssertionError(
             f"sidecar binary {SIDECAR_BIN} is missing: run `cargo build -p switchboard-sidecar` "
@@ -393,10 +465,20 @@ def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: lis
         )
     resp_port, http_port = free_port(), free_port()
     argv = [SIDECAR_BIN, "--listen", f"127.0.0.1:{resp_port}", "--http-listen", f"127.0.0.1:{http_port}",
-            "--upstream", upstream_url, "--sidecar-id", pod, *SIDECAR_TIMING_FLAGS, *extra_args]
+            "--upstream", upstream_url, "--sidecar-id", pod, *SIDECAR_TIMING_FLAGS]
+    front_port = None
+    if front_app_port is not None:
+        assert front_secret_file is not None, "a front needs the fleet's --front-secret-file"
+        front_port = free_port()
+        argv += ["--front-listen", f"127.0.0.1:{front_port}", "--front-app", f"127.0.0.1:{front_app_port}",
+                 "--front-secret-file", front_secret_file, *SIDECAR_FRONT_FLAGS]
+    argv += list(extra_args)
     proc = procs.start(f"sidecar-{pod}", argv, env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), "NO_COLOR": "1"})
-    sidecar = Sidecar(pod, proc, resp_port, http_port)
-    wait_until(f"{pod}'s sidecar /readyz to return 200", lambda: sidecar.readyz() == 200, watch=[proc])
+    sidecar = Sidecar(pod, proc, resp_port, http_port, front_port)
+    if wait_ready:
+        wait_until(f"{pod}'s sidecar /readyz to return 200", lambda: sidecar.readyz() == 200, watch=[proc])
+    else:
+        wait_until(f"{pod}'s sidecar /healthz to return 200", lambda: sidecar.healthz() == 200, watch=[proc])
     return sidecar
 
 
@@ -408,10 +490,16 @@ class Pod:
     app: ManagedProcess
     port: int
     sidecar: Sidecar | None
+    front_port: int | None = None  # its sidecar's HTTP front, in front of the app (start_fleet(front=True))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def front_url(self) -> str:
+        assert self.front_port is not None, f"{self.name} has no HTTP front"
+        return f"http://127.0.0.1:{self.front_port}"
 
 
 def app_argv(stack: str, port: int, redis_url: str, pod: str, adapter: str = "classic") -> list:
@@ -424,18 +512,144 @@ def app_argv(stack: str, port: int, redis_url: str, pod: str, adapter: str = "cl
     raise ValueError(stack)
 
 
+def front_secret_file(procs: Processes) -> Path:
+    """The fleet-wide secret of the HTTP fronts (printable ASCII, no whitespace), in the test's dir."""
+    path = procs.log_dir / "front-secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(24))
+        path.chmod(0o600)
+    return path
+
+
 def start_fleet(procs: Processes, redis: RedisServer | RedisCluster, stack: str, mode: str,
-                size: int = 3, adapter: str = "classic") -> list[Pod]:
+                size: int = 3, adapter: str = "classic", front: bool = False) -> list[Pod]:
     """`size` pods of `stack` apps whose Redis adapter points at a sidecar (`sidecar`) or at the
-    backplane itself (`direct`, the control that proves the harness)."""
+    backplane itself (`direct`, the control that proves the harness).
+
+    With `front` (sidecar mode only) each sidecar also runs its HTTP front before its app (one
+    secret file for the fleet) and each Pod has a `front_port`."""
+    assert not front or mode == "sidecar", "the HTTP front is the sidecar's: front=True needs mode='sidecar'"
+    if front and not sidecar_supports("--front-listen"):
+        raise AssertionError(f"sidecar binary {SIDECAR_BIN} has no --front-listen (built before the HTTP front?)")
+    secret = front_secret_file(procs) if front else None
     pods = []
     for i in range(1, size + 1):
         name = f"pod-{i}"
         extra = getattr(redis, "sidecar_args", [])
-        sidecar = start_sidecar(procs, name, redis.url, extra) if mode == "sidecar" else None
-        port = free_port()
+        port = free_port()  # first: a front must know its app's port before it starts
+        sidecar = None
+        if mode == "sidecar":
+            # A front's sidecar might wait for its app to be ready: /readyz is awaited below instead.
+            sidecar = start_sidecar(procs, name, redis.url, extra, front_app_port=port if front else None,
+                                    front_secret_file=secret, wait_ready=not front)
         app = procs.start(f"app-{name}", app_argv(stack, port, sidecar.url if sidecar else redis.url, name, adapter))
-        pods.append(Pod(name, app, port, sidecar))
+        pods.append(Pod(name, app, port, sidecar, sidecar.front_port if front else None))
     for pod in pods:
         wait_until(f"{pod.name}'s {stack} app to listen", lambda: port_accepts(pod.port), watch=[pod.app])
+    if front:
+        for pod in pods:
+            sidecar = pod.sidecar
+            wait_until(f"{pod.name}'s sidecar /readyz to return 200", lambda: sidecar.readyz() == 200,
+                       watch=[sidecar.proc])
+            wait_until(f"{pod.name}'s front to accept connections on {pod.front_port}",
+                       lambda: port_accepts(pod.front_port), watch=[sidecar.proc])
     return pods
+
+
+class RoundRobinNginx:
+    """Debian's nginx as a plain round-robin HTTP load balancer over `ports` on loopback: no
+    ip_hash, no sticky cookie, one worker (so successive requests take the upstreams strictly in
+    turn), WebSocket upgrades passed through, no buffering. Its access log (status, upstream,
+    request) goes to its process log with an `access:` prefix; see `access_log()`."""
+
+    def __init__(self, procs: Processes, ports: list[int], name: str = "nginx"):
+        self.procs = procs
+        self.ports = list(ports)
+        self.name = name
+        self.port = free_port()
+        self.dir = procs.log_dir / name
+        self.conf = self.dir / "nginx.conf"
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _config(self) -> str:
+        d = self.dir
+        servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in self.ports)
+        # As root the workers would run as `nobody`, who cannot enter the test's 0700 tmp dir
+        # holding the temp paths; as anyone else nginx warns that `user` makes no sense.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        return f"""{user}worker_processes 1;
+pid {d}/nginx.pid;
+error_log stderr notice;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    log_format rr 'access: $status|$upstream_addr|$request';
+    access_log /dev/stderr rr;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    upstream pods {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://pods;
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;  # with the port, as the Origin check of python-engineio expects
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 120s;
+            proxy_send_timeout 120s;
+        }}
+    }}
+}}
+"""
+
+    def start(self) -> "RoundRobinNginx":
+        if not Path(NGINX).is_file():
+            raise AssertionError(f"{NGINX} is missing: apt-get install nginx (or set NGINX_BIN)")
+        self.dir.mkdir(exist_ok=True)
+        self.conf.write_text(self._config())
+        self.proc = self.procs.start(self.name, [NGINX, "-e", "stderr", "-g", "daemon off;", "-p", self.dir,
+                                                 "-c", self.conf])
+        wait_until(f"{self.name} to accept connections on {self.port}", lambda: port_accepts(self.port),
+                   watch=[self.proc])
+        return self
+
+    def set_upstreams(self, ports: list[int]) -> None:
+        """Balances over `ports` from now on, as a Service does once an endpoint is removed: a new
+        configuration and SIGHUP; returns once nginx's new workers run it (requests in flight on
+        the old workers finish there)."""
+        assert self.proc is not None
+        self.ports = list(ports)
+        self.conf.write_text(self._config())
+        before = self.proc.log_text().count("reconfiguring")
+        self.proc.popen.send_signal(signal.SIGHUP)
+        wait_until(f"{self.name} to reload its configuration",
+                   lambda: self.proc.log_text().count("reconfiguring") > before
+                   and "start worker process" in self.proc.log_text().split("reconfiguring")[-1],
+                   watch=[self.proc])
+
+    def access_log(self) -> list[tuple[int, str, str]]:
+        """Every request nginx has finished so far: (status, upstream address, request line)."""
+        assert self.proc is not None
+        entries = []
+        for line in self.proc.log_text().splitlines():
+            if line.startswith("access: "):
+                status, upstream, request = line[len("access: "):].split("|", 2)
+                entries.append((int(status), upstream, request))
+        return entries

@@ -7,9 +7,10 @@ asks `outsider-pod-1` to make pod-1 emit, so pod-1 is the emitting server.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
-from harness import NotYet, Pod, wait_until
+from harness import NotYet, Pod, http_request, wait_until
 
 ROOM = "lobby"
 WARMUP = "warmup"  # broadcasts used only to learn that every server hears every other one
@@ -49,18 +50,24 @@ def wait_for_fleet_to_converge(clients, pods: list[Pod], timeout: float = 20.0) 
     connects), so a first emit can legitimately precede a peer's subscription. Warm-up broadcasts
     are repeated until all have arrived; the tests then ignore them.
     """
+    wait_for_warmups(clients, {pod.name: outsider(pod) for pod in pods}, everyone(pods), timeout=timeout)
+
+
+def wait_for_warmups(clients, emitters: dict[str, str], listeners: list[str], timeout: float = 20.0) -> None:
+    """Waits until a warm-up broadcast asked of each of `emitters` (label -> the client that makes
+    its pod emit) has reached every one of `listeners`, re-sending the missing ones each round."""
     rounds = itertools.count()
-    pending = {pod.name for pod in pods}
+    pending = set(emitters)
 
     def everyone_heard_every_pod():
-        for pod in pods:
-            if pod.name in pending:
-                clients.call(outsider(pod), "emit_to_all", WARMUP, {"from": pod.name, "round": next(rounds)})
+        for label, trigger in emitters.items():
+            if label in pending:
+                clients.call(trigger, "emit_to_all", WARMUP, {"from": label, "round": next(rounds)})
         time.sleep(0.2)  # give this round's broadcasts a moment before re-sending (bounded by the deadline)
-        for pod in list(pending):
-            if all(any(e[0] == WARMUP and e[1]["from"] == pod for e in clients.events(name))
-                   for name in everyone(pods)):
-                pending.discard(pod)
+        for label in list(pending):
+            if all(any(e[0] == WARMUP and e[1]["from"] == label for e in clients.events(name))
+                   for name in listeners):
+                pending.discard(label)
         return NotYet(f"not yet heard everywhere: broadcasts from {sorted(pending)}") if pending else True
 
     wait_until("warm-up broadcasts from every pod to reach every client", everyone_heard_every_pod,
@@ -108,3 +115,23 @@ def assert_cluster_queries_hear_every_server(clients, pods: list[Pod], sids: dic
         assert roll_call["error"] is None, f"serverSideEmit() from {asker.name}: {roll_call}"
         answered = sorted(a["pod"] for a in roll_call["answers"])
         assert answered == sorted(p.name for p in pods if p is not asker), roll_call
+
+
+def raw_polling_sessions(url: str, count: int, path: str = "/socket.io/") -> list[dict]:
+    """`count` Engine.IO sessions opened by hand, with plain HTTP: each a polling handshake
+    (`GET ?EIO=4&transport=polling`) and then a POST carrying the socket.io CONNECT packet (`40`)
+    for the sid it gave, each request on a new connection. The pod that made the session answers
+    the POST `ok` (python-engineio: `OK`) at once; any other pod knows no such sid and answers 400.
+
+    Returns one dict per session: handshake status, sid, POST status and body."""
+    sessions = []
+    for _ in range(count):
+        status, body = http_request(f"{url}{path}?EIO=4&transport=polling")
+        sid = json.loads(body[1:])["sid"] if status == 200 and body.startswith("0{") else None
+        entry = {"handshake": status, "sid": sid, "post": None, "post_body": None}
+        if sid is not None:
+            entry["post"], entry["post_body"] = http_request(
+                f"{url}{path}?EIO=4&transport=polling&sid={sid}", method="POST", body=b"40",
+                headers={"Content-Type": "text/plain;charset=UTF-8"})
+        sessions.append(entry)
+    return sessions

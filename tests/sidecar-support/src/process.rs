@@ -486,6 +486,17 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         kill(&mut self.child);
         if std::thread::panicking() {
+            // A panic's message comes before its backtrace, which a tail would keep alone.
+            let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+            if let Some(at) = text.find("panicked at") {
+                let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                let panic: Vec<&str> = text[start..].lines().take(12).collect();
+                eprintln!(
+                    "---- sidecar {} PANICKED ----\n{}\n----",
+                    self.addr,
+                    panic.join("\n")
+                );
+            }
             eprintln!(
                 "---- sidecar {} stderr (last 60 lines) ----\n{}\n---- end of sidecar stderr ----",
                 self.addr,

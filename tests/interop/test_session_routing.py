@@ -1,0 +1,232 @@
+"""Engine.IO sessions routed by the sidecars' HTTP fronts, behind a load balancer with no affinity.
+
+Three pods share one redis-server; each sidecar also runs its HTTP front (`--front-listen`) in
+front of its app, and a plain round-robin nginx (one worker, no ip_hash, no sticky cookie) spreads
+every HTTP request over the three fronts. A long-polling Engine.IO session makes one request per
+poll and per send, each with its `sid`, and round robin sends two in three of them to a pod that
+never heard of that sid; the fronts must hand each to the pod that owns the session.
+
+- python-socketio and Node socket.io clients, long-polling only and upgrading to WebSocket,
+  connect through nginx, join a room and receive every numbered broadcast (made on every pod, to
+  the room and to everyone) exactly once, in each pod's order, and nobody sees a connect error, a
+  disconnect or an HTTP error; the broadcasts are repeated once the session records' TTL has
+  passed (so only their renewal keeps the sessions routable). The fronts' metrics show they
+  really forwarded (this is routing, not luck), never refused each other and never met an
+  unknown sid.
+- A request claiming to be forwarded with a wrong secret, sent straight to a front, gets 403 and
+  is counted as refused.
+- A poll for a sid nobody owns gets the framework's own 400, byte for byte.
+- Control: the same round robin straight at the apps (no fronts) breaks polling sessions (400s,
+  and a real polling-only client fails to connect), so the tests above can fail.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness import (
+    SIDECAR_SESSION_TTL_SECONDS, NotYet, RoundRobinNginx, front_secret_file, http_request, start_fleet, wait_until,
+)
+from scenario import ROOM, app_events, raw_polling_sessions, wait_for_warmups
+
+STACKS = ["python", "node"]
+POLLING = ["polling"]
+UPGRADING = ["polling", "websocket"]  # both libraries' default: a polling handshake, then an upgrade
+
+FORWARDED_HEADER = "x-switchboard-forwarded"
+REQUESTS = "switchboard_sidecar_front_requests_total"
+REFUSED = "switchboard_sidecar_front_forwards_refused_total"
+
+# What each Engine.IO server answers (with 400) to a sid it does not know.
+UNKNOWN_SID_BODY = {"python": "Invalid session", "node": "Session ID unknown"}
+
+MEMBERS = {
+    "polling-member-1": POLLING, "polling-member-2": POLLING, "polling-member-3": POLLING,
+    "upgrading-member-1": UPGRADING, "upgrading-member-2": UPGRADING, "upgrading-member-3": UPGRADING,
+}
+OUTSIDERS = {"polling-outsider": POLLING, "upgrading-outsider": UPGRADING}
+BROADCASTS_PER_PHASE = 12
+
+
+def trigger(pod) -> str:
+    """The client, connected straight to `pod`'s front, that a test asks to make `pod` emit."""
+    return f"trigger-{pod.name}"
+
+
+def routed(pods, route: str) -> float:
+    """Front requests of one route (local, forwarded, unknown), summed over the fleet."""
+    return sum(pod.sidecar.metric(REQUESTS, {"route": route}, default=0.0) for pod in pods)
+
+
+def start_routed_fleet(procs, redis_server, stack):
+    pods = start_fleet(procs, redis_server, stack, "sidecar", front=True)
+    nginx = RoundRobinNginx(procs, [pod.front_port for pod in pods]).start()
+    return pods, nginx
+
+
+def numbered(clients, name: str) -> list[dict]:
+    return [e[1] for e in app_events(clients, name) if e[0] == "numbered"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_sessions_behind_round_robin_get_every_broadcast_exactly_once(procs, redis_server, clients_factory, stack):
+    pods, nginx = start_routed_fleet(procs, redis_server, stack)
+    clients = clients_factory(stack)
+
+    # A handshake is answered by the pod whose front it reaches: a trigger per pod, straight there.
+    for pod in pods:
+        clients.connect(trigger(pod), pod.front_url)
+        who = clients.call(trigger(pod), "whoami")["name"]
+        assert who == pod.name, f"a client connected to {pod.name}'s front should be served by {pod.name}, not {who}"
+
+    landed = {}
+    for name, transports in {**MEMBERS, **OUTSIDERS}.items():
+        clients.connect(name, nginx.url, transports)
+        landed[name] = clients.call(name, "whoami")["name"]
+    last_handshake = time.monotonic()
+    for name in MEMBERS:
+        assert clients.call(name, "join", ROOM) == "ok", f"{name} (on {landed[name]}) should have joined {ROOM}"
+    for name, transports in {**MEMBERS, **OUTSIDERS}.items():
+        if transports == UPGRADING:
+            wait_until(f"{name} to upgrade to WebSocket through nginx and the fronts",
+                       lambda: clients.transport(name) == "websocket")
+        else:
+            assert clients.transport(name) == "polling", f"{name} should still be long-polling"
+    listeners = [*MEMBERS, *OUTSIDERS]
+    wait_for_warmups(clients, {pod.name: trigger(pod) for pod in pods}, listeners)
+
+    sent: list[tuple[dict, bool]] = []  # (payload, to the room only)
+
+    def broadcast_phase(phase: int) -> None:
+        first = len(sent)
+        for n in range(first, first + BROADCASTS_PER_PHASE):
+            pod = pods[n % len(pods)]
+            payload, to_room = {"n": n, "from": pod.name}, n % 2 == 0
+            if to_room:
+                assert clients.call(trigger(pod), "emit_to_room", ROOM, "numbered", payload) == "ok"
+            else:
+                assert clients.call(trigger(pod), "emit_to_all", "numbered", payload) == "ok"
+            sent.append((payload, to_room))
+        # Each pod's sentinel follows its numbered broadcasts on the same connection, so once a
+        # client has every pod's sentinel, nothing of this phase can still be on its way to it.
+        sentinels = [{"phase": phase, "from": pod.name} for pod in pods]
+        for pod, sentinel in zip(pods, sentinels):
+            assert clients.call(trigger(pod), "emit_to_all", "sentinel", sentinel) == "ok"
+
+        def all_sentinels_in():
+            missing = {n: [s["from"] for s in sentinels if ["sentinel", s] not in clients.events(n)]
+                       for n in listeners}
+            missing = {n: m for n, m in missing.items() if m}
+            return NotYet(f"still missing: {missing}") if missing else True
+
+        wait_until(f"every pod's phase-{phase} sentinel to reach every client", all_sentinels_in, timeout=20)
+
+    broadcast_phase(1)
+    # Deliberately let the session records' TTL pass: from here on, only the owners' renewals
+    # keep the sids routable.
+    time.sleep(max(0.0, last_handshake + 1.5 * SIDECAR_SESSION_TTL_SECONDS - time.monotonic()))
+    broadcast_phase(2)
+
+    for name in listeners:
+        got = numbered(clients, name)
+        wanted = [p for p, to_room in sent if name in MEMBERS or not to_room]
+        by_n = sorted(got, key=lambda p: p["n"])
+        assert by_n == wanted, (
+            f"{name} ({'member' if name in MEMBERS else 'outsider'}, on {landed[name]}, {clients.transport(name)}) "
+            f"should have received exactly once each of n={[p['n'] for p in wanted]}, "
+            f"got n={[p['n'] for p in got]}")
+        for pod in pods:
+            order = [p["n"] for p in got if p["from"] == pod.name]
+            assert order == sorted(order), f"{name} should get {pod.name}'s broadcasts in the order made, got {order}"
+        others = {e[0] for e in app_events(clients, name)} - {"numbered", "sentinel"}
+        assert not others, f"{name} should receive only numbered broadcasts and sentinels, also got {others}"
+
+    for name in [*listeners, *(trigger(pod) for pod in pods)]:
+        assert clients.connect_errors(name) == [], f"{name} should never have had a connect error"
+        assert clients.disconnects(name) == 0, f"{name} should never have been disconnected"
+    errors = [entry for entry in nginx.access_log() if entry[0] >= 400]
+    assert not errors, f"no request through nginx should have failed; these did: {errors}"
+
+    # The same hand-made sessions that break round robin straight at the apps (the control below).
+    sessions = raw_polling_sessions(nginx.url, 6)
+    assert all(s["handshake"] == 200 and s["post"] == 200 and s["post_body"].lower() == "ok" for s in sessions), (
+        f"every hand-made polling session through the fronts should be answered by its own pod: {sessions}")
+
+    forwarded = routed(pods, "forwarded")
+    assert forwarded > 0, (f"the fronts should have forwarded requests to the owning pod (route=forwarded summed "
+                           f"over the fleet > 0), got {forwarded}; clients landed on {landed}")
+    for pod in pods:
+        local = pod.sidecar.metric(REQUESTS, {"route": "local"})
+        assert local > 0, (f"{pod.name}'s front should have served requests locally (its trigger's at least), "
+                           f"got {local}")
+        refused = pod.sidecar.metric(REFUSED)
+        assert refused == 0, f"{pod.name}'s front should never refuse the fleet's own forwards, refused {refused}"
+    unknown = routed(pods, "unknown")
+    assert unknown == 0, f"no live session's sid should ever have been unknown to the fleet, got {unknown} unknown"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_forwarded_request_with_a_wrong_secret_is_refused_with_403(procs, redis_server, stack):
+    pods = start_fleet(procs, redis_server, stack, "sidecar", front=True)
+    target, elsewhere = pods[0], pods[1]
+    handshake = f"{target.front_url}/socket.io/?EIO=4&transport=polling"
+    status, body = http_request(handshake)
+    assert status == 200 and body.startswith("0{"), (
+        f"a plain handshake at the front should be served, got {status} {body!r}")
+    owned_elsewhere = raw_polling_sessions(elsewhere.front_url, 1)[0]
+    assert owned_elsewhere["post"] == 200, f"a session on {elsewhere.name} should work there: {owned_elsewhere}"
+
+    secret = front_secret_file(procs).read_text().strip()
+    forgeries = [
+        (handshake, "not-the-fleet-secret-0123456789"),
+        (handshake, secret[:-1] + ("x" if secret[-1] != "x" else "y")),  # same length, last byte wrong
+        (handshake, secret + "x"),  # the secret as a prefix
+        (f"{handshake}&sid={owned_elsewhere['sid']}", "not-the-fleet-secret-0123456789"),
+    ]
+    before = target.sidecar.metric(REFUSED)
+    for url, value in forgeries:
+        status, body = http_request(url, headers={FORWARDED_HEADER: value})
+        assert status == 403, f"GET {url} with {FORWARDED_HEADER}: {value!r} should get 403, got {status} {body!r}"
+    wait_until(f"{target.name}'s {REFUSED} to rise by {len(forgeries)} from {before}",
+               lambda: target.sidecar.metric(REFUSED) == before + len(forgeries))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_sid_nobody_owns_gets_the_frameworks_own_400(procs, redis_server, stack):
+    pods, nginx = start_routed_fleet(procs, redis_server, stack)
+    query = "/socket.io/?EIO=4&transport=polling&sid=nope"
+    straight = http_request(f"{pods[0].url}{query}")  # what the app itself says
+    assert straight[0] == 400 and UNKNOWN_SID_BODY[stack] in straight[1], (
+        f"the {stack} app should answer an unknown sid with 400 {UNKNOWN_SID_BODY[stack]!r}, got {straight}")
+
+    before = routed(pods, "unknown")
+    through = http_request(f"{nginx.url}{query}")
+    assert through == straight, (
+        f"through nginx and the fronts, an unknown sid should get the app's own {straight}, got {through}")
+    wait_until(f"route=unknown summed over the fleet to rise by 1 from {before}",
+               lambda: routed(pods, "unknown") == before + 1)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_control_round_robin_straight_at_the_apps_breaks_polling_sessions(procs, redis_server, clients_factory,
+                                                                          stack):
+    pods = start_fleet(procs, redis_server, stack, "direct")
+    nginx = RoundRobinNginx(procs, [pod.port for pod in pods]).start()
+
+    sessions = raw_polling_sessions(nginx.url, 6)
+    assert all(s["handshake"] == 200 for s in sessions), f"every handshake should succeed on whichever app: {sessions}"
+    lost = [s for s in sessions if s["post"] == 400]
+    assert lost, (f"without the fronts, some polling request should land on an app that does not know its sid "
+                  f"(400): {sessions}")
+    assert all(UNKNOWN_SID_BODY[stack] in s["post_body"] for s in lost), (
+        f"those 400s should be the app's unknown sid ({UNKNOWN_SID_BODY[stack]!r}): {lost}")
+
+    clients = clients_factory(stack)
+    sid = clients.try_connect("polling-client", nginx.url, POLLING)
+    assert sid is None, (
+        f"a polling-only client through round robin straight at the apps should fail to connect, got sid {sid}")
+    assert clients.connect_errors("polling-client"), (
+        "the failed polling-only client should have reported a connect error")
+    assert any(entry[0] == 400 for entry in nginx.access_log()), "nginx should have logged the apps' 400s"

@@ -70,3 +70,19 @@ pub const BACKPLANE_CLIENT_CERT_FILE: &str = "/etc/switchboard/backplane-tls/cli
 pub const BACKPLANE_CLIENT_KEY_FILE: &str = "/etc/switchboard/backplane-tls/client/tls.key";
 pub const BACKPLANE_CA_VOLUME: &str = "switchboard-backplane-ca";
 pub const BACKPLANE_CLIENT_VOLUME: &str = "switchboard-backplane-client-cert";
+
+// The sidecar's HTTP front (`spec.ingress.affinity: session-routing`).
+pub const ENV_FRONT_LISTEN: &str = "SWITCHBOARD_FRONT_LISTEN";
+pub const ENV_FRONT_APP: &str = "SWITCHBOARD_FRONT_APP";
+pub const ENV_FRONT_ADVERTISE: &str = "SWITCHBOARD_FRONT_ADVERTISE";
+pub const ENV_FRONT_PATH: &str = "SWITCHBOARD_FRONT_PATH";
+pub const ENV_FRONT_SECRET_FILE: &str = "SWITCHBOARD_FRONT_SECRET_FILE";
+/// The front's port on the pod: the app Service targets it, other pods' fronts forward to it.
+pub const FRONT_PORT: i32 = 9092;
+pub const FRONT_PORT_NAME: &str = "sb-front";
+/// Where the injector mounts the fleet's front secret (`<rtc>-front`) in the sidecar.
+pub const FRONT_SECRET_DIR: &str = "/etc/switchboard/front";
+pub const FRONT_SECRET_FILE: &str = "/etc/switchboard/front/secret";
+pub const FRONT_SECRET_VOLUME: &str = "switchboard-front-secret";
+/// The key of the secret in `<rtc>-front`.
+pub const FRONT_SECRET_KEY: &str = "secret";

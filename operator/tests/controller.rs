@@ -948,6 +948,103 @@ async fn sentinel_shards_traefik_and_gateway_routes_apply() {
         "{message}"
     );
 
+    // Session routing: no cookie anywhere; the app Service targets the sidecar's front, whose
+    // settings are in the ConfigMap, and the fleet's secret is generated once.
+    clusters
+        .create(
+            &PostParams::default(),
+            &cluster(
+                "relay",
+                json!({
+                    "selector": { "matchLabels": { "app": "relay" } },
+                    "framework": "python-socketio",
+                    "ingress": { "className": "traefik", "host": "relay.example.com",
+                                 "affinity": "session-routing" },
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    let app: Service = eventually("Service relay-app", 30, async || {
+        get(&client, ns, "relay-app").await
+    })
+    .await;
+    assert!(
+        !app.annotations().keys().any(|k| k.contains("sticky")),
+        "no cookie with session routing: {app:?}"
+    );
+    let port = &app.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(port.port, 5000, "clients keep the app's port");
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9092)),
+        "the sidecar's front answers first"
+    );
+    let secret: Secret = eventually("Secret relay-front", 30, async || {
+        get(&client, ns, "relay-front").await
+    })
+    .await;
+    let value = secret.data.unwrap()["secret"].0.clone();
+    assert!(
+        value.len() >= 16 && value.iter().all(u8::is_ascii_alphanumeric),
+        "{value:?}"
+    );
+    let config: ConfigMap = eventually("ConfigMap relay-sidecar", 30, async || {
+        get(&client, ns, "relay-sidecar").await
+    })
+    .await;
+    let data = config.data.unwrap();
+    assert_eq!(data["SWITCHBOARD_FRONT_LISTEN"], "0.0.0.0:9092");
+    assert_eq!(data["SWITCHBOARD_FRONT_APP"], "127.0.0.1:5000");
+    assert_eq!(data["SWITCHBOARD_FRONT_PATH"], "/socket.io/");
+    // A reconcile never rotates it.
+    clusters
+        .patch(
+            "relay",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { "test/nudge": "1" } } })),
+        )
+        .await
+        .unwrap();
+    until(
+        "the nudged cluster reconciled",
+        30,
+        async || clusters.get("relay").await.unwrap(),
+        |rtc| {
+            rtc.status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .is_some()
+        },
+    )
+    .await;
+    let again: Secret = get(&client, ns, "relay-front").await.unwrap();
+    assert_eq!(
+        again.data.unwrap()["secret"].0,
+        value,
+        "the secret is not rotated"
+    );
+    // A path the front could not route is refused by the API server, naming the field.
+    let refused = clusters
+        .create(
+            &PostParams::default(),
+            &cluster(
+                "bad-path",
+                json!({
+                    "selector": { "matchLabels": { "app": "x" } },
+                    "framework": "python-socketio",
+                    "app": { "engineioPath": "socket.io" },
+                }),
+            ),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("spec.app.engineioPath must start and end with /"),
+        "{refused}"
+    );
+
     // A Gateway API route: first without the CRDs, then with the standard channel (which drops
     // sessionPersistence), then with the experimental channel.
     clusters

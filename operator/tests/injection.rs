@@ -392,3 +392,96 @@ async fn dify_pods_get_only_their_pubsub_url_pointed_at_the_sidecar() {
     );
     assert_eq!(env(app, "REDIS_URL"), None, "Dify reads no REDIS_URL");
 }
+
+/// `ingress.affinity: session-routing` through the real admission chain: the injected sidecar
+/// declares the front's port, learns the pod's IP for `--front-advertise` and mounts the
+/// fleet's secret, which the operator created.
+#[tokio::test]
+async fn session_routing_pods_get_the_front_port_their_ip_and_the_secret() {
+    let Some(cp) = support::control_plane().await else {
+        return;
+    };
+    let client = cp.client().await.unwrap();
+    let ns = "inject-routing";
+    support::namespace(&client, ns).await;
+    let _operator = injecting_operator(cp, &client, ns, "op-routing").await;
+    let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), ns);
+    let rtc: RealtimeCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "RealtimeCluster",
+        "metadata": { "name": "webui" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "webui" } },
+            "framework": "open-webui",
+            "ingress": { "className": "traefik", "host": "webui.example.com", "affinity": "session-routing" },
+        },
+    }))
+    .unwrap();
+    clusters.create(&PostParams::default(), &rtc).await.unwrap();
+    let config = eventually("the sidecar ConfigMap", 60, async || {
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt("webui-sidecar")
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        config.data.unwrap()["SWITCHBOARD_FRONT_PATH"],
+        "/ws/socket.io/"
+    );
+    eventually("the front's Secret", 60, async || {
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+            .get_opt("webui-front")
+            .await
+            .unwrap()
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &bare_pod("webui-0", json!({ "app": "webui" }), json!({})),
+        )
+        .await
+        .unwrap();
+    let sidecar = sidecar(&created).unwrap_or_else(|| panic!("no sidecar in {created:#?}"));
+    let port = sidecar
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("sb-front"))
+        .unwrap_or_else(|| panic!("no front port on {sidecar:#?}"));
+    assert_eq!(port.container_port, 9092);
+    assert_eq!(
+        env(sidecar, "SWITCHBOARD_FRONT_ADVERTISE"),
+        Some("$(POD_IP):9092")
+    );
+    let pod_ip = sidecar
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_IP")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(pod_ip, Some("status.podIP"));
+    let mount = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/etc/switchboard/front")
+        .unwrap_or_else(|| panic!("the secret is not mounted: {sidecar:#?}"));
+    let volume = created
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("webui-front")
+    );
+}

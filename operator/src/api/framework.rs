@@ -34,6 +34,8 @@ pub struct Preset {
     /// Name prefixes of the subscriptions (channels, patterns, shard channels) the framework's
     /// adapter holds for as long as it listens: read from each adapter's source.
     pub listening: &'static [&'static str],
+    /// Where its Engine.IO server answers (the sidecar's front routes that path by session).
+    pub engineio_path: &'static str,
 }
 
 impl Framework {
@@ -46,6 +48,7 @@ impl Framework {
                 redis_url_env: &["REDIS_URL"],
                 required_env: &[],
                 listening: &["socketio"],
+                engineio_path: "/socket.io/",
             },
             // Flask-SocketIO's `SocketIO(message_queue=...)` defaults its channel to `flask-socketio`.
             Framework::FlaskSocketio => Preset {
@@ -53,6 +56,7 @@ impl Framework {
                 redis_url_env: &["REDIS_URL"],
                 required_env: &[],
                 listening: &["flask-socketio"],
+                engineio_path: "/socket.io/",
             },
             // @socket.io/redis-adapter: `PSUBSCRIBE socket.io#/#*` plus `socket.io-request#/#` and
             // `socket.io-response#...` (classic), or `SSUBSCRIBE socket.io#/#...` (sharded): all
@@ -62,6 +66,7 @@ impl Framework {
                 redis_url_env: &["REDIS_URL"],
                 required_env: &[],
                 listening: &["socket.io"],
+                engineio_path: "/socket.io/",
             },
             // Open WebUI reads its socket backplane from WEBSOCKET_REDIS_URL and its app state
             // (sessions, locks, models) from REDIS_URL; both go through the sidecar.
@@ -74,6 +79,7 @@ impl Framework {
                 ],
                 // Its `AsyncRedisManager(WEBSOCKET_REDIS_URL)` keeps python-socketio's channel.
                 listening: &["socketio"],
+                engineio_path: "/ws/socket.io/",
             },
             // Dify's `extensions/ext_socketio.py` builds `socketio.RedisManager` on
             // `dify_config.normalized_pubsub_redis_url`: `PUBSUB_REDIS_URL` (or its alias
@@ -88,6 +94,7 @@ impl Framework {
                 // The sidecar is one Redis, not a Redis Cluster.
                 required_env: &[("PUBSUB_REDIS_USE_CLUSTERS", "false")],
                 listening: &["socketio"],
+                engineio_path: "/socket.io/",
             },
             // Nothing is known about what a generic app subscribes to: no listening check unless
             // `spec.app.listening` names it.
@@ -96,6 +103,7 @@ impl Framework {
                 redis_url_env: &["REDIS_URL"],
                 required_env: &[],
                 listening: &[],
+                engineio_path: "/socket.io/",
             },
         }
     }
@@ -125,6 +133,14 @@ pub struct App {
     /// Default: the framework's preset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listening: Option<Listening>,
+
+    /// The path the app's Engine.IO server answers, which the sidecars route by session with
+    /// `spec.ingress.affinity: session-routing`. Default: the framework's preset
+    /// (`/ws/socket.io/` for open-webui, `/socket.io/` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && self.endsWith('/')").message("spec.app.engineioPath must start and end with /, like /socket.io/"))]
+    pub engineio_path: Option<String>,
 }
 
 /// What a listening app holds, and for how long its absence is tolerated. The sidecar checks it

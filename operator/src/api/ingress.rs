@@ -45,7 +45,8 @@ pub struct Ingress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<IngressTls>,
 
-    /// How a client's requests are pinned to one pod.
+    /// How a client's requests reach the pod that holds its session: a cookie at the ingress
+    /// (`cookie`), the sidecars routing by session id (`session-routing`), or nothing (`none`).
     #[serde(default)]
     pub affinity: Affinity,
 
@@ -70,6 +71,10 @@ pub enum Affinity {
     Cookie,
     /// No affinity: only for WebSocket-only clients.
     None,
+    /// No cookie: the sidecars route each Engine.IO session's requests to the pod that owns
+    /// it (the app Service targets the sidecar's HTTP front). Works behind any load balancer
+    /// and any ingress class or Gateway; preview.
+    SessionRouting,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

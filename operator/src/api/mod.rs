@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Pods", "type": "integer", "jsonPath": ".status.pods.ready", "description": "Selected pods whose sidecar is ready"}"#,
     printcolumn = r#"{"name": "Backplane", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"BackplaneReady\")].reason"}"#,
+    printcolumn = r#"{"name": "Routing", "type": "string", "jsonPath": ".spec.ingress.affinity", "description": "How a session's requests reach its pod: cookie, session-routing or none"}"#,
     printcolumn = r#"{"name": "Framework", "type": "string", "jsonPath": ".spec.framework", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
@@ -82,6 +83,21 @@ impl RealtimeClusterSpec {
     /// The port the application listens on: the spec's, else the framework preset's.
     pub fn app_port(&self) -> Option<i32> {
         self.app.port.or(self.framework.preset().port)
+    }
+
+    /// Whether the sidecars route sessions (`spec.ingress.affinity: session-routing`).
+    pub fn session_routing(&self) -> bool {
+        self.ingress
+            .as_ref()
+            .is_some_and(|i| i.affinity == Affinity::SessionRouting)
+    }
+
+    /// The path the sidecars' front routes by session: the spec's, else the preset's.
+    pub fn engineio_path(&self) -> String {
+        self.app
+            .engineio_path
+            .clone()
+            .unwrap_or_else(|| self.framework.preset().engineio_path.to_owned())
     }
 
     /// The environment variables the sidecar's loopback URL is written to: the spec's, else the preset's.

@@ -51,9 +51,19 @@ fn presets_fill_what_the_spec_leaves_out() {
         port: Some(9000),
         redis_url_env: Some(vec!["BROKER_URL".into()]),
         listening: None,
+        engineio_path: None,
     };
     assert_eq!(spec.app_port(), Some(9000));
     assert_eq!(spec.redis_url_env(), ["BROKER_URL"]);
+    assert_eq!(spec.engineio_path(), "/socket.io/");
+    spec.framework = Framework::OpenWebui;
+    assert_eq!(
+        spec.engineio_path(),
+        "/ws/socket.io/",
+        "Open WebUI's preset"
+    );
+    spec.app.engineio_path = Some("/rt/socket.io/".into());
+    assert_eq!(spec.engineio_path(), "/rt/socket.io/", "the spec's wins");
 }
 
 #[test]
@@ -94,7 +104,7 @@ fn crd_names_scope_and_columns() {
         .filter(|c| c.priority.unwrap_or(0) == 0)
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Ready", "Pods", "Backplane", "Age"]);
+    assert_eq!(columns, ["Ready", "Pods", "Backplane", "Routing", "Age"]);
 }
 
 #[test]

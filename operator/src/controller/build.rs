@@ -49,11 +49,13 @@ pub struct TlsInputs<'a> {
 
 /// Everything `rtc` should own. `upstream` is the backplane's URL without a password (managed:
 /// [`backplane::upstream_url`]; external: what `observe` resolved from the Secret, or `None`);
-/// `password` is the one to create the password Secret with if it does not exist yet.
+/// `password` and `front_secret` are what to create the password Secret and the front's Secret
+/// with if they do not exist yet.
 pub fn build(
     rtc: &RealtimeCluster,
     upstream: Option<&str>,
     password: &str,
+    front_secret: &str,
     tls: TlsInputs<'_>,
 ) -> Desired {
     let mut desired = Desired::default();
@@ -61,6 +63,11 @@ pub fn build(
         desired
             .secrets
             .push(backplane::password_secret(rtc, password));
+    }
+    if rtc.spec.session_routing() {
+        desired
+            .secrets
+            .push(sidecar_config::front_secret(rtc, front_secret));
     }
     if backplane_tls::issued(rtc) {
         desired.secrets.push(backplane_tls::secret(rtc, tls.issue));
@@ -115,7 +122,13 @@ mod tests {
     fn a_full_managed_cluster_is_one_set() {
         let rtc = fixture(include_str!("../../tests/fixtures/full.yaml"));
         let upstream = backplane::upstream_url(&rtc).unwrap();
-        let desired = build(&rtc, Some(&upstream), "pw", TlsInputs::default());
+        let desired = build(
+            &rtc,
+            Some(&upstream),
+            "pw",
+            "front-secret-for-tests",
+            TlsInputs::default(),
+        );
         let shards = rtc.spec.backplane.managed.as_ref().unwrap().shards as usize;
         assert_eq!(desired.stateful_sets.len(), shards);
         assert_eq!(desired.disruption_budgets.len(), shards);
@@ -147,7 +160,13 @@ mod tests {
     #[test]
     fn an_external_backplane_has_no_redis_and_keeps_the_config_map_without_a_url() {
         let rtc = fixture(include_str!("../../tests/fixtures/external.yaml"));
-        let desired = build(&rtc, None, "pw", TlsInputs::default());
+        let desired = build(
+            &rtc,
+            None,
+            "pw",
+            "front-secret-for-tests",
+            TlsInputs::default(),
+        );
         assert!(desired.secrets.is_empty());
         assert!(desired.stateful_sets.is_empty());
         assert!(desired.disruption_budgets.is_empty());
@@ -156,6 +175,7 @@ mod tests {
             &rtc,
             Some("redis://redis.example:6379"),
             "pw",
+            "front-secret-for-tests",
             TlsInputs::default(),
         );
         let data = with_url.sidecar_config.unwrap().data.unwrap();
@@ -168,14 +188,26 @@ mod tests {
     #[test]
     fn a_gateway_route_replaces_the_ingress() {
         let rtc = fixture(include_str!("../../tests/fixtures/gateway.yaml"));
-        let desired = build(&rtc, Some("redis://x:6379"), "pw", TlsInputs::default());
+        let desired = build(
+            &rtc,
+            Some("redis://x:6379"),
+            "pw",
+            "front-secret-for-tests",
+            TlsInputs::default(),
+        );
         assert!(desired.ingresses.is_empty());
         assert_eq!(
             names(&desired.http_routes),
             [format!("{}-app", rtc.name_any())]
         );
         let rtc = fixture(include_str!("../../tests/fixtures/traefik.yaml"));
-        let desired = build(&rtc, Some("redis://x:6379"), "pw", TlsInputs::default());
+        let desired = build(
+            &rtc,
+            Some("redis://x:6379"),
+            "pw",
+            "front-secret-for-tests",
+            TlsInputs::default(),
+        );
         assert!(desired.http_routes.is_empty());
         assert_eq!(
             names(&desired.ingresses),

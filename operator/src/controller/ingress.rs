@@ -72,7 +72,14 @@ pub fn app_service(rtc: &RealtimeCluster) -> Option<Service> {
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port,
-                target_port: Some(IntOrString::Int(port)),
+                // With session routing the sidecar's front answers first and passes to the app.
+                // By number: a native sidecar is an init container, whose named ports a Service
+                // may not resolve.
+                target_port: Some(IntOrString::Int(if rtc.spec.session_routing() {
+                    crate::names::FRONT_PORT
+                } else {
+                    port
+                })),
                 protocol: Some("TCP".into()),
                 ..ServicePort::default()
             }]),

@@ -101,6 +101,7 @@ impl Reconciler {
             rtc,
             resolved.upstream.as_deref(),
             &new_password(),
+            &new_password(),
             build::TlsInputs {
                 issue: issue.as_ref(),
                 fingerprint: fingerprint.as_deref(),
@@ -241,8 +242,9 @@ impl Reconciler {
     }
 }
 
-/// A password for the Redis password Secret, used only if that Secret does not exist yet.
-/// Alphanumeric: it ends up in a `redis://` URL and in a `$(VAR)`-expanded argument.
+/// A password for the Redis password Secret (and the front's secret), used only if that Secret
+/// does not exist yet. Alphanumeric: it ends up in a `redis://` URL and in a `$(VAR)`-expanded
+/// argument (and the front's secret in an HTTP header).
 fn new_password() -> String {
     rand::rng()
         .sample_iter(rand::distr::Alphanumeric)

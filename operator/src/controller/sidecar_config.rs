@@ -19,7 +19,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, EnvVarSource, SecretKeySelector};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, EnvVarSource, Secret, SecretKeySelector};
 use kube::ResourceExt;
 use sha1::{Digest, Sha1};
 
@@ -112,6 +113,24 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
             );
         }
     }
+    // Session routing: the sidecar's HTTP front in front of the app, on every interface (the
+    // app Service and the other pods' fronts reach it); the pod's own address and the fleet's
+    // secret come from the injector (the pod IP) and `<rtc>-front` (mounted).
+    if rtc.spec.session_routing() {
+        use crate::names::{
+            ENV_FRONT_APP, ENV_FRONT_LISTEN, ENV_FRONT_PATH, ENV_FRONT_SECRET_FILE, FRONT_PORT,
+            FRONT_SECRET_FILE,
+        };
+        data.insert(ENV_FRONT_LISTEN.to_owned(), format!("0.0.0.0:{FRONT_PORT}"));
+        if let Some(port) = rtc.spec.app_port() {
+            data.insert(ENV_FRONT_APP.to_owned(), format!("127.0.0.1:{port}"));
+        }
+        data.insert(ENV_FRONT_PATH.to_owned(), rtc.spec.engineio_path());
+        data.insert(
+            ENV_FRONT_SECRET_FILE.to_owned(),
+            FRONT_SECRET_FILE.to_owned(),
+        );
+    }
     // A managed backplane over TLS: the operator's CA, mounted from `<rtc>-redis-tls`.
     if super::backplane_tls::enabled(rtc) {
         data.insert(
@@ -127,6 +146,30 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
         ),
         data: Some(data),
         ..ConfigMap::default()
+    }
+}
+
+/// Name of the Secret holding the fleet's front secret (session routing).
+pub fn front_secret_name(rtc: &RealtimeCluster) -> String {
+    format!("{}-front", rtc.name_any())
+}
+
+/// The fleet's front secret, which pod-to-pod forwarded requests carry (session routing). The
+/// caller generates `value` once; like the Redis password it is created, never rotated by a
+/// reconcile (delete the Secret and restart the pods to rotate it).
+pub fn front_secret(rtc: &RealtimeCluster, value: &str) -> Secret {
+    Secret {
+        metadata: child_meta(
+            rtc,
+            front_secret_name(rtc),
+            labels(rtc, "switchboard-sidecar", "front"),
+        ),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            crate::names::FRONT_SECRET_KEY.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
     }
 }
 

@@ -666,6 +666,86 @@ fn nginx_ingress_pins_clients_and_keeps_websockets_open() {
 }
 
 #[test]
+fn session_routing_points_the_service_at_the_front_and_configures_it() {
+    let rtc = rtc(include_str!("../../tests/fixtures/session-routing.yaml"));
+    assert!(rtc.spec.session_routing());
+    let svc = ingress::app_service(&rtc).unwrap().spec.unwrap();
+    let port = &svc.ports.unwrap()[0];
+    assert_eq!(port.port, 8080, "clients still reach the app's port");
+    assert_eq!(
+        port.target_port,
+        Some(IntOrString::Int(crate::names::FRONT_PORT)),
+        "the front answers first"
+    );
+    let route = ingress::http_route(&rtc).unwrap();
+    let text = serde_json::to_string(&route.data).unwrap();
+    assert!(
+        !text.contains("sessionPersistence"),
+        "no cookie with session routing: {text}"
+    );
+
+    let data = sidecar_config::config_map(&rtc, "redis://r:6379")
+        .data
+        .unwrap();
+    assert_eq!(data["SWITCHBOARD_FRONT_LISTEN"], "0.0.0.0:9092");
+    assert_eq!(data["SWITCHBOARD_FRONT_APP"], "127.0.0.1:8080");
+    assert_eq!(
+        data["SWITCHBOARD_FRONT_PATH"], "/ws/socket.io/",
+        "Open WebUI's path"
+    );
+    assert_eq!(
+        data["SWITCHBOARD_FRONT_SECRET_FILE"],
+        crate::names::FRONT_SECRET_FILE
+    );
+
+    let desired = super::build::build(
+        &rtc,
+        Some("redis://r:6379"),
+        "pw",
+        "the-fleet-secret-0123",
+        Default::default(),
+    );
+    let secret = desired
+        .secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("chat-front"))
+        .expect("the front's Secret is built");
+    assert_eq!(
+        secret.data.as_ref().unwrap()[crate::names::FRONT_SECRET_KEY].0,
+        b"the-fleet-secret-0123"
+    );
+    assert_eq!(
+        secret.metadata.owner_references.as_ref().unwrap()[0].controller,
+        Some(true)
+    );
+
+    // Cookie affinity (the default) keeps the app's port and no front.
+    let cookie = self::rtc(FULL);
+    let svc = ingress::app_service(&cookie).unwrap().spec.unwrap();
+    assert_eq!(
+        svc.ports.unwrap()[0].target_port,
+        Some(IntOrString::Int(3001))
+    );
+    let data = sidecar_config::config_map(&cookie, "redis://r:6379")
+        .data
+        .unwrap();
+    assert!(!data.keys().any(|k| k.starts_with("SWITCHBOARD_FRONT_")));
+    let desired = super::build::build(
+        &cookie,
+        Some("redis://r:6379"),
+        "pw",
+        "x",
+        Default::default(),
+    );
+    assert!(
+        !desired
+            .secrets
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some("chat-front"))
+    );
+}
+
+#[test]
 fn cookie_defaults_apply_and_no_affinity_keeps_only_timeouts() {
     let mut rtc = rtc(FULL);
     rtc.spec.ingress.as_mut().unwrap().cookie = None;
@@ -1632,6 +1712,12 @@ fn a_managed_backplane_speaks_tls_only_unless_turned_off() {
             .flatten()
             .all(|v| v.secret.is_none())
     );
-    let desired = super::build::build(&plain, None, "pw", Default::default());
+    let desired = super::build::build(
+        &plain,
+        None,
+        "pw",
+        "front-secret-for-tests",
+        Default::default(),
+    );
     assert_eq!(desired.secrets.len(), 1, "no TLS Secret");
 }

@@ -252,11 +252,8 @@ fn injection_patch(
         }
     }
 
-    // The Secrets of the backplane's TLS, mounted into the sidecar.
-    let volumes: Vec<Value> = sidecar::tls_volumes(rtc)
-        .iter()
-        .map(|(v, _)| json(v))
-        .collect();
+    // The Secrets the sidecar mounts: the backplane's TLS, the front's secret.
+    let volumes: Vec<Value> = sidecar::volumes(rtc).iter().map(|(v, _)| json(v)).collect();
     if !volumes.is_empty() {
         if spec.volumes.is_none() {
             ops.push(add(&["spec", "volumes"], Value::Array(volumes)));

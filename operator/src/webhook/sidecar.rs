@@ -64,6 +64,36 @@ pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container 
         literal(ENV_LOG_FORMAT, "json"),
     ];
     env.extend(sidecar_config::upstream_secret_env(rtc));
+    let mut ports = vec![ContainerPort {
+        name: Some(HTTP_PORT_NAME.into()),
+        container_port: HTTP_PORT,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }];
+    if rtc.spec.session_routing() {
+        // Other pods' fronts forward this pod's sessions to its IP.
+        env.push(EnvVar {
+            name: "POD_IP".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+        env.push(literal(
+            crate::names::ENV_FRONT_ADVERTISE,
+            &format!("$(POD_IP):{}", crate::names::FRONT_PORT),
+        ));
+        ports.push(ContainerPort {
+            name: Some(crate::names::FRONT_PORT_NAME.into()),
+            container_port: crate::names::FRONT_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
     Container {
         name: SIDECAR_CONTAINER.to_owned(),
         image: Some(
@@ -80,12 +110,7 @@ pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container 
             ..EnvFromSource::default()
         }]),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(HTTP_PORT_NAME.into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(ports),
         // Ready only while every shard of the backplane is connected: a pod whose sidecar
         // cannot relay would accept sockets whose messages never reach the other pods.
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
@@ -99,11 +124,27 @@ pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container 
         security_context: Some(restricted()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: {
-            let mounts: Vec<VolumeMount> = tls_volumes(rtc).into_iter().map(|(_, m)| m).collect();
+            let mounts: Vec<VolumeMount> = volumes(rtc).into_iter().map(|(_, m)| m).collect();
             (!mounts.is_empty()).then_some(mounts)
         },
         ..Container::default()
     }
+}
+
+/// Every volume the sidecar mounts, with its read-only mount: the backplane's TLS material
+/// ([`tls_volumes`]) and, with session routing, the fleet's front secret.
+pub fn volumes(rtc: &RealtimeCluster) -> Vec<(Volume, VolumeMount)> {
+    let mut out = tls_volumes(rtc);
+    if rtc.spec.session_routing() {
+        use crate::names::{FRONT_SECRET_DIR, FRONT_SECRET_KEY, FRONT_SECRET_VOLUME};
+        out.push(secret_volume(
+            FRONT_SECRET_VOLUME,
+            &sidecar_config::front_secret_name(rtc),
+            &[(FRONT_SECRET_KEY, FRONT_SECRET_KEY)],
+            FRONT_SECRET_DIR,
+        ));
+    }
+    out
 }
 
 /// The volumes for `spec.backplane.external.tls`'s Secrets, each with its read-only mount in the

@@ -20,6 +20,7 @@ const FULL: &str = include_str!("../../tests/fixtures/full.yaml");
 const EXTERNAL: &str = include_str!("../../tests/fixtures/external.yaml");
 const SHARDED: &str = include_str!("../../tests/fixtures/sharded.yaml");
 const SENTINEL: &str = include_str!("../../tests/fixtures/sentinel.yaml");
+const SESSION_ROUTING: &str = include_str!("../../tests/fixtures/session-routing.yaml");
 
 const NS: &str = "apps";
 const HASH: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -894,6 +895,9 @@ fn parse_as_sidecar(env: &BTreeMap<String, String>) -> switchboard_sidecar::conf
     let command = Config::command();
     let mut args = vec!["switchboard-sidecar".to_owned()];
     for (key, value) in env {
+        if key == "POD_IP" {
+            continue; // only for the kubelet's `$(POD_IP)` expansion in SWITCHBOARD_FRONT_ADVERTISE
+        }
         let flag = command
             .get_arguments()
             .find(|a| a.get_env().is_some_and(|env| env == key.as_str()))
@@ -924,10 +928,20 @@ fn rendered_env(
     );
     let mut env = config_map.data.unwrap();
     for var in sidecar.env.iter().flatten() {
+        let field = |path: &str| {
+            var.value_from
+                .as_ref()
+                .and_then(|f| f.field_ref.as_ref())
+                .is_some_and(|f| f.field_path == path)
+        };
         let value = match (&var.value, &var.value_from) {
-            (Some(value), _) => value.clone(),
+            // The kubelet expands `$(VAR)` from the variables defined before it.
+            (Some(value), _) => env
+                .iter()
+                .fold(value.clone(), |v, (k, x)| v.replace(&format!("$({k})"), x)),
             (None, Some(from)) if from.secret_key_ref.is_some() => secret_value.to_owned(),
-            (None, Some(from)) if from.field_ref.is_some() => "chat-7d9f8-x2x4q".to_owned(),
+            (None, Some(_)) if field("metadata.name") => "chat-7d9f8-x2x4q".to_owned(),
+            (None, Some(_)) if field("status.podIP") => "10.244.0.7".to_owned(),
             _ => panic!(
                 "{} has neither a value nor a source the test knows",
                 var.name
@@ -946,6 +960,7 @@ fn the_sidecar_parses_what_injection_renders() {
         (SHARDED, "generated-pw"),
         (SENTINEL, "generated-pw"),
         (EXTERNAL, "redis://:s3cret@redis.shared:6379"),
+        (SESSION_ROUTING, "generated-pw"),
     ];
     for (yaml, secret_value) in cases {
         let rtc = rtc(yaml);
@@ -989,6 +1004,38 @@ fn the_sidecar_parses_what_injection_renders() {
             // The declared port (probes, scraping) is the one the sidecar serves on.
             let port = &sidecar.ports.as_ref().unwrap()[0];
             assert_eq!(i32::from(config.http_listen.port()), port.container_port);
+            // Session routing: the front on its declared port, in front of the app, reachable
+            // by the other pods at this pod's IP, with the mounted secret.
+            if rtc.spec.session_routing() {
+                let front = &sidecar.ports.as_ref().unwrap()[1];
+                assert_eq!(front.name.as_deref(), Some(crate::names::FRONT_PORT_NAME));
+                let listen = config.front_listen.expect("the front listens");
+                assert_eq!(i32::from(listen.port()), front.container_port, "{case}");
+                assert_eq!(
+                    config.front_advertise.map(|a| a.to_string()).as_deref(),
+                    Some("10.244.0.7:9092"),
+                    "{case}"
+                );
+                assert_eq!(config.front_app.to_string(), "127.0.0.1:8080", "{case}");
+                assert_eq!(config.front_path, "/ws/socket.io/", "{case}");
+                let mounts = sidecar.volume_mounts.as_ref().unwrap();
+                let dir = std::path::Path::new(crate::names::FRONT_SECRET_FILE)
+                    .parent()
+                    .unwrap();
+                assert!(
+                    mounts
+                        .iter()
+                        .any(|m| std::path::Path::new(&m.mount_path) == dir),
+                    "{case}: the secret is mounted where the sidecar reads it: {mounts:?}"
+                );
+                assert_eq!(
+                    config.front_secret_file.as_deref(),
+                    Some(std::path::Path::new(crate::names::FRONT_SECRET_FILE))
+                );
+            } else {
+                assert_eq!(config.front_listen, None, "{case}");
+                assert_eq!(sidecar.ports.as_ref().unwrap().len(), 1, "{case}");
+            }
             // The URL the apps are given reaches the sidecar's listener.
             assert_eq!(format!("redis://{}", config.listen), LOCAL);
         }

@@ -36,7 +36,7 @@ bash tests/e2e/local.sh
 # The journey on a real node needs root and the node build (tests/node/build.sh); `.ci/run` has
 # both. Elsewhere it is skipped loudly, and under CI=true it runs (and fails without them).
 if [[ ${CI:-} == true || -n ${SWITCHBOARD_NODE_BIN:-} ]]; then
-  echo "==> the journey on a real node: helm install, both examples, clients, failover, rollout, bad input, teardown"
+  echo "==> the journey on a real node: helm install, both examples, clients, failover, rollout, session routing, bad input, teardown"
   bash tests/e2e/node.sh
 else
   echo

@@ -52,8 +52,8 @@ class Chatter:
         self.client.on("message", self.messages.put)
         self.client.connect(url, transports=transports, wait_timeout=TIMEOUT)
         self.pod = self.call("whoami")["pod"]
-        cookies = ", ".join(sorted(self.http.cookies.keys())) or "none"
-        say(f"{name} connected ({'+'.join(transports)}) to pod {self.pod}; cookies: {cookies}")
+        self.cookies = sorted(self.http.cookies.keys())
+        say(f"{name} connected ({'+'.join(transports)}) to pod {self.pod}; cookies: {', '.join(self.cookies) or 'none'}")
 
     def call(self, event: str, *args):
         return self.client.call(event, *args, timeout=TIMEOUT)
@@ -82,6 +82,8 @@ def main() -> int:
     parser.add_argument("--url-b", help="where client B connects (default: --url)")
     parser.add_argument("--resolve", metavar="HOST:ADDRESS", help="resolve HOST to ADDRESS in this process")
     parser.add_argument("--attempts", type=int, default=20, help="connections B may try to reach another pod")
+    parser.add_argument("--expect-no-cookie", action="store_true",
+                        help="fail if the ingress sets any cookie (affinity off: the sidecars route sessions)")
     args = parser.parse_args()
     if args.resolve:
         host, _, address = args.resolve.rpartition(":")
@@ -99,6 +101,8 @@ def main() -> int:
             b = None
         if b is None:
             raise AssertionError(f"every connection landed on pod {a.pod}: are there several ready replicas?")
+        if args.expect_no_cookie and (a.cookies or b.cookies):
+            raise AssertionError(f"the ingress set cookies {a.cookies + b.cookies} though no affinity was asked for")
 
         room = f"e2e-{uuid.uuid4().hex[:8]}"
         for chatter in (a, b):
@@ -112,8 +116,9 @@ def main() -> int:
         a.expect(text, deadline)  # the sender's own pod delivers it too
         if got["pod"] != a.pod:
             raise AssertionError(f"the message names pod {got['pod']}, expected A's pod {a.pod}")
-        # B has been long-polling on one pod all along: any request routed elsewhere would
-        # have ended its session.
+        # B has been long-polling on one session all along: any request that reached another
+        # pod's app would have ended it (with cookies the ingress pins it; without, the
+        # sidecars' fronts route it).
         if b.client.transport() != "polling" or not b.client.connected:
             raise AssertionError("client B lost its long-polling session")
         say("PASS: a message crossed pods, and long-polling stayed on one pod")

@@ -25,6 +25,9 @@
 #   failover   replicas: 3 (Sentinel): the Redis primary pod is deleted while numbered messages
 #              flow; no disconnect, none lost (node_clients.py)
 #   rollout    kubectl rollout restart: clients reconnect and delivery resumes; no outdated pod
+#   routing    affinity: session-routing: the app Service targets the sidecars' fronts, no cookie;
+#              a long-polling client spread over the pods by the ingress keeps its session, and a
+#              message crosses pods (chat_check.py --expect-no-cookie)
 #   bad_input  an invalid RealtimeCluster is refused naming the field; an external Redis that
 #              does not exist gives BackplaneReady=False saying what to fix, /readyz 503, no
 #              restarts
@@ -240,6 +243,37 @@ journey_rollout() {
   until_ok 60 "SidecarsReady True: the status names no outdated pod" condition_is "$app_ns" SidecarsReady True
 }
 
+# session_routed <namespace>: the app Service targets the sidecars' fronts and carries no sticky
+# cookie, and the fleet's front secret exists.
+session_routed() {
+  [ "$(kubectl -n "$1" get svc "$rtc-app" -o jsonpath='{.spec.ports[0].targetPort}')" = 9092 ] &&
+    ! kubectl -n "$1" get svc "$rtc-app" -o jsonpath='{.metadata.annotations}' | grep -q sticky &&
+    kubectl -n "$1" get secret "$rtc-front" >/dev/null 2>&1
+}
+
+journey_routing() {
+  app_ns=chat-python
+  step "$app_ns: affinity: session-routing, no cookie: the sidecars route each session to its pod"
+  kubectl -n "$app_ns" patch rtc "$rtc" --type=merge -p '{"spec":{"ingress":{"affinity":"session-routing"}}}' >/dev/null
+  until_ok 60 "the app Service targets the fronts, no sticky cookie, the front Secret" session_routed "$app_ns"
+  # The front is set up at injection: the pods are recreated.
+  kubectl -n "$app_ns" rollout restart deployment/chat >/dev/null
+  kubectl -n "$app_ns" rollout status deployment/chat --timeout=5m >/dev/null
+  until_ok 180 "RealtimeCluster Ready with session routing" condition_is "$app_ns" Ready True
+  [ "$(kubectl -n "$app_ns" get rtc "$rtc" -o jsonpath='{.spec.ingress.affinity}')" = session-routing ] ||
+    fail "the RealtimeCluster does not say session-routing"
+  "$venv/bin/python" "$repo/tests/e2e/chat_check.py" --url "http://chat-python.localhost:$ingress_port" \
+    --resolve "chat-python.localhost:$ingress_ip" --attempts 20 --expect-no-cookie | sed 's/^/    /'
+  # Routing, not luck: the ingress spread the session's requests and the fronts forwarded some.
+  local forwarded=0 pod n
+  for pod in $(kubectl -n "$app_ns" get pods -l app=chat -o jsonpath='{.items[*].metadata.name}'); do
+    n="$(sidecar_get "$app_ns" "$pod" /metrics | awk '/^switchboard_sidecar_front_requests_total\{route="forwarded"\}/ { print int($2) }')"
+    forwarded=$((forwarded + ${n:-0}))
+  done
+  ((forwarded > 0)) || fail "no front forwarded a request: the ingress kept every request on one pod"
+  ok "python-socketio through the ingress with no cookie: long-polling on one session, a message across pods; $forwarded request(s) forwarded between fronts"
+}
+
 bad_pod() { kubectl -n journey-bad get pods -l app=chat -o jsonpath='{.items[0].metadata.name}'; }
 bad_pod_running() { [ "$(kubectl -n journey-bad get pods -l app=chat -o jsonpath='{.items[0].status.phase}')" = Running ]; }
 # The sidecar's /readyz from inside the pod (the app container has Python): the API server's pod
@@ -326,6 +360,7 @@ journey_all() {
   journey_clients
   journey_failover
   journey_rollout
+  journey_routing
   journey_bad_input
   journey_teardown
   step "PASS ($((SECONDS - started))s)"

@@ -5,7 +5,7 @@
 #
 #   node up (switchboard-testkit controlplane up --node); the images imported into containerd;
 #   Traefik (tests/node/traefik.yaml); then install, examples, clients, failover, rollout,
-#   bad_input, teardown (journey.sh says what each asserts).
+#   routing, bad_input, teardown (journey.sh says what each asserts).
 # On failure: events, pod logs, the RealtimeClusters' status, the sidecars' metrics, the node's log.
 #
 # Needs root, the control plane and node builds (tests/controlplane/build.sh,

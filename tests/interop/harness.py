@@ -6,6 +6,7 @@ conftest.py attaches the last lines of every log to a failing test's report.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
@@ -46,11 +47,24 @@ NGINX = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 T = TypeVar("T")
 
 
+_PORT_LOW, _PORT_SPAN = 15_000, 17_000  # up to 31999, below Linux's ephemeral ports (32768-)
+_next_port = itertools.count(os.getpid() * 977 % _PORT_SPAN)
+
+
 def free_port() -> int:
-    """A port nobody listens on right now (the kernel's pick for port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on right now, and one this process never handed out before: taken in
+    turn from 15000-31999. Not the kernel's pick for port 0, which can hand out the same port
+    twice before either is bound (a cluster node's bus port once took another node's client
+    port) and lies in the range outgoing connections take their local ports from."""
+    for _ in range(_PORT_SPAN):
+        port = _PORT_LOW + next(_next_port) % _PORT_SPAN
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free loopback port in {_PORT_LOW}..{_PORT_LOW + _PORT_SPAN - 1}")
 
 
 def wait_until(what: str, probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.05,

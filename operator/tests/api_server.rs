@@ -96,6 +96,8 @@ async fn kubectl_prints_the_columns_from_status() {
         json!({
             "selector": { "matchLabels": { "app": "printed" } },
             "framework": "socketio-node",
+            "ingress": { "className": "traefik", "host": "printed.example.com",
+                         "affinity": "session-routing" },
         }),
     )
     .await
@@ -120,13 +122,19 @@ async fn kubectl_prints_the_columns_from_status() {
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "PODS", "BACKPLANE", "AGE"],
+        ["NAME", "READY", "PODS", "BACKPLANE", "ROUTING", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
-        row[..4],
-        ["printed", "True", "2", "ManagedRedisReady"],
+        row[..5],
+        [
+            "printed",
+            "True",
+            "2",
+            "ManagedRedisReady",
+            "session-routing"
+        ],
         "{table}"
     );
 

@@ -19,7 +19,6 @@
 //!   `redis+sentinel://<rtc>-redis-<shard>-sentinel.<ns>.svc:26379/<rtc>-redis-<shard>`.
 use std::collections::BTreeMap;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
@@ -201,19 +200,13 @@ pub fn shards(rtc: &RealtimeCluster) -> Vec<Shard> {
 /// reads it back from the existing Secret afterwards, so reconciling never rotates it. Generate it
 /// alphanumeric: it ends up in a `redis://` URL and in a `$(VAR)`-expanded argument.
 pub fn password_secret(rtc: &RealtimeCluster, password: &str) -> Secret {
-    Secret {
-        metadata: child_meta(
-            rtc,
-            password_secret_name(rtc),
-            labels(rtc, "redis", "backplane"),
-        ),
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            PASSWORD_KEY.to_owned(),
-            ByteString(password.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    }
+    super::meta::generated_secret(
+        rtc,
+        password_secret_name(rtc),
+        labels(rtc, "redis", "backplane"),
+        PASSWORD_KEY,
+        password,
+    )
 }
 
 fn shard_labels(rtc: &RealtimeCluster, shard: i32) -> BTreeMap<String, String> {

@@ -114,6 +114,17 @@ mod tests {
         rtc
     }
 
+    /// `build` with the generated secrets and TLS inputs tests do not look at.
+    fn built(rtc: &RealtimeCluster, upstream: Option<&str>) -> Desired {
+        build(
+            rtc,
+            upstream,
+            "pw",
+            "front-secret-for-tests",
+            TlsInputs::default(),
+        )
+    }
+
     fn names<K: kube::Resource>(objects: &[K]) -> Vec<String> {
         objects.iter().map(|o| o.name_any()).collect()
     }
@@ -122,13 +133,7 @@ mod tests {
     fn a_full_managed_cluster_is_one_set() {
         let rtc = fixture(include_str!("../../tests/fixtures/full.yaml"));
         let upstream = backplane::upstream_url(&rtc).unwrap();
-        let desired = build(
-            &rtc,
-            Some(&upstream),
-            "pw",
-            "front-secret-for-tests",
-            TlsInputs::default(),
-        );
+        let desired = built(&rtc, Some(&upstream));
         let shards = rtc.spec.backplane.managed.as_ref().unwrap().shards as usize;
         assert_eq!(desired.stateful_sets.len(), shards);
         assert_eq!(desired.disruption_budgets.len(), shards);
@@ -160,24 +165,12 @@ mod tests {
     #[test]
     fn an_external_backplane_has_no_redis_and_keeps_the_config_map_without_a_url() {
         let rtc = fixture(include_str!("../../tests/fixtures/external.yaml"));
-        let desired = build(
-            &rtc,
-            None,
-            "pw",
-            "front-secret-for-tests",
-            TlsInputs::default(),
-        );
+        let desired = built(&rtc, None);
         assert!(desired.secrets.is_empty());
         assert!(desired.stateful_sets.is_empty());
         assert!(desired.disruption_budgets.is_empty());
         assert_eq!(desired.sidecar_config, None);
-        let with_url = build(
-            &rtc,
-            Some("redis://redis.example:6379"),
-            "pw",
-            "front-secret-for-tests",
-            TlsInputs::default(),
-        );
+        let with_url = built(&rtc, Some("redis://redis.example:6379"));
         let data = with_url.sidecar_config.unwrap().data.unwrap();
         assert_eq!(
             data["SWITCHBOARD_UPSTREAM_URL"],
@@ -188,26 +181,14 @@ mod tests {
     #[test]
     fn a_gateway_route_replaces_the_ingress() {
         let rtc = fixture(include_str!("../../tests/fixtures/gateway.yaml"));
-        let desired = build(
-            &rtc,
-            Some("redis://x:6379"),
-            "pw",
-            "front-secret-for-tests",
-            TlsInputs::default(),
-        );
+        let desired = built(&rtc, Some("redis://x:6379"));
         assert!(desired.ingresses.is_empty());
         assert_eq!(
             names(&desired.http_routes),
             [format!("{}-app", rtc.name_any())]
         );
         let rtc = fixture(include_str!("../../tests/fixtures/traefik.yaml"));
-        let desired = build(
-            &rtc,
-            Some("redis://x:6379"),
-            "pw",
-            "front-secret-for-tests",
-            TlsInputs::default(),
-        );
+        let desired = built(&rtc, Some("redis://x:6379"));
         assert!(desired.http_routes.is_empty());
         assert_eq!(
             names(&desired.ingresses),

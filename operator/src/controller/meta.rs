@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Capabilities, SecurityContext};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Capabilities, Secret, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -52,6 +53,26 @@ pub(crate) fn child_meta(
             }]
         }),
         ..ObjectMeta::default()
+    }
+}
+
+/// An `Opaque` Secret of `rtc` named `name`, holding `value` under `key`: the generated
+/// credentials (created once by the applier, never rotated by a reconcile).
+pub(crate) fn generated_secret(
+    rtc: &RealtimeCluster,
+    name: String,
+    labels: BTreeMap<String, String>,
+    key: &str,
+    value: &str,
+) -> Secret {
+    Secret {
+        metadata: child_meta(rtc, name, labels),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
     }
 }
 

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, EnvVarSource, Secret, SecretKeySelector};
 use kube::ResourceExt;
 use sha1::{Digest, Sha1};
@@ -158,19 +157,13 @@ pub fn front_secret_name(rtc: &RealtimeCluster) -> String {
 /// caller generates `value` once; like the Redis password it is created, never rotated by a
 /// reconcile (delete the Secret and restart the pods to rotate it).
 pub fn front_secret(rtc: &RealtimeCluster, value: &str) -> Secret {
-    Secret {
-        metadata: child_meta(
-            rtc,
-            front_secret_name(rtc),
-            labels(rtc, "switchboard-sidecar", "front"),
-        ),
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            crate::names::FRONT_SECRET_KEY.to_owned(),
-            ByteString(value.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    }
+    super::meta::generated_secret(
+        rtc,
+        front_secret_name(rtc),
+        labels(rtc, "switchboard-sidecar", "front"),
+        crate::names::FRONT_SECRET_KEY,
+        value,
+    )
 }
 
 /// The variable the injector sets on the sidecar container from a Secret, next to (and, for the

@@ -50,17 +50,7 @@ pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container 
         literal(ENV_HTTP_LISTEN, &format!("0.0.0.0:{HTTP_PORT}")),
         // The pod's name is unique among the cluster's live pods and readable in the registry;
         // it is resolved by the kubelet, so a `generateName` pod gets its final name.
-        EnvVar {
-            name: ENV_SIDECAR_ID.to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        },
+        field_env(ENV_SIDECAR_ID, "metadata.name"),
         literal(ENV_LOG_FORMAT, "json"),
     ];
     env.extend(sidecar_config::upstream_secret_env(rtc));
@@ -72,17 +62,7 @@ pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container 
     }];
     if rtc.spec.session_routing() {
         // Other pods' fronts forward this pod's sessions to its IP.
-        env.push(EnvVar {
-            name: "POD_IP".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
+        env.push(field_env("POD_IP", "status.podIP"));
         env.push(literal(
             crate::names::ENV_FRONT_ADVERTISE,
             &format!("$(POD_IP):{}", crate::names::FRONT_PORT),
@@ -267,6 +247,21 @@ pub fn missing_env(container: &Container, wanted: &[EnvVar]) -> Vec<EnvVar> {
         .filter(|w| !set.iter().any(|e| e.name == w.name))
         .cloned()
         .collect()
+}
+
+/// A variable the kubelet fills from the pod (`fieldRef`).
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 fn literal(name: &str, value: &str) -> EnvVar {

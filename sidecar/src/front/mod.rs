@@ -196,11 +196,7 @@ pub async fn serve(
                 // Not HTTP, a head over hyper's limit (answered 431), too slow to send its head:
                 // bounded by hyper, named here.
                 Err(e) if e.is_parse() || e.is_parse_too_large() || e.is_timeout() => {
-                    metrics.front_requests_malformed.inc();
-                    let n = metrics.front_requests_malformed.get();
-                    if n == 1 || n.is_multiple_of(100) {
-                        tracing::warn!(%peer, error = %e, malformed_total = n, "front: refused a malformed, oversized or too slow request");
-                    }
+                    malformed(&metrics, peer, &e.to_string());
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "front: connection ended"),
                 Ok(()) => {}
@@ -238,6 +234,16 @@ async fn drain(in_flight: &Arc<()>, drain: Duration) {
             still_open = Arc::strong_count(in_flight) - 1,
             "front: connections still open after the drain period are cut"
         ),
+    }
+}
+
+/// Counts a request cut or refused for its form, and names it in the log (the first, then
+/// every 100th: a flood must not flood the log too).
+fn malformed(metrics: &Metrics, peer: SocketAddr, what: &str) {
+    metrics.front_requests_malformed.inc();
+    let n = metrics.front_requests_malformed.get();
+    if n == 1 || n.is_multiple_of(100) {
+        tracing::warn!(%peer, error = what, malformed_total = n, "front: refused a malformed, oversized or too slow request");
     }
 }
 
@@ -293,11 +299,11 @@ impl Front {
             .sum::<usize>()
             + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if head > MAX_HEAD {
-            self.metrics.front_requests_malformed.inc();
-            let n = self.metrics.front_requests_malformed.get();
-            if n == 1 || n.is_multiple_of(100) {
-                tracing::warn!(%peer, head_bytes = head, malformed_total = n, "front: refused a malformed, oversized or too slow request (its head is over 64 KiB)");
-            }
+            malformed(
+                &self.metrics,
+                peer,
+                &format!("a head of {head} bytes, over {MAX_HEAD}"),
+            );
             return answer(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("switchboard: the request's head is over {MAX_HEAD} bytes"),

@@ -87,15 +87,14 @@ impl Directory {
     }
 
     /// Runs one command on the backplane, on the links of the key's slot.
-    async fn call(&self, key: &Bytes, args: &[&[u8]]) -> Result<Bytes, String> {
+    async fn call(&self, key: &Bytes, args: Vec<Bytes>) -> Result<Bytes, String> {
         let routes = self.routes.as_ref().ok_or("no backplane")?;
         let link = routes
             .pool(routes.by_key(key))
             .pooled(Protocol::Resp2)
             .await
             .map_err(|e| e.to_string())?;
-        let command =
-            crate::resp::Command::from_args(args.iter().map(|a| Bytes::copy_from_slice(a)));
+        let command = crate::resp::Command::from_args(args);
         let reply = link.call(command.raw).await.unwrap_or_else(|e| e);
         match reply.first() {
             Some(b'-') => Err(String::from_utf8_lossy(&reply).trim().to_owned()),
@@ -115,10 +114,7 @@ impl Directory {
             let calls = batch.iter().map(|sid| {
                 let key = self.key(sid);
                 let args = args(&key);
-                async move {
-                    let args: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
-                    self.call(&key, &args).await
-                }
+                async move { self.call(&key, args).await }
             });
             for result in futures::future::join_all(calls).await {
                 if let Err(e) = result {
@@ -177,13 +173,18 @@ impl Directory {
 
     async fn renew(&self, sid: &str) -> Result<(), String> {
         let key = self.key(sid);
-        let ttl = self.ttl.as_millis().to_string();
-        self.call(
-            &key,
-            &[b"SET", &key, self.me.as_bytes(), b"PX", ttl.as_bytes()],
-        )
-        .await
-        .map(|_| ())
+        self.call(&key, self.record(&key)).await.map(|_| ())
+    }
+
+    /// `SET <key> <this front> PX <ttl>`: a session's record, written and renewed alike.
+    fn record(&self, key: &Bytes) -> Vec<Bytes> {
+        vec![
+            Bytes::from_static(b"SET"),
+            key.clone(),
+            Bytes::from(self.me.clone()),
+            Bytes::from_static(b"PX"),
+            Bytes::from(self.ttl.as_millis().to_string()),
+        ]
     }
 
     /// Who serves `sid`: this pod if it is its own, else the backplane's record (cached).
@@ -205,7 +206,10 @@ impl Directory {
             return self.owner_at(addr.clone());
         }
         let key = self.key(sid);
-        let addr = match self.call(&key, &[b"GET", &key]).await {
+        let addr = match self
+            .call(&key, vec![Bytes::from_static(b"GET"), key.clone()])
+            .await
+        {
             Ok(reply) => match crate::resp::value::parse(&reply) {
                 Ok(crate::resp::Value::Bulk(addr)) => String::from_utf8_lossy(&addr).into_owned(),
                 _ => return Owner::Nobody,
@@ -307,20 +311,7 @@ impl Directory {
             if let Some(error) = error {
                 tracing::debug!(%error, "cannot delete ended sessions' records; they expire");
             }
-            let ttl = Bytes::from(self.ttl.as_millis().to_string());
-            let me = Bytes::from(self.me.clone());
-            let (failed, error) = self
-                .call_each(&live, |key| {
-                    let set = |s: &'static [u8]| Bytes::from_static(s);
-                    vec![
-                        set(b"SET"),
-                        key.clone(),
-                        me.clone(),
-                        set(b"PX"),
-                        ttl.clone(),
-                    ]
-                })
-                .await;
+            let (failed, error) = self.call_each(&live, |key| self.record(key)).await;
             if let Some(error) = error {
                 tracing::warn!(failed, sessions = live.len(), %error, "cannot renew session records in the backplane; they expire if this lasts");
             }

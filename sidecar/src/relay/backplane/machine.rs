@@ -1157,21 +1157,20 @@ impl Machine {
         early: bool,
     ) {
         let waiting = live.flush_deadline.is_some() || live.draining || live.holding;
-        for &half in part.halves() {
-            // Only the main half lives on the channel's slot; the copy's order is the copy
-            // shard's own.
-            let held = waiting || (half == Part::Main && self.gained(kind, channel));
-            for raw in self.publish_raws(kind, channel, payload, half) {
-                if held && early {
-                    self.hold_early(raw);
-                } else if held {
-                    self.hold(raw);
-                } else {
-                    self.shared.metrics.publishes_sent.inc();
-                    // Kept until acknowledged, to resend if the link dies first.
-                    live.ctl_out.extend_from_slice(&raw);
-                    live.ctl_pending.push_back(CtlPending::Publish(raw));
-                }
+        let (main, copy) = self.publish_commands(kind, channel, payload, part);
+        // Only the main half lives on the channel's slot; the copy's order is the copy
+        // shard's own.
+        let main = main.map(|raw| (raw, waiting || self.gained(kind, channel)));
+        for (raw, held) in main.into_iter().chain(copy.map(|raw| (raw, waiting))) {
+            if held && early {
+                self.hold_early(raw);
+            } else if held {
+                self.hold(raw);
+            } else {
+                self.shared.metrics.publishes_sent.inc();
+                // Kept until acknowledged, to resend if the link dies first.
+                live.ctl_out.extend_from_slice(&raw);
+                live.ctl_pending.push_back(CtlPending::Publish(raw));
             }
         }
     }
@@ -1298,28 +1297,31 @@ impl Machine {
     /// a channel message its copy on this shard's all-messages channel (for pattern
     /// subscribers; see [`Cluster`]). A copy is nothing where no copies are made.
     fn publish_raws(&self, kind: Kind, channel: &[u8], payload: &[u8], part: Part) -> Vec<Bytes> {
-        let (main, copy) = self.publish_commands(kind, channel, payload);
-        match part {
-            Part::Main => vec![main],
-            Part::Copy => copy.into_iter().collect(),
-            Part::Both => std::iter::once(main).chain(copy).collect(),
-        }
+        let (main, copy) = self.publish_commands(kind, channel, payload, part);
+        main.into_iter().chain(copy).collect()
     }
 
+    /// The main half and the copy of `part` of a publish, each encoded only if asked for (the
+    /// main half is every publish's hot path).
     fn publish_commands(
         &self,
         kind: Kind,
         channel: &[u8],
         payload: &[u8],
-    ) -> (Bytes, Option<Bytes>) {
+        part: Part,
+    ) -> (Option<Bytes>, Option<Bytes>) {
+        let main = part != Part::Copy;
+        let copy = part != Part::Main;
         match &self.cluster {
             Some(c) if kind == Kind::Channel => (
-                self.publish_command(kind, &classic(channel), payload),
-                self.settings
-                    .pattern_copies
+                main.then(|| self.publish_command(kind, &classic(channel), payload)),
+                (copy && self.settings.pattern_copies)
                     .then(|| self.publish_command(kind, &c.all, &envelope(channel, payload))),
             ),
-            _ => (self.publish_command(kind, channel, payload), None),
+            _ => (
+                main.then(|| self.publish_command(kind, channel, payload)),
+                None,
+            ),
         }
     }
 

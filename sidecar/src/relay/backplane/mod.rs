@@ -118,17 +118,6 @@ pub enum Part {
     Copy,
 }
 
-impl Part {
-    /// The halves this part is made of, main first.
-    pub(crate) fn halves(self) -> &'static [Part] {
-        match self {
-            Part::Both => &[Part::Main, Part::Copy],
-            Part::Main => &[Part::Main],
-            Part::Copy => &[Part::Copy],
-        }
-    }
-}
-
 /// Timing and limits, from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {

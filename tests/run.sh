@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust workspace (unit tests, byte-for-byte oracle tests against a real
-# redis-server, API tests against a real kube-apiserver), the interop suite (real python-socketio
-# and Node socket.io apps, each behind its own sidecar, one shared redis-server), the example chat
-# apps, the install path (Helm chart + operator + examples) on the local control plane, and the
-# journey on a real node (tests/e2e/node.sh: real pods, images built here).
+# redis-server, API tests against a real kube-apiserver), the interop suite (real python-socketio,
+# Flask-SocketIO and Node socket.io apps, each behind its own sidecar, one shared redis-server),
+# the example chat apps, the install path (Helm chart + operator + examples) on the local control
+# plane, and the journey on a real node (tests/e2e/node.sh: real pods, images built here).
 #
 # Needs redis-server on PATH, and for the API tests the control plane from
 # tests/controlplane/build.sh (SWITCHBOARD_CONTROLPLANE_BIN, or its default cache path); without
@@ -24,7 +24,7 @@ cargo test --workspace
 echo "==> images: pack.py writes docker-archive images that read back as written"
 python3 -m unittest discover -s tests/images -t tests/images
 
-echo "==> interop: python-socketio and Node socket.io through sidecars"
+echo "==> interop: python-socketio, Flask-SocketIO and Node socket.io through sidecars"
 bash tests/interop/run.sh
 
 echo "==> examples: both chat servers across two pods on real sidecars and Redis"

@@ -71,15 +71,24 @@ pub const BACKPLANE_CLIENT_KEY_FILE: &str = "/etc/switchboard/backplane-tls/clie
 pub const BACKPLANE_CA_VOLUME: &str = "switchboard-backplane-ca";
 pub const BACKPLANE_CLIENT_VOLUME: &str = "switchboard-backplane-client-cert";
 
+/// The sidecar's `/healthz`, `/readyz` and `/metrics`, on every interface: the kubelet probes
+/// the pod IP and Prometheus scrapes it.
+pub const HTTP_PORT: i32 = 9091;
+
 // The sidecar's HTTP front (`spec.ingress.affinity: session-routing`).
 pub const ENV_FRONT_LISTEN: &str = "SWITCHBOARD_FRONT_LISTEN";
+pub const ENV_FRONT_PEER_LISTEN: &str = "SWITCHBOARD_FRONT_PEER_LISTEN";
 pub const ENV_FRONT_APP: &str = "SWITCHBOARD_FRONT_APP";
 pub const ENV_FRONT_ADVERTISE: &str = "SWITCHBOARD_FRONT_ADVERTISE";
 pub const ENV_FRONT_PATH: &str = "SWITCHBOARD_FRONT_PATH";
 pub const ENV_FRONT_SECRET_FILE: &str = "SWITCHBOARD_FRONT_SECRET_FILE";
-/// The front's port on the pod: the app Service targets it, other pods' fronts forward to it.
+/// The front's port on the pod: the app Service targets it.
 pub const FRONT_PORT: i32 = 9092;
 pub const FRONT_PORT_NAME: &str = "sb-front";
+/// The front's peer port: other pods' fronts forward sessions to it, and the NetworkPolicy
+/// `<rtc>-front-peers` admits only the fleet's pods to it.
+pub const FRONT_PEER_PORT: i32 = 9093;
+pub const FRONT_PEER_PORT_NAME: &str = "sb-peer";
 /// Where the injector mounts the fleet's front secret (`<rtc>-front`) in the sidecar.
 pub const FRONT_SECRET_DIR: &str = "/etc/switchboard/front";
 pub const FRONT_SECRET_FILE: &str = "/etc/switchboard/front/secret";

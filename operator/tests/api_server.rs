@@ -279,6 +279,34 @@ fn invalid_specs() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "only allowed with spec.ingress.affinity: cookie",
         ),
         (
+            "same-site-none-not-secure",
+            ingress(
+                json!({ "className": "nginx", "cookie": { "sameSite": "None", "secure": false } }),
+            ),
+            "spec.ingress.cookie.secure",
+            "must be true with sameSite: None",
+        ),
+        (
+            "unknown-same-site",
+            ingress(json!({ "className": "nginx", "cookie": { "sameSite": "lax" } })),
+            "spec.ingress.cookie.sameSite",
+            "Unsupported value: \"lax\"",
+        ),
+        (
+            "cookie-path-with-a-semicolon",
+            ingress(
+                json!({ "className": "nginx", "cookie": { "path": "/chat;Domain=evil.example" } }),
+            ),
+            "spec.ingress.cookie.path",
+            "should match",
+        ),
+        (
+            "cookie-attributes-on-a-gateway",
+            ingress(json!({ "gateway": { "name": "public" }, "cookie": { "sameSite": "None" } })),
+            "spec.ingress.cookie",
+            "the Gateway API's sessionPersistence has no cookie attributes",
+        ),
+        (
             "bad-host",
             ingress(json!({ "host": "Chat_Example" })),
             "spec.ingress.host",

@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -995,6 +995,7 @@ async fn sentinel_shards_traefik_and_gateway_routes_apply() {
     .await;
     let data = config.data.unwrap();
     assert_eq!(data["SWITCHBOARD_FRONT_LISTEN"], "0.0.0.0:9092");
+    assert_eq!(data["SWITCHBOARD_FRONT_PEER_LISTEN"], "0.0.0.0:9093");
     assert_eq!(data["SWITCHBOARD_FRONT_APP"], "127.0.0.1:5000");
     assert_eq!(data["SWITCHBOARD_FRONT_PATH"], "/socket.io/");
     // A reconcile never rotates it.
@@ -1024,6 +1025,44 @@ async fn sentinel_shards_traefik_and_gateway_routes_apply() {
         value,
         "the secret is not rotated"
     );
+    // The peer port is guarded: the API server took the NetworkPolicy as built (its own
+    // validation of ports and selectors), and a switch back to cookies prunes it.
+    let policy: NetworkPolicy = eventually("NetworkPolicy relay-front-peers", 30, async || {
+        get(&client, ns, "relay-front-peers").await
+    })
+    .await;
+    let rules = policy.spec.unwrap().ingress.unwrap();
+    let peer_rule = rules
+        .iter()
+        .find(|r| r.from.is_some())
+        .expect("a rule with sources");
+    assert_eq!(
+        peer_rule.ports.as_ref().unwrap()[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9093))
+    );
+    assert_eq!(
+        peer_rule.from.as_ref().unwrap()[0]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels,
+        Some(BTreeMap::from([("app".to_owned(), "relay".to_owned())]))
+    );
+    clusters
+        .patch(
+            "relay",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "ingress": { "affinity": "cookie" } } })),
+        )
+        .await
+        .unwrap();
+    eventually("NetworkPolicy relay-front-peers pruned", 30, async || {
+        get::<NetworkPolicy>(&client, ns, "relay-front-peers")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
     // A path the front could not route is refused by the API server, naming the field.
     let refused = clusters
         .create(

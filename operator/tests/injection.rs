@@ -446,16 +446,20 @@ async fn session_routing_pods_get_the_front_port_their_ip_and_the_secret() {
         .await
         .unwrap();
     let sidecar = sidecar(&created).unwrap_or_else(|| panic!("no sidecar in {created:#?}"));
-    let port = sidecar
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.name.as_deref() == Some("sb-front"))
-        .unwrap_or_else(|| panic!("no front port on {sidecar:#?}"));
-    assert_eq!(port.container_port, 9092);
+    // The front (the Service's target) and its peer port (other pods forward there).
+    let port = |name: &str| {
+        sidecar
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no port {name} on {sidecar:#?}"))
+            .container_port
+    };
+    assert_eq!((port("sb-front"), port("sb-peer")), (9092, 9093));
     assert_eq!(
         env(sidecar, "SWITCHBOARD_FRONT_ADVERTISE"),
-        Some("$(POD_IP):9092")
+        Some("$(POD_IP):9093")
     );
     let pod_ip = sidecar
         .env

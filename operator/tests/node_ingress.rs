@@ -1,8 +1,9 @@
 //! Traefik v3, really running on the test node (tests/node/traefik.yaml), routes what the operator
 //! writes for `className: traefik` — the app Service with sticky-cookie annotations and the plain
 //! Ingress, built by `controller::ingress` exactly as the reconciler builds them — and honours the
-//! cookie: real HTTP requests through Traefik, across three backend pods, stay on the pod the
-//! cookie names, while cookie-less requests spread over the pods.
+//! cookie, with the attributes a cross-site client needs (`SameSite=None; Secure`, a path): real
+//! HTTP requests through Traefik, across three backend pods, stay on the pod the cookie names,
+//! while cookie-less requests spread over the pods.
 //!
 //! Root only (node mode); skipped loudly elsewhere, failed under `CI=true`.
 
@@ -76,7 +77,7 @@ spec:
   ingress:
     className: traefik
     host: {HOST}
-    cookie: {{ name: {COOKIE}, maxAgeSeconds: 7200 }}
+    cookie: {{ name: {COOKIE}, maxAgeSeconds: 7200, sameSite: None, path: /chat }}
 "
     ))
     .unwrap();
@@ -169,7 +170,10 @@ spec:
     );
     let lower = set_cookie.to_lowercase();
     assert!(lower.contains("httponly"), "{set_cookie}");
-    assert!(lower.contains("samesite=lax"), "{set_cookie}");
+    // A cross-site cookie: SameSite=None, and Secure implied (browsers drop it otherwise).
+    assert!(lower.contains("samesite=none"), "{set_cookie}");
+    assert!(lower.contains("; secure"), "{set_cookie}");
+    assert!(lower.contains("path=/chat"), "{set_cookie}");
     assert!(lower.contains("max-age=7200"), "{set_cookie}");
 
     // Without a cookie, each new client is balanced over the pods (Traefik learns the endpoints a

@@ -21,7 +21,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -481,6 +481,33 @@ async fn the_charts_rbac_is_enough_for_every_path_and_no_wider() {
     )
     .await;
 
+    // Session routing: the front's Secret, and the NetworkPolicy guarding the peer port.
+    clusters
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "ingress": { "affinity": "session-routing" } } })),
+        )
+        .await
+        .unwrap();
+    allowed_eventually(
+        &operator,
+        "the NetworkPolicy chat-front-peers and the Secret chat-front",
+        30,
+        async || {
+            let policy = Api::<NetworkPolicy>::namespaced(admin.clone(), APPS)
+                .get_opt("chat-front-peers")
+                .await
+                .unwrap();
+            let secret = Api::<Secret>::namespaced(admin.clone(), APPS)
+                .get_opt("chat-front")
+                .await
+                .unwrap();
+            (policy.is_some() && secret.is_some()).then_some(())
+        },
+    )
+    .await;
+
     // A Gateway API route instead of the Ingress: the HTTPRoute applied, the Ingress pruned.
     if let Some(crd) = http_route_crd() {
         let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
@@ -565,7 +592,11 @@ async fn the_charts_rbac_is_enough_for_every_path_and_no_wider() {
             .get_opt("chat-app")
             .await
             .unwrap();
-        (set.is_none() && password.is_none() && ingress.is_none()).then_some(())
+        let policy = Api::<NetworkPolicy>::namespaced(admin.clone(), APPS)
+            .get_opt("chat-front-peers")
+            .await
+            .unwrap();
+        (set.is_none() && password.is_none() && ingress.is_none() && policy.is_none()).then_some(())
     })
     .await;
     // The Secret appears: the operator, watching Secrets, picks it up.

@@ -39,12 +39,20 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_FRONT_LISTEN")]
     pub front_listen: Option<SocketAddr>,
 
+    /// A second port of the front that takes only requests other pods' fronts forward, so a
+    /// NetworkPolicy can admit the fleet's pods alone to it while the ingress reaches
+    /// `--front-listen`; with it, `--front-listen` refuses forwarded requests. Unset: one port
+    /// takes both (each forwarded request still needs the fleet's secret).
+    #[arg(long, env = "SWITCHBOARD_FRONT_PEER_LISTEN")]
+    pub front_peer_listen: Option<SocketAddr>,
+
     /// Where the app serves HTTP, on this pod's loopback.
     #[arg(long, env = "SWITCHBOARD_FRONT_APP", default_value = "127.0.0.1:8080")]
     pub front_app: SocketAddr,
 
-    /// The address the other pods' fronts reach this one at (the pod IP and the front's port);
-    /// defaults to `--front-listen` when that is not a wildcard address.
+    /// The address the other pods' fronts reach this one at (the pod IP and the front's peer
+    /// port, or its one port); defaults to `--front-peer-listen` (else `--front-listen`) when
+    /// that is not a wildcard address.
     #[arg(long, env = "SWITCHBOARD_FRONT_ADVERTISE")]
     pub front_advertise: Option<SocketAddr>,
 
@@ -379,12 +387,35 @@ impl Config {
     /// The HTTP front's settings (the secret file is read at start, which names what is wrong).
     fn validate_front(&self) -> Result<(), String> {
         let Some(listen) = self.front_listen else {
+            if let Some(peer) = self.front_peer_listen {
+                return Err(format!(
+                    "--front-peer-listen ({peer}) is the HTTP front's second port: give --front-listen too"
+                ));
+            }
             return Ok(());
         };
-        if listen.ip().is_unspecified() && self.front_advertise.is_none() {
+        let (peer, flag) = match self.front_peer_listen {
+            Some(peer) => (peer, "--front-peer-listen"),
+            None => (listen, "--front-listen"),
+        };
+        if peer.ip().is_unspecified() && self.front_advertise.is_none() {
             return Err(format!(
-                "--front-listen ({listen}) is a wildcard address: give --front-advertise (SWITCHBOARD_FRONT_ADVERTISE), the pod IP and port other pods reach this front at"
+                "{flag} ({peer}) is a wildcard address: give --front-advertise (SWITCHBOARD_FRONT_ADVERTISE), the pod IP and port other pods reach this front at"
             ));
+        }
+        if let Some(peer) = self.front_peer_listen {
+            if peer.port() == listen.port() {
+                return Err(format!(
+                    "--front-peer-listen ({peer}) needs a port of its own, not --front-listen's ({listen})"
+                ));
+            }
+            if let Some(advertise) = self.front_advertise
+                && advertise.port() != peer.port()
+            {
+                return Err(format!(
+                    "--front-advertise ({advertise}) must name the peer port of --front-peer-listen ({peer}): other pods forward there"
+                ));
+            }
         }
         if !self.front_path.starts_with('/') || !self.front_path.ends_with('/') {
             return Err(format!(

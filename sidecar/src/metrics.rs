@@ -186,7 +186,7 @@ impl Metrics {
         );
         r.register(
             "front_forwards_refused",
-            "HTTP front requests refused because they claimed to be forwarded without the fleet's secret",
+            "HTTP front requests refused (403): claiming to be forwarded without the fleet's secret, forwarded to the public port, or not forwarded at the peer port",
             m.front_forwards_refused.clone(),
         );
         r.register(

@@ -57,4 +57,30 @@ fn bad_front_settings_stop_the_sidecar_naming_the_flag() {
             .arg("--front-secret-file", "/nonexistent/secret"),
         "/nonexistent/secret",
     );
+
+    // The peer port.
+    let peer = format!("127.0.0.1:{}", free_port());
+    refused(
+        SidecarOptions::embedded().arg("--front-peer-listen", &peer),
+        "give --front-listen too",
+    );
+    refused(
+        SidecarOptions::embedded()
+            .arg("--front-listen", &listen)
+            .arg("--front-peer-listen", &listen),
+        "--front-peer-listen (",
+    );
+    refused(
+        SidecarOptions::embedded()
+            .arg("--front-listen", &listen)
+            .arg("--front-peer-listen", &format!("0.0.0.0:{}", free_port())),
+        "--front-peer-listen (0.0.0.0",
+    );
+    refused(
+        SidecarOptions::embedded()
+            .arg("--front-listen", &listen)
+            .arg("--front-peer-listen", &peer)
+            .arg("--front-advertise", &listen),
+        "must name the peer port",
+    );
 }

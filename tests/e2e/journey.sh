@@ -248,14 +248,17 @@ journey_rollout() {
 session_routed() {
   [ "$(kubectl -n "$1" get svc "$rtc-app" -o jsonpath='{.spec.ports[0].targetPort}')" = 9092 ] &&
     ! kubectl -n "$1" get svc "$rtc-app" -o jsonpath='{.metadata.annotations}' | grep -q sticky &&
-    kubectl -n "$1" get secret "$rtc-front" >/dev/null 2>&1
+    kubectl -n "$1" get secret "$rtc-front" >/dev/null 2>&1 &&
+    # Only the fleet's pods may reach the peer port (enforced where the CNI plugin enforces
+    # NetworkPolicies; this node's bridge plugin does not, so here it is checked, not enforced).
+    [ "$(kubectl -n "$1" get networkpolicy "$rtc-front-peers" -o jsonpath='{.spec.ingress[1].ports[0].port}')" = 9093 ]
 }
 
 journey_routing() {
   app_ns=chat-python
   step "$app_ns: affinity: session-routing, no cookie: the sidecars route each session to its pod"
   kubectl -n "$app_ns" patch rtc "$rtc" --type=merge -p '{"spec":{"ingress":{"affinity":"session-routing"}}}' >/dev/null
-  until_ok 60 "the app Service targets the fronts, no sticky cookie, the front Secret" session_routed "$app_ns"
+  until_ok 60 "the app Service targets the fronts, no sticky cookie, the front Secret, the peer port's NetworkPolicy" session_routed "$app_ns"
   # The front is set up at injection: the pods are recreated.
   kubectl -n "$app_ns" rollout restart deployment/chat >/dev/null
   kubectl -n "$app_ns" rollout status deployment/chat --timeout=5m >/dev/null

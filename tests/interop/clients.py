@@ -162,5 +162,14 @@ class NodeClients:
                 pass  # teardown stops the process anyway
 
 
+PY_CLIENT_STACKS = ("python", "flask")  # Flask-SocketIO's own clients are python-socketio's
+
+
 def open_clients(stack: str, procs: Processes):
-    return PyClients() if stack == "python" else NodeClients(procs)
+    """The clients a `stack`'s apps are tested with: python-socketio for the python and flask
+    stacks, socket.io-client for node."""
+    if stack in PY_CLIENT_STACKS:
+        return PyClients()
+    if stack == "node":
+        return NodeClients(procs)
+    raise ValueError(stack)

@@ -178,19 +178,26 @@ class ManagedProcess:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would: no chance to say goodbye to anyone."""
+    def _kill_group(self) -> None:
+        """SIGKILL to the process and everything it started (its own session and process group,
+        see start_new_session): gunicorn's worker, for one, would outlive its arbiter. Only while
+        the process lives, so its pid is still the group's and nobody else's."""
         if self.alive():
-            self.popen.send_signal(signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no chance to say goodbye to anyone. The whole
+        process group goes, as a container's processes all do."""
+        self._kill_group()
         self.popen.wait(timeout=10)
 
     def stop(self) -> None:
         if self.alive():
-            self.popen.terminate()
+            self.popen.terminate()  # to the process alone, as the kubelet signals a container's PID 1
             try:
                 self.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                self._kill_group()
                 self.popen.wait(timeout=5)
         for stream in (self.popen.stdin, self.popen.stdout):
             if stream:
@@ -426,6 +433,12 @@ class Sidecar:
     resp_port: int
     http_port: int
     front_port: int | None = None  # the HTTP front (--front-listen), when it has one
+    peer_port: int | None = None  # the front's peer port (--front-peer-listen), when it has one
+
+    @property
+    def peer_url(self) -> str:
+        assert self.peer_port is not None, f"{self.name}'s front has no peer port"
+        return f"http://127.0.0.1:{self.peer_port}"
 
     @property
     def url(self) -> str:
@@ -467,11 +480,12 @@ def sidecar_supports(flag: str) -> bool:
 
 def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: list | tuple = (),
                   front_app_port: int | None = None, front_secret_file: Path | None = None,
-                  wait_ready: bool = True) -> Sidecar:
+                  wait_ready: bool = True, peer_port: bool = True) -> Sidecar:
     """A sidecar for `pod`; waits for /readyz (or, without `wait_ready`, for /healthz only).
 
     With `front_app_port` it also runs the HTTP front, on a free port, in front of an app on that
-    port, sharing the fleet's `front_secret_file`."""
+    port, sharing the fleet's `front_secret_file`; with `peer_port` (as the operator deploys it)
+    the front takes other fronts' forwarded requests on a second port of its own."""
     if not SIDECAR_BIN.is_file():
         raise AssertionError(
             f"sidecar binary {SIDECAR_BIN} is missing: run `cargo build -p switchboard-sidecar` "
@@ -480,15 +494,18 @@ def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: lis
     resp_port, http_port = free_port(), free_port()
     argv = [SIDECAR_BIN, "--listen", f"127.0.0.1:{resp_port}", "--http-listen", f"127.0.0.1:{http_port}",
             "--upstream", upstream_url, "--sidecar-id", pod, *SIDECAR_TIMING_FLAGS]
-    front_port = None
+    front_port = peer = None
     if front_app_port is not None:
         assert front_secret_file is not None, "a front needs the fleet's --front-secret-file"
         front_port = free_port()
         argv += ["--front-listen", f"127.0.0.1:{front_port}", "--front-app", f"127.0.0.1:{front_app_port}",
                  "--front-secret-file", front_secret_file, *SIDECAR_FRONT_FLAGS]
+        if peer_port:
+            peer = free_port()
+            argv += ["--front-peer-listen", f"127.0.0.1:{peer}"]
     argv += list(extra_args)
     proc = procs.start(f"sidecar-{pod}", argv, env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), "NO_COLOR": "1"})
-    sidecar = Sidecar(pod, proc, resp_port, http_port, front_port)
+    sidecar = Sidecar(pod, proc, resp_port, http_port, front_port, peer)
     if wait_ready:
         wait_until(f"{pod}'s sidecar /readyz to return 200", lambda: sidecar.readyz() == 200, watch=[proc])
     else:
@@ -517,9 +534,13 @@ class Pod:
 
 
 def app_argv(stack: str, port: int, redis_url: str, pod: str, adapter: str = "classic") -> list:
-    """`adapter` picks the Node app's Redis adapter: classic, sharded or streams (see node_app.js)."""
+    """The command line of one app server of `stack`: python (python-socketio, py_app.py), flask
+    (Flask-SocketIO under gunicorn, flask_app.py) or node (socket.io, node_app.js). `adapter`
+    picks the Node app's Redis adapter: classic, sharded or streams (see node_app.js)."""
     if stack == "python":
         return [VENV_PYTHON, APPS / "py_app.py", "--port", port, "--redis-url", redis_url, "--name", pod]
+    if stack == "flask":
+        return [VENV_PYTHON, APPS / "flask_app.py", "--port", port, "--redis-url", redis_url, "--name", pod]
     if stack == "node":
         return ["node", APPS / "node_app.js", "--port", port, "--redis-url", redis_url, "--name", pod,
                 "--adapter", adapter]
@@ -536,12 +557,13 @@ def front_secret_file(procs: Processes) -> Path:
 
 
 def start_fleet(procs: Processes, redis: RedisServer | RedisCluster, stack: str, mode: str,
-                size: int = 3, adapter: str = "classic", front: bool = False) -> list[Pod]:
+                size: int = 3, adapter: str = "classic", front: bool = False, peer_port: bool = True) -> list[Pod]:
     """`size` pods of `stack` apps whose Redis adapter points at a sidecar (`sidecar`) or at the
     backplane itself (`direct`, the control that proves the harness).
 
     With `front` (sidecar mode only) each sidecar also runs its HTTP front before its app (one
-    secret file for the fleet) and each Pod has a `front_port`."""
+    secret file for the fleet) and each Pod has a `front_port`; with `peer_port` the fronts forward
+    to each other's peer ports, as the operator deploys them (without: one port takes both)."""
     assert not front or mode == "sidecar", "the HTTP front is the sidecar's: front=True needs mode='sidecar'"
     if front and not sidecar_supports("--front-listen"):
         raise AssertionError(f"sidecar binary {SIDECAR_BIN} has no --front-listen (built before the HTTP front?)")
@@ -555,7 +577,7 @@ def start_fleet(procs: Processes, redis: RedisServer | RedisCluster, stack: str,
         if mode == "sidecar":
             # A front's sidecar might wait for its app to be ready: /readyz is awaited below instead.
             sidecar = start_sidecar(procs, name, redis.url, extra, front_app_port=port if front else None,
-                                    front_secret_file=secret, wait_ready=not front)
+                                    front_secret_file=secret, wait_ready=not front, peer_port=peer_port)
         app = procs.start(f"app-{name}", app_argv(stack, port, sidecar.url if sidecar else redis.url, name, adapter))
         pods.append(Pod(name, app, port, sidecar, sidecar.front_port if front else None))
     for pod in pods:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the interop suite (real redis-server, real sidecars, real python-socketio and Node socket.io).
+# Runs the interop suite (real redis-server, real sidecars, real python-socketio, Flask-SocketIO under
+# gunicorn, and Node socket.io).
 #
 # Installs the pinned clients first: tests/.venv from tests/requirements.txt and tests/node_modules
 # from tests/package-lock.json, each redone only when its pin file changed. Builds the sidecar

@@ -4,9 +4,10 @@ Three pods share one redis-server. In `sidecar` mode each app's unmodified Redis
 its own switchboard-sidecar; in `direct` mode it talks to redis-server itself. Both modes run the
 same assertions: the sidecar must be indistinguishable from one Redis shared by every replica.
 
-- python-socketio (AsyncRedisManager, redis-py 8 speaking RESP3) and Node socket.io
-  (@socket.io/redis-adapter over ioredis, RESP2): an emit to a room on pod-1 reaches the room's
-  members on every pod, exactly once and in order, and nobody else.
+- python-socketio (AsyncRedisManager, redis-py 8 speaking RESP3), Flask-SocketIO (the sync
+  RedisManager it picks for `message_queue=redis://…`, also redis-py, in threads under gunicorn)
+  and Node socket.io (@socket.io/redis-adapter over ioredis, RESP2): an emit to a room on pod-1
+  reaches the room's members on every pod, exactly once and in order, and nobody else.
 - Node only: fetchSockets() and serverSideEmit() with acks, which wait for as many answers as
   `PUBSUB NUMSUB` reports servers; a wrong fleet-wide count shows up as missing answers or as the
   adapter's 5 s "timeout reached" error.
@@ -26,7 +27,7 @@ MODES = ["direct", "sidecar"]
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("stack", ["python", "node"])
+@pytest.mark.parametrize("stack", ["python", "flask", "node"])
 def test_room_emit_reaches_members_on_every_pod_and_no_one_else(procs, redis_server, clients_factory,
                                                                  stack, mode):
     pods = start_fleet(procs, redis_server, stack, mode)

@@ -6,13 +6,14 @@ every HTTP request over the three fronts. A long-polling Engine.IO session makes
 poll and per send, each with its `sid`, and round robin sends two in three of them to a pod that
 never heard of that sid; the fronts must hand each to the pod that owns the session.
 
-- python-socketio and Node socket.io clients, long-polling only and upgrading to WebSocket,
-  connect through nginx, join a room and receive every numbered broadcast (made on every pod, to
-  the room and to everyone) exactly once, in each pod's order, and nobody sees a connect error, a
-  disconnect or an HTTP error; the broadcasts are repeated once the session records' TTL has
-  passed (so only their renewal keeps the sessions routable). The fronts' metrics show they
-  really forwarded (this is routing, not luck), never refused each other and never met an
-  unknown sid.
+- python-socketio, Flask-SocketIO (under gunicorn) and Node socket.io servers: clients
+  (python-socketio's for the first two, socket.io-client for Node), long-polling only and
+  upgrading to WebSocket, connect through nginx, join a room and receive every numbered
+  broadcast (made on every pod, to the room and to everyone) exactly once, in each pod's order,
+  and nobody sees a connect error, a disconnect or an HTTP error; the broadcasts are repeated
+  once the session records' TTL has passed (so only their renewal keeps the sessions routable).
+  The fronts' metrics show they really forwarded (this is routing, not luck), never refused each
+  other and never met an unknown sid.
 - A request claiming to be forwarded with a wrong secret, sent straight to a front, gets 403 and
   is counted as refused.
 - A poll for a sid nobody owns gets the framework's own 400, byte for byte.
@@ -31,7 +32,7 @@ from harness import (
 )
 from scenario import ROOM, app_events, raw_polling_sessions, wait_for_warmups
 
-STACKS = ["python", "node"]
+STACKS = ["python", "flask", "node"]
 POLLING = ["polling"]
 UPGRADING = ["polling", "websocket"]  # both libraries' default: a polling handshake, then an upgrade
 
@@ -39,8 +40,9 @@ FORWARDED_HEADER = "x-switchboard-forwarded"
 REQUESTS = "switchboard_sidecar_front_requests_total"
 REFUSED = "switchboard_sidecar_front_forwards_refused_total"
 
-# What each Engine.IO server answers (with 400) to a sid it does not know.
-UNKNOWN_SID_BODY = {"python": "Invalid session", "node": "Session ID unknown"}
+# What each Engine.IO server answers (with 400) to a sid it does not know. Flask-SocketIO's is
+# python-engineio's sync Server, whose answer is the async one's (`"Invalid session <sid>"`).
+UNKNOWN_SID_BODY = {"python": "Invalid session", "flask": "Invalid session", "node": "Session ID unknown"}
 
 MEMBERS = {
     "polling-member-1": POLLING, "polling-member-2": POLLING, "polling-member-3": POLLING,
@@ -187,10 +189,52 @@ def test_a_forwarded_request_with_a_wrong_secret_is_refused_with_403(procs, redi
     ]
     before = target.sidecar.metric(REFUSED)
     for url, value in forgeries:
+        # At the peer port, where forwarded requests are taken: only the secret is wrong.
+        url = url.replace(target.front_url, target.sidecar.peer_url)
         status, body = http_request(url, headers={FORWARDED_HEADER: value})
         assert status == 403, f"GET {url} with {FORWARDED_HEADER}: {value!r} should get 403, got {status} {body!r}"
     wait_until(f"{target.name}'s {REFUSED} to rise by {len(forgeries)} from {before}",
                lambda: target.sidecar.metric(REFUSED) == before + len(forgeries))
+
+
+def test_forwarded_requests_are_taken_at_the_peer_port_only(procs, redis_server):
+    """The peer port takes the fleet's forwarded requests and nothing else; the public port (the
+    Service's, the ingress's) takes no forwarded request, even with the right secret: a leaked
+    secret alone does not let an outsider in, the NetworkPolicy on the peer port stands in the way.
+    Without a peer port, the one port takes both (the secret decides)."""
+    target = start_fleet(procs, redis_server, "python", "sidecar", size=1, front=True)[0]
+    secret = front_secret_file(procs).read_text().strip()
+    handshake = "/socket.io/?EIO=4&transport=polling"
+
+    status, body = http_request(f"{target.sidecar.peer_url}{handshake}", headers={FORWARDED_HEADER: secret})
+    assert status == 200 and body.startswith("0{"), (
+        f"a request forwarded with the fleet's secret should reach the app through the peer port, got {status} {body!r}")
+    before = target.sidecar.metric(REFUSED)
+    refusals = [
+        (target.front_url, {FORWARDED_HEADER: secret}, "takes no forwarded requests"),
+        (target.sidecar.peer_url, {}, "for requests forwarded by the fleet's pods only"),
+    ]
+    for url, headers, says in refusals:
+        status, body = http_request(f"{url}{handshake}", headers=headers)
+        assert status == 403 and says in body, (
+            f"GET {url}{handshake} with {headers or 'no header'} should get 403 naming why ({says!r}), "
+            f"got {status} {body!r}")
+    wait_until(f"{target.name}'s {REFUSED} to rise by {len(refusals)} from {before}",
+               lambda: target.sidecar.metric(REFUSED) == before + len(refusals))
+    log = target.sidecar.proc.log_text()
+    assert "front: refused a request" in log, f"the refusal should be named in the sidecar's log:\n{log[-2000:]}"
+
+
+def test_without_a_peer_port_the_one_port_takes_forwarded_requests_with_the_secret(procs, redis_server):
+    target = start_fleet(procs, redis_server, "python", "sidecar", size=1, front=True, peer_port=False)[0]
+    assert target.sidecar.peer_port is None
+    secret = front_secret_file(procs).read_text().strip()
+    handshake = f"{target.front_url}/socket.io/?EIO=4&transport=polling"
+    status, body = http_request(handshake, headers={FORWARDED_HEADER: secret})
+    assert status == 200 and body.startswith("0{"), (
+        f"with one port, a request forwarded with the secret should reach the app, got {status} {body!r}")
+    status, body = http_request(handshake, headers={FORWARDED_HEADER: "not-the-fleet-secret-0123456789"})
+    assert status == 403, f"with one port, a wrong secret should still get 403, got {status} {body!r}"
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -21,18 +21,19 @@ import redis
 
 from harness import (
     SIDECAR_SESSION_TTL_SECONDS, NotYet, RoundRobinNginx, free_port, front_secret_file, http_request, port_accepts,
-    start_fleet, start_sidecar, app_argv, wait_until,
+    Sidecar, start_fleet, start_sidecar, app_argv, wait_until,
 )
 from scenario import app_events
 
-STACKS = ["python", "node"]
+STACKS = ["python", "flask", "node"]
 POLLING = ["polling"]
 SID_KEYS = "switchboard:sid:*"
 
 
-def records_of(backplane: redis.Redis, front_port: int) -> set[str]:
-    """The session ids the backplane records as owned by the front on `front_port`."""
-    owner = f"127.0.0.1:{front_port}"
+def records_of(backplane: redis.Redis, sidecar: Sidecar) -> set[str]:
+    """The session ids the backplane records as owned by `sidecar`'s front (at the address it
+    advertises: its peer port, else its one port)."""
+    owner = f"127.0.0.1:{sidecar.peer_port or sidecar.front_port}"
     return {key.decode().rsplit(":", 1)[1] for key in backplane.scan_iter(SID_KEYS)
             if backplane.get(key) == owner.encode()}
 
@@ -56,7 +57,7 @@ def first_pod_leaves(pods, nginx, backplane, names, owner_of):
     """Takes the first pod's front out of nginx, as its endpoint leaves the Service before the
     pod goes; returns the pod, the sessions it records, and the clients it owns and does not own."""
     pod = pods[0]
-    records = records_of(backplane, pod.front_port)
+    records = records_of(backplane, pod.sidecar)
     assert records, f"{pod.name} records no session; records: {list(backplane.scan_iter(SID_KEYS))}"
     orphans = [n for n in names if owner_of[n] == pod.name]
     survivors = [n for n in names if owner_of[n] != pod.name]
@@ -67,7 +68,7 @@ def first_pod_leaves(pods, nginx, backplane, names, owner_of):
 def wait_for_records_to_expire(backplane, pod, records):
     """Nobody renews a gone pod's records: they leave the backplane within the TTL."""
     wait_until(f"{pod.name}'s session records to expire",
-               lambda: not (records_of(backplane, pod.front_port) & records),
+               lambda: not (records_of(backplane, pod.sidecar) & records),
                timeout=SIDECAR_SESSION_TTL_SECONDS + 5)
 
 
@@ -150,7 +151,7 @@ def test_a_handshake_flood_is_answered_but_recorded_only_up_to_the_bound(procs, 
     for i in range(20):
         status, body = http_request(url)
         assert status == 200 and body.startswith("0{"), f"handshake {i}: {status} {body[:200]!r}"
-    recorded = records_of(backplane, sidecar.front_port)
+    recorded = records_of(backplane, sidecar)
     assert len(recorded) == 5, f"{len(recorded)} recorded, want the bound, 5"
     assert sidecar.metric("switchboard_sidecar_front_sessions_unrecorded_total") == 15
     assert sidecar.metric("switchboard_sidecar_front_sessions") == 5

@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("!has(self.gateway) || !has(self.className)")
     .field_path(".gateway")
     .message("spec.ingress.gateway and spec.ingress.className are mutually exclusive: set className for an Ingress, or gateway for a Gateway API HTTPRoute"))]
+#[x_kube(validation = Rule::new("!has(self.gateway) || !has(self.cookie) || (!has(self.cookie.sameSite) && !has(self.cookie.secure) && !has(self.cookie.path))")
+    .field_path(".cookie")
+    .message("spec.ingress.cookie.sameSite, secure and path cannot be set with spec.ingress.gateway: the Gateway API's sessionPersistence has no cookie attributes (the implementation sets them); for cross-site clients use affinity: session-routing, which needs no cookie"))]
+#[x_kube(validation = Rule::new("self.affinity == 'session-routing' || !has(self.networkPolicy)")
+    .field_path(".networkPolicy")
+    .message("spec.ingress.networkPolicy is only allowed with spec.ingress.affinity: session-routing (it guards the sidecars' peer port)"))]
 #[x_kube(validation = Rule::new("!has(self.gateway) || !has(self.tls)")
     .field_path(".tls")
     .message("spec.ingress.tls is not used with spec.ingress.gateway: TLS is terminated by the Gateway's listener (set its certificateRefs there)"))]
@@ -50,9 +56,19 @@ pub struct Ingress {
     #[serde(default)]
     pub affinity: Affinity,
 
-    /// The affinity cookie (only with `affinity: cookie`). Default: `sb-route`, 48 hours.
+    /// The affinity cookie (only with `affinity: cookie`). Default: `sb-route`, 48 hours,
+    /// `SameSite=Lax`, the path of `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<Cookie>,
+
+    /// With `affinity: session-routing`, a NetworkPolicy `<name>-front-peers` that lets only the
+    /// app's own pods reach the sidecars' peer port (9093), where they forward sessions to each
+    /// other. It isolates the app's pods for ingress: it admits the app's port, the front (9092)
+    /// and the sidecar's probes and metrics (9091) from anywhere; any other port the pods serve
+    /// needs a NetworkPolicy of your own (policies add up), or `networkPolicy: false`. Default
+    /// `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<bool>,
 
     /// Proxy read/send timeout: how long an idle WebSocket stays open through the Ingress.
     /// Applied with `className: nginx` only: Traefik sets idle timeouts per entryPoint
@@ -79,6 +95,9 @@ pub enum Affinity {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sameSite) || self.sameSite != 'None' || !has(self.secure) || self.secure")
+    .field_path(".secure")
+    .message("spec.ingress.cookie.secure must be true with sameSite: None: browsers drop a SameSite=None cookie that is not Secure"))]
 pub struct Cookie {
     #[serde(default = "default_cookie_name")]
     #[schemars(
@@ -89,6 +108,52 @@ pub struct Cookie {
     #[serde(default = "default_cookie_max_age")]
     #[schemars(range(min = 1))]
     pub max_age_seconds: i32,
+
+    /// The cookie's `SameSite`. Default `Lax`: sent with the page's own requests and its
+    /// WebSocket upgrade. A client on another site (an app embedded in, or served from, another
+    /// origin) needs `None`, which browsers accept only on a `Secure` cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<SameSite>,
+
+    /// Send the cookie over HTTPS only. Default: `true` with `sameSite: None`, else `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+
+    /// The cookie's `Path`. Default: `spec.ingress.path`. With `className: traefik` it is
+    /// written only when set (the annotation needs Traefik v3.1 or later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^;\s]*$"))]
+    pub path: Option<String>,
+}
+
+/// A cookie's `SameSite` attribute, spelled as in `Set-Cookie`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl Cookie {
+    /// The `SameSite` it gets (`Lax` unless set).
+    pub fn same_site(&self) -> SameSite {
+        self.same_site.unwrap_or(SameSite::Lax)
+    }
+
+    /// Whether it is `Secure` (set, or implied by `SameSite=None`).
+    pub fn secure(&self) -> bool {
+        self.secure.unwrap_or(self.same_site() == SameSite::None)
+    }
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
 }
 
 /// The Gateway an HTTPRoute attaches to (a Gateway API `parentRef`).

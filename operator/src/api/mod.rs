@@ -16,7 +16,7 @@ pub use backplane::{
     SecretKeyRef, SecretName,
 };
 pub use framework::{App, Framework, Listening, Preset};
-pub use ingress::{Affinity, Cookie, GatewayRef, Ingress, IngressTls};
+pub use ingress::{Affinity, Cookie, GatewayRef, Ingress, IngressTls, SameSite};
 pub use sidecar::Sidecar;
 pub use status::{PodCounts, RealtimeClusterStatus};
 
@@ -90,6 +90,16 @@ impl RealtimeClusterSpec {
         self.ingress
             .as_ref()
             .is_some_and(|i| i.affinity == Affinity::SessionRouting)
+    }
+
+    /// Whether the operator guards the fronts' peer port with a NetworkPolicy (session routing,
+    /// unless `spec.ingress.networkPolicy: false`).
+    pub fn peer_network_policy(&self) -> bool {
+        self.session_routing()
+            && self
+                .ingress
+                .as_ref()
+                .is_some_and(|i| i.network_policy != Some(false))
     }
 
     /// The path the sidecars' front routes by session: the spec's, else the preset's.

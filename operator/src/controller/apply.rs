@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
@@ -81,6 +81,7 @@ pub struct Stores {
     pub disruption_budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
     pub ingresses: Store<Ingress>,
+    pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
     pub pods: Store<Pod>,
 }
 
@@ -95,6 +96,7 @@ impl Stores {
             self.disruption_budgets.wait_until_ready(),
             self.config_maps.wait_until_ready(),
             self.ingresses.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
             self.pods.wait_until_ready(),
         );
     }
@@ -317,6 +319,9 @@ impl Applier<'_> {
             });
         }
         applied.route = self.apply_routes(&desired.http_routes).await?;
+        for policy in &desired.network_policies {
+            self.ensure(&self.stores.network_policies, policy).await?;
+        }
 
         // Prune, one line per owned kind.
         self.prune(&self.stores.secrets, &desired.secrets).await?;
@@ -332,6 +337,8 @@ impl Applier<'_> {
         self.prune(&self.stores.ingresses, &desired.ingresses)
             .await?;
         self.prune_routes(&desired.http_routes).await?;
+        self.prune(&self.stores.network_policies, &desired.network_policies)
+            .await?;
         Ok(applied)
     }
 

@@ -9,11 +9,11 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::DynamicObject;
 
-use super::{backplane, backplane_tls, ingress, sidecar_config};
+use super::{backplane, backplane_tls, ingress, peers, sidecar_config};
 use crate::api::RealtimeCluster;
 use crate::names::TLS_FINGERPRINT_ANNOTATION;
 
@@ -35,6 +35,8 @@ pub struct Desired {
     pub ingresses: Vec<Ingress>,
     /// Gateway API HTTPRoutes (dynamic: k8s-openapi has no Gateway API types).
     pub http_routes: Vec<DynamicObject>,
+    /// The guard of the sidecars' peer port (session routing).
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 /// What the reconcile has for the managed backplane's TLS.
@@ -87,6 +89,7 @@ pub fn build(
     desired.services.extend(ingress::app_service(rtc));
     desired.ingresses.extend(ingress::ingress(rtc));
     desired.http_routes.extend(ingress::http_route(rtc));
+    desired.network_policies.extend(peers::network_policy(rtc));
     desired
 }
 

@@ -25,7 +25,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
 use super::meta::{child_meta, labels};
-use crate::api::{Affinity, RealtimeCluster};
+use crate::api::{Affinity, Cookie, RealtimeCluster};
 
 /// The IngressClass names whose affinity annotations this module writes. Matched by name: an
 /// IngressClass of another name is not assumed to be either controller.
@@ -183,11 +183,11 @@ pub fn http_route(rtc: &RealtimeCluster) -> Option<DynamicObject> {
         "timeouts": { "request": "0s" },
     });
     if spec.affinity == Affinity::Cookie {
-        let (name, max_age) = cookie(spec);
+        let cookie = cookie(spec);
         rule["sessionPersistence"] = json!({
             "type": "Cookie",
-            "sessionName": name,
-            "absoluteTimeout": gateway_duration(max_age.into()),
+            "sessionName": cookie.name,
+            "absoluteTimeout": gateway_duration(cookie.max_age_seconds.into()),
         });
     }
     let mut route =
@@ -223,13 +223,15 @@ pub fn gateway_duration(seconds: i64) -> String {
     out
 }
 
-/// The affinity cookie's name and max age, defaults filled in.
-fn cookie(spec: &crate::api::Ingress) -> (&str, i32) {
-    spec.cookie
-        .as_ref()
-        .map_or((DEFAULT_COOKIE_NAME, DEFAULT_COOKIE_MAX_AGE), |c| {
-            (c.name.as_str(), c.max_age_seconds)
-        })
+/// The affinity cookie `spec.ingress.cookie` asks for, or the default one.
+fn cookie(spec: &crate::api::Ingress) -> Cookie {
+    spec.cookie.clone().unwrap_or_else(|| Cookie {
+        name: DEFAULT_COOKIE_NAME.into(),
+        max_age_seconds: DEFAULT_COOKIE_MAX_AGE,
+        same_site: None,
+        secure: None,
+        path: None,
+    })
 }
 
 fn nginx_annotations(spec: &crate::api::Ingress) -> BTreeMap<String, String> {
@@ -239,20 +241,28 @@ fn nginx_annotations(spec: &crate::api::Ingress) -> BTreeMap<String, String> {
         (format!("{NGINX}/proxy-send-timeout"), timeout),
     ]);
     if spec.affinity == Affinity::Cookie {
-        let (name, max_age) = cookie(spec);
+        let cookie = cookie(spec);
         annotations.extend([
             (format!("{NGINX}/affinity"), "cookie".to_owned()),
             // `balanced` re-pins clients when pods scale, which breaks open long-polling sessions.
             (format!("{NGINX}/affinity-mode"), "persistent".to_owned()),
-            (format!("{NGINX}/session-cookie-name"), name.to_owned()),
+            (format!("{NGINX}/session-cookie-name"), cookie.name.clone()),
             (
                 format!("{NGINX}/session-cookie-max-age"),
-                max_age.to_string(),
+                cookie.max_age_seconds.to_string(),
             ),
-            (format!("{NGINX}/session-cookie-path"), spec.path.clone()),
-            // Lax: sent on the page's own requests and the WebSocket upgrade, not on cross-site ones.
-            (format!("{NGINX}/session-cookie-samesite"), "Lax".to_owned()),
+            (
+                format!("{NGINX}/session-cookie-path"),
+                cookie.path.clone().unwrap_or_else(|| spec.path.clone()),
+            ),
+            (
+                format!("{NGINX}/session-cookie-samesite"),
+                cookie.same_site().as_str().to_owned(),
+            ),
         ]);
+        if cookie.secure() {
+            annotations.insert(format!("{NGINX}/session-cookie-secure"), "true".to_owned());
+        }
     }
     annotations
 }
@@ -262,17 +272,17 @@ fn nginx_annotations(spec: &crate::api::Ingress) -> BTreeMap<String, String> {
 /// provider). Traefik has no per-Ingress or per-Service idle timeout annotation: timeouts are
 /// entryPoint (`respondingTimeouts`) and ServersTransport (`forwardingTimeouts`) settings, so
 /// `spec.ingress.timeoutSeconds` is not applied for `className: traefik`. The cookie path is
-/// left to Traefik's default (`/`): `service.sticky.cookie.path` exists only in recent Traefik
-/// versions, and an unknown key can fail the whole Service's configuration in older ones.
+/// left to Traefik's default (`/`) unless `cookie.path` is set: `service.sticky.cookie.path`
+/// exists only in recent Traefik versions, and an unknown key can fail the whole Service's
+/// configuration in older ones.
 fn traefik_service_annotations(spec: &crate::api::Ingress) -> BTreeMap<String, String> {
-    let (name, max_age) = cookie(spec);
-    BTreeMap::from([
+    let cookie = cookie(spec);
+    let mut annotations = BTreeMap::from([
         (TRAEFIK_STICKY_COOKIE.to_owned(), "true".to_owned()),
-        (format!("{TRAEFIK_STICKY_COOKIE}.name"), name.to_owned()),
-        // Same choice as for nginx: sent on the page's own requests and the WebSocket upgrade.
+        (format!("{TRAEFIK_STICKY_COOKIE}.name"), cookie.name.clone()),
         (
             format!("{TRAEFIK_STICKY_COOKIE}.samesite"),
-            "lax".to_owned(),
+            cookie.same_site().as_str().to_ascii_lowercase(),
         ),
         // Only the proxy reads it; scripts never need to.
         (
@@ -281,7 +291,14 @@ fn traefik_service_annotations(spec: &crate::api::Ingress) -> BTreeMap<String, S
         ),
         (
             format!("{TRAEFIK_STICKY_COOKIE}.maxage"),
-            max_age.to_string(),
+            cookie.max_age_seconds.to_string(),
         ),
-    ])
+    ]);
+    if cookie.secure() {
+        annotations.insert(format!("{TRAEFIK_STICKY_COOKIE}.secure"), "true".to_owned());
+    }
+    if let Some(path) = &cookie.path {
+        annotations.insert(format!("{TRAEFIK_STICKY_COOKIE}.path"), path.clone());
+    }
+    annotations
 }

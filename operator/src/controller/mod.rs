@@ -20,6 +20,7 @@ mod context;
 pub mod ingress;
 mod meta;
 pub mod observe;
+pub mod peers;
 pub mod reconcile;
 pub mod run;
 pub mod sidecar_config;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::{Selector, SelectorExt};
@@ -80,6 +80,7 @@ pub async fn run(
     let (disruption_budgets, budgets_changed) = scope.owned::<PodDisruptionBudget>(&owned);
     let (config_maps, config_maps_changed) = scope.owned::<ConfigMap>(&owned);
     let (ingresses, ingresses_changed) = scope.full::<Ingress>(&owned, |_| {});
+    let (network_policies, network_policies_changed) = scope.owned::<NetworkPolicy>(&owned);
     // Every Secret's metadata: the managed password Secret is owned, an external backplane's is
     // the user's (labelled or not), and both must trigger a reconcile.
     let (secrets, secrets_changed) = scope.owned::<Secret>(&watcher::Config::default());
@@ -103,6 +104,7 @@ pub async fn run(
             disruption_budgets,
             config_maps,
             ingresses,
+            network_policies,
             pods: pods_reader,
         },
         routes: RoutesSeen::default(),
@@ -115,6 +117,7 @@ pub async fn run(
         .owns_stream(budgets_changed)
         .owns_stream(config_maps_changed)
         .owns_stream(ingresses_changed)
+        .owns_stream(network_policies_changed)
         .watches_stream(secrets_changed, move |secret| {
             referencing_secret(&secrets_clusters, &secret)
         })

@@ -113,14 +113,18 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
         }
     }
     // Session routing: the sidecar's HTTP front in front of the app, on every interface (the
-    // app Service and the other pods' fronts reach it); the pod's own address and the fleet's
-    // secret come from the injector (the pod IP) and `<rtc>-front` (mounted).
+    // app Service reaches its port, the other pods' fronts its peer port); the pod's own address
+    // and the fleet's secret come from the injector (the pod IP) and `<rtc>-front` (mounted).
     if rtc.spec.session_routing() {
         use crate::names::{
-            ENV_FRONT_APP, ENV_FRONT_LISTEN, ENV_FRONT_PATH, ENV_FRONT_SECRET_FILE, FRONT_PORT,
-            FRONT_SECRET_FILE,
+            ENV_FRONT_APP, ENV_FRONT_LISTEN, ENV_FRONT_PATH, ENV_FRONT_PEER_LISTEN,
+            ENV_FRONT_SECRET_FILE, FRONT_PEER_PORT, FRONT_PORT, FRONT_SECRET_FILE,
         };
         data.insert(ENV_FRONT_LISTEN.to_owned(), format!("0.0.0.0:{FRONT_PORT}"));
+        data.insert(
+            ENV_FRONT_PEER_LISTEN.to_owned(),
+            format!("0.0.0.0:{FRONT_PEER_PORT}"),
+        );
         if let Some(port) = rtc.spec.app_port() {
             data.insert(ENV_FRONT_APP.to_owned(), format!("127.0.0.1:{port}"));
         }

@@ -666,6 +666,64 @@ fn nginx_ingress_pins_clients_and_keeps_websockets_open() {
 }
 
 #[test]
+fn session_routing_admits_only_the_fleet_to_the_peer_port() {
+    let rtc = rtc(include_str!("../../tests/fixtures/session-routing.yaml"));
+    let policy = super::peers::network_policy(&rtc).expect("a NetworkPolicy with session routing");
+    assert_eq!(policy.name_any(), "chat-front-peers");
+    assert_eq!(
+        policy.metadata.owner_references.as_ref().unwrap()[0].controller,
+        Some(true)
+    );
+    let spec = policy.spec.unwrap();
+    let selected = spec.pod_selector.unwrap().match_labels.unwrap();
+    assert_eq!(selected, [("app".to_owned(), "chat".to_owned())].into());
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+    let rules = spec.ingress.unwrap();
+    let ports = |i: usize| -> Vec<i32> {
+        rules[i]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| match p.port {
+                Some(IntOrString::Int(n)) => n,
+                ref other => panic!("a port by number, not {other:?}"),
+            })
+            .collect()
+    };
+    // From anywhere: Open WebUI's port, the front, the sidecar's probes and metrics.
+    assert_eq!(rules[0].from, None);
+    assert_eq!(ports(0), [8080, crate::names::FRONT_PORT, 9091]);
+    assert!(!ports(0).contains(&crate::names::FRONT_PEER_PORT));
+    // The peer port: the app's pods, and pods that join by label.
+    assert_eq!(ports(1), [crate::names::FRONT_PEER_PORT]);
+    let peers: Vec<_> = rules[1]
+        .from
+        .iter()
+        .flatten()
+        .map(|peer| {
+            assert_eq!(
+                peer.namespace_selector, None,
+                "the cluster's own namespace only"
+            );
+            peer.pod_selector.clone().unwrap().match_labels.unwrap()
+        })
+        .collect();
+    assert_eq!(
+        peers,
+        [
+            [("app".to_owned(), "chat".to_owned())].into(),
+            [(crate::names::CLUSTER_LABEL.to_owned(), "chat".to_owned())].into(),
+        ]
+    );
+
+    let mut opted_out = rtc.clone();
+    opted_out.spec.ingress.as_mut().unwrap().network_policy = Some(false);
+    assert_eq!(super::peers::network_policy(&opted_out), None);
+    // Cookie affinity has no peer port to guard.
+    assert_eq!(super::peers::network_policy(&self::rtc(FULL)), None);
+}
+
+#[test]
 fn session_routing_points_the_service_at_the_front_and_configures_it() {
     let rtc = rtc(include_str!("../../tests/fixtures/session-routing.yaml"));
     assert!(rtc.spec.session_routing());
@@ -688,6 +746,7 @@ fn session_routing_points_the_service_at_the_front_and_configures_it() {
         .data
         .unwrap();
     assert_eq!(data["SWITCHBOARD_FRONT_LISTEN"], "0.0.0.0:9092");
+    assert_eq!(data["SWITCHBOARD_FRONT_PEER_LISTEN"], "0.0.0.0:9093");
     assert_eq!(data["SWITCHBOARD_FRONT_APP"], "127.0.0.1:8080");
     assert_eq!(
         data["SWITCHBOARD_FRONT_PATH"], "/ws/socket.io/",
@@ -1243,6 +1302,39 @@ fn the_credential_reaches_the_sidecar_from_a_secret() {
     assert_eq!(secret_ref(&external), ("shared-redis", "url"));
 }
 
+#[test]
+fn a_cross_site_cookie_is_secure_with_its_own_path() {
+    let mut rtc = rtc(FULL);
+    let ingress_spec = rtc.spec.ingress.as_mut().unwrap();
+    let cookie = ingress_spec.cookie.as_mut().unwrap();
+    cookie.same_site = Some(crate::api::SameSite::None);
+    cookie.path = Some("/".into());
+    let ing = ingress::ingress(&rtc).unwrap();
+    let a = ing.metadata.annotations.unwrap();
+    let get = |k: &str| {
+        a.get(&format!("nginx.ingress.kubernetes.io/{k}"))
+            .map(String::as_str)
+    };
+    assert_eq!(get("session-cookie-samesite"), Some("None"));
+    // Secure is implied: browsers drop a SameSite=None cookie without it.
+    assert_eq!(get("session-cookie-secure"), Some("true"));
+    assert_eq!(get("session-cookie-path"), Some("/"));
+
+    // The default cookie is Lax and not Secure (it also works over plain HTTP).
+    let mut plain = rtc.clone();
+    plain.spec.ingress.as_mut().unwrap().cookie = None;
+    let a = ingress::ingress(&plain)
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap();
+    assert_eq!(
+        a["nginx.ingress.kubernetes.io/session-cookie-samesite"],
+        "Lax"
+    );
+    assert!(!a.contains_key("nginx.ingress.kubernetes.io/session-cookie-secure"));
+}
+
 // ---- ingress: traefik ----
 
 #[test]
@@ -1264,7 +1356,39 @@ fn traefik_pins_clients_through_the_service() {
     assert_eq!(get("cookie.samesite"), "lax");
     assert_eq!(get("cookie.httponly"), "true");
     assert_eq!(get("cookie.maxage"), "7200");
+    // Neither asked for: Traefik's defaults (not Secure, path `/`).
+    assert!(!a.contains_key("traefik.ingress.kubernetes.io/service.sticky.cookie.secure"));
+    assert!(!a.contains_key("traefik.ingress.kubernetes.io/service.sticky.cookie.path"));
     assert!(!a.keys().any(|k| k.starts_with("nginx.")));
+
+    let mut cross_site = rtc.clone();
+    let cookie = cross_site
+        .spec
+        .ingress
+        .as_mut()
+        .unwrap()
+        .cookie
+        .as_mut()
+        .unwrap();
+    (cookie.same_site, cookie.secure, cookie.path) = (
+        Some(crate::api::SameSite::Strict),
+        Some(true),
+        Some("/chat".into()),
+    );
+    let a = ingress::app_service(&cross_site)
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap();
+    let get = |k: &str| a[&format!("traefik.ingress.kubernetes.io/service.sticky.{k}")].as_str();
+    assert_eq!(
+        (
+            get("cookie.samesite"),
+            get("cookie.secure"),
+            get("cookie.path")
+        ),
+        ("strict", "true", "/chat")
+    );
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 5000);
 
     let mut unpinned = rtc.clone();

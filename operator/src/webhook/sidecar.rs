@@ -32,9 +32,7 @@ pub use crate::names::{ENV_HTTP_LISTEN, ENV_LISTEN, ENV_LOG_FORMAT, ENV_SIDECAR_
 pub const LISTEN: &str = "127.0.0.1:6379";
 /// The URL every application container is given, in each of `spec.redis_url_env()`.
 pub const LOCAL_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// `/healthz`, `/readyz` and `/metrics`, on every interface: the kubelet probes the pod IP and
-/// Prometheus scrapes it.
-pub const HTTP_PORT: i32 = 9091;
+pub use crate::names::HTTP_PORT;
 /// The name of [`HTTP_PORT`] on the container, for probes and `PodMonitor`s.
 pub const HTTP_PORT_NAME: &str = "sb-metrics";
 /// The non-root user the sidecar runs as (distroless `nonroot`).
@@ -61,18 +59,24 @@ pub fn container(rtc: &RealtimeCluster, settings: &InjectSettings) -> Container 
         ..ContainerPort::default()
     }];
     if rtc.spec.session_routing() {
-        // Other pods' fronts forward this pod's sessions to its IP.
+        use crate::names::{FRONT_PEER_PORT, FRONT_PEER_PORT_NAME, FRONT_PORT, FRONT_PORT_NAME};
+        // Other pods' fronts forward this pod's sessions to its IP, on the peer port.
         env.push(field_env("POD_IP", "status.podIP"));
         env.push(literal(
             crate::names::ENV_FRONT_ADVERTISE,
-            &format!("$(POD_IP):{}", crate::names::FRONT_PORT),
+            &format!("$(POD_IP):{FRONT_PEER_PORT}"),
         ));
-        ports.push(ContainerPort {
-            name: Some(crate::names::FRONT_PORT_NAME.into()),
-            container_port: crate::names::FRONT_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        });
+        for (name, port) in [
+            (FRONT_PORT_NAME, FRONT_PORT),
+            (FRONT_PEER_PORT_NAME, FRONT_PEER_PORT),
+        ] {
+            ports.push(ContainerPort {
+                name: Some(name.into()),
+                container_port: port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            });
+        }
     }
     Container {
         name: SIDECAR_CONTAINER.to_owned(),

@@ -1011,9 +1011,17 @@ fn the_sidecar_parses_what_injection_renders() {
                 assert_eq!(front.name.as_deref(), Some(crate::names::FRONT_PORT_NAME));
                 let listen = config.front_listen.expect("the front listens");
                 assert_eq!(i32::from(listen.port()), front.container_port, "{case}");
+                // Other pods forward to the peer port, declared too, at this pod's IP.
+                let peer_port = &sidecar.ports.as_ref().unwrap()[2];
+                assert_eq!(
+                    peer_port.name.as_deref(),
+                    Some(crate::names::FRONT_PEER_PORT_NAME)
+                );
+                let peer = config.front_peer_listen.expect("the front has a peer port");
+                assert_eq!(i32::from(peer.port()), peer_port.container_port, "{case}");
                 assert_eq!(
                     config.front_advertise.map(|a| a.to_string()).as_deref(),
-                    Some("10.244.0.7:9092"),
+                    Some("10.244.0.7:9093"),
                     "{case}"
                 );
                 assert_eq!(config.front_app.to_string(), "127.0.0.1:8080", "{case}");

@@ -11,8 +11,12 @@
 //!
 //! Forwarded requests carry the fleet's secret in [`FORWARDED`]; a front passes a request that
 //! carries the header to its own app only, and refuses one whose secret is wrong (403), so
-//! nobody outside the fleet can steer a request into a session. A WebSocket-first handshake
-//! (no polling) needs no record: its one connection stays on the pod that answered it.
+//! nobody outside the fleet can steer a request into a session. With a peer port
+//! (`--front-peer-listen`) forwarded requests arrive there and only there: the public port
+//! refuses any request that claims to be forwarded, the peer port any that does not (see
+//! [`Door`]), so a NetworkPolicy can keep everyone but the fleet's pods off the peer port.
+//! A WebSocket-first handshake (no polling) needs no record: its one connection stays on the
+//! pod that answered it.
 
 mod engine;
 mod sessions;
@@ -57,6 +61,8 @@ type Body = BoxBody<Bytes, hyper::Error>;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// The port for other fronts' forwarded requests alone (none: `listen` takes them too).
+    pub peer_listen: Option<SocketAddr>,
     pub app: SocketAddr,
     pub advertise: SocketAddr,
     pub path: String,
@@ -99,6 +105,33 @@ struct Front {
     in_flight: Arc<()>,
 }
 
+/// Which requests a listening port of the front takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Door {
+    /// The one port: clients' requests and other fronts' forwarded ones.
+    Both,
+    /// The port the Service targets when there is a peer port: clients' requests only.
+    Public,
+    /// The peer port: forwarded requests only.
+    Peer,
+}
+
+impl Door {
+    /// Why this port refuses a request that does (`forwarded`) or does not claim to be
+    /// forwarded, if it does.
+    fn refuses(self, forwarded: bool) -> Option<&'static str> {
+        match (self, forwarded) {
+            (Door::Public, true) => Some(
+                "switchboard: this port takes no forwarded requests (pods forward to each other on the front's peer port)",
+            ),
+            (Door::Peer, false) => Some(
+                "switchboard: this is the front's peer port, for requests forwarded by the fleet's pods only",
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// Serves the front until `stop` turns true; then stops accepting and drains (see
 /// [`Settings::drain`]). `routes` reaches the backplane (none: embedded, every session is this
 /// pod's).
@@ -113,16 +146,13 @@ pub async fn serve(
     routes: Option<Arc<Routes>>,
     prefix: &str,
     metrics: Arc<Metrics>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {} (--front-listen): {e}", settings.listen),
-            )
-        })?;
+    let listener = bind(settings.listen, "--front-listen").await?;
+    let peer_listener = match settings.peer_listen {
+        Some(addr) => Some(bind(addr, "--front-peer-listen").await?),
+        None => None,
+    };
     let directory = Directory::new(
         routes,
         prefix,
@@ -148,13 +178,46 @@ pub async fn serve(
     for route in ["local", "forwarded", "unknown"] {
         let _ = front.metrics.front_requests(route);
     }
-    tracing::info!(addr = %settings.listen, app = %settings.app, advertise = %settings.advertise, path = %settings.path, "HTTP front: routing Engine.IO sessions to the pods that own them");
+    tracing::info!(addr = %settings.listen, peer_addr = ?settings.peer_listen, app = %settings.app, advertise = %settings.advertise, path = %settings.path, "HTTP front: routing Engine.IO sessions to the pods that own them");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    match peer_listener {
+        None => accept(listener, Door::Both, &front, &slots, stop.clone()).await,
+        Some(peer_listener) => {
+            tokio::join!(
+                accept(listener, Door::Public, &front, &slots, stop.clone()),
+                accept(peer_listener, Door::Peer, &front, &slots, stop.clone()),
+            );
+        }
+    }
+    tracing::info!(
+        drain_seconds = settings.drain.as_secs(),
+        "front: no longer accepting; letting requests in flight finish"
+    );
+    drain(&front.in_flight, settings.drain).await;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({flag}): {e}"))
+    })
+}
+
+/// Serves the connections `listener` accepts, as `door`, until `stop` turns true; then closes
+/// the listener (connections open go on: see [`drain`]).
+async fn accept(
+    listener: tokio::net::TcpListener,
+    door: Door,
+    front: &Arc<Front>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut stopping = stop.clone();
     loop {
         let slot = slots.clone().acquire_owned().await.expect("never closed");
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stopped(&mut stop) => break,
+            () = stopped(&mut stopping) => break,
         };
         let (stream, peer) = match accepted {
             Ok(s) => s,
@@ -170,7 +233,7 @@ pub async fn serve(
             let front = front.clone();
             hyper::service::service_fn(move |req| {
                 let front = front.clone();
-                async move { Ok::<_, Infallible>(front.handle(req, peer).await) }
+                async move { Ok::<_, Infallible>(front.handle(req, peer, door).await) }
             })
         };
         let connection = hyper::server::conn::http1::Builder::new()
@@ -204,13 +267,6 @@ pub async fn serve(
             drop(slot);
         });
     }
-    drop(listener);
-    tracing::info!(
-        drain_seconds = settings.drain.as_secs(),
-        "front: no longer accepting; letting requests in flight finish"
-    );
-    drain(&front.in_flight, settings.drain).await;
-    Ok(())
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -290,7 +346,12 @@ impl Drop for Active {
 }
 
 impl Front {
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        door: Door,
+    ) -> Response<Body> {
         // hyper bounds a head that arrives in pieces; one that arrives whole is measured here.
         let head: usize = req
             .headers()
@@ -309,21 +370,19 @@ impl Front {
                 format!("switchboard: the request's head is over {MAX_HEAD} bytes"),
             );
         }
+        if let Some(why) = door.refuses(req.headers().contains_key(&FORWARDED)) {
+            self.refused(peer, &req, why);
+            return answer(StatusCode::FORBIDDEN, why.into());
+        }
         if let Some(claimed) = req.headers_mut().remove(&FORWARDED) {
             let trusted = self
                 .secret
                 .as_ref()
                 .is_some_and(|s| same_secret(s.as_bytes(), claimed.as_bytes()));
             if !trusted {
-                self.metrics.front_forwards_refused.inc();
-                let n = self.metrics.front_forwards_refused.get();
-                if n == 1 || n.is_multiple_of(100) {
-                    tracing::warn!(%peer, path = %req.uri().path(), refused_total = n, "front: refused a request claiming to be forwarded by a pod of the fleet, with a wrong secret");
-                }
-                return answer(
-                    StatusCode::FORBIDDEN,
-                    "switchboard: this request claims to be forwarded by a pod of the fleet, without the fleet's secret".into(),
-                );
+                let why = "switchboard: this request claims to be forwarded by a pod of the fleet, without the fleet's secret";
+                self.refused(peer, &req, why);
+                return answer(StatusCode::FORBIDDEN, why.into());
             }
             // A peer found this pod to own the session: its app answers, nothing goes on.
             self.metrics.front_requests("local").inc();
@@ -360,6 +419,16 @@ impl Front {
                 self.metrics.front_requests("unknown").inc();
                 self.pass(req, None, None).await
             }
+        }
+    }
+
+    /// Counts a request refused for where it came from (403), and names it in the log (the
+    /// first, then every 100th).
+    fn refused(&self, peer: SocketAddr, req: &Request<Incoming>, why: &str) {
+        self.metrics.front_forwards_refused.inc();
+        let n = self.metrics.front_forwards_refused.get();
+        if n == 1 || n.is_multiple_of(100) {
+            tracing::warn!(%peer, path = %req.uri().path(), refused_total = n, "front: refused a request: {why}");
         }
     }
 

@@ -302,6 +302,75 @@ impl SentinelGroup {
         new.expect("checked above")
     }
 
+    /// Waits until the group has settled after a failover and returns its primary: every
+    /// Sentinel names it, it says it is a master, and every other server that answers says it
+    /// is a replica of it. A former primary that is still up is demoted only on an INFO reply
+    /// that comes at least 8 s after the Sentinels named it a replica, and on a loaded machine
+    /// the Sentinels may fail over once more on their own, so a test asks the group which
+    /// server is the primary now instead of assuming it. On a timeout the message carries what
+    /// every server and Sentinel said.
+    pub fn settled_primary(&self) -> u16 {
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let named: Vec<Option<u16>> = self
+                .sentinels
+                .iter()
+                .map(|s| self.primary_port_per(s))
+                .collect();
+            if let Some(primary) = named[0].filter(|_| named.iter().all(|n| *n == named[0])) {
+                let settled = self.servers.iter().all(|s| {
+                    let role = self.roles(s.port());
+                    if s.port() == primary {
+                        role.first().map(String::as_str) == Some("master")
+                    } else {
+                        role.is_empty()
+                            || role.first().map(String::as_str) == Some("slave")
+                                && role.get(2) == Some(&self.named_port(primary).to_string())
+                    }
+                });
+                if settled {
+                    return primary;
+                }
+            }
+            if Instant::now() >= deadline {
+                let servers: Vec<String> = self
+                    .servers
+                    .iter()
+                    .map(|s| format!("server {} ROLE {:?}", s.port(), self.roles(s.port())))
+                    .collect();
+                let logs: Vec<String> = self
+                    .sentinels
+                    .iter()
+                    .map(|s| format!("-- sentinel {} --\n{}", s.port, s.log_tail()))
+                    .collect();
+                panic!(
+                    "the group did not settle within {SETTLE_DEADLINE:?}: the Sentinels name {named:?}\n{}\n{}",
+                    servers.join("\n"),
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ROLE`'s reply for the server on `port` as text (empty when it does not answer): for a
+    /// replica, `slave`, its primary's host and port, and the link state.
+    fn roles(&self, port: u16) -> Vec<String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        query(addr, self.password(), &["ROLE"])
+            .map(|reply| elements(&reply).iter().map(text).collect())
+            .unwrap_or_default()
+    }
+
+    /// The port replicas name for the server whose plain port is `port` (its TLS port in a
+    /// TLS group, where replication runs over TLS).
+    fn named_port(&self, port: u16) -> u16 {
+        match self.servers.iter().position(|s| s.port() == port) {
+            Some(i) if !self.tls_ports.is_empty() => self.tls_ports[i],
+            _ => port,
+        }
+    }
+
     /// `SENTINEL FAILOVER`, retried while the Sentinel has no replica it considers fit yet.
     pub fn force_failover(&self) {
         let sentinel = &self.sentinels[0];

@@ -384,6 +384,15 @@ impl Config {
         Ok(self)
     }
 
+    /// The address other pods forward this front's sessions to, the value of its session
+    /// records: `--front-advertise`, else the peer port, else the one port (`None` when the
+    /// front is off).
+    pub fn front_advertise(&self) -> Option<SocketAddr> {
+        self.front_advertise
+            .or(self.front_peer_listen)
+            .or(self.front_listen)
+    }
+
     /// The HTTP front's settings (the secret file is read at start, which names what is wrong).
     fn validate_front(&self) -> Result<(), String> {
         let Some(listen) = self.front_listen else {
@@ -394,13 +403,16 @@ impl Config {
             }
             return Ok(());
         };
-        let (peer, flag) = match self.front_peer_listen {
-            Some(peer) => (peer, "--front-peer-listen"),
-            None => (listen, "--front-listen"),
-        };
-        if peer.ip().is_unspecified() && self.front_advertise.is_none() {
+        if let Some(advertise) = self.front_advertise()
+            && advertise.ip().is_unspecified()
+        {
+            let flag = match (self.front_advertise, self.front_peer_listen) {
+                (Some(_), _) => "--front-advertise",
+                (None, Some(_)) => "--front-peer-listen",
+                (None, None) => "--front-listen",
+            };
             return Err(format!(
-                "{flag} ({peer}) is a wildcard address: give --front-advertise (SWITCHBOARD_FRONT_ADVERTISE), the pod IP and port other pods reach this front at"
+                "{flag} ({advertise}) is a wildcard address: give --front-advertise (SWITCHBOARD_FRONT_ADVERTISE), the pod IP and port other pods reach this front at"
             ));
         }
         if let Some(peer) = self.front_peer_listen {

@@ -144,9 +144,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
             listen,
             peer_listen: config.front_peer_listen,
             app: config.front_app,
-            advertise: config
-                .front_advertise
-                .unwrap_or(config.front_peer_listen.unwrap_or(listen)),
+            advertise: config.front_advertise().unwrap_or(listen),
             path: config.front_path.clone(),
             secret,
             ttl: std::time::Duration::from_millis(config.session_ttl_ms),

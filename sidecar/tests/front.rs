@@ -80,7 +80,22 @@ fn bad_front_settings_stop_the_sidecar_naming_the_flag() {
         SidecarOptions::embedded()
             .arg("--front-listen", &listen)
             .arg("--front-peer-listen", &peer)
+            .arg(
+                "--front-advertise",
+                &format!("0.0.0.0:{}", peer_port(&peer)),
+            ),
+        "--front-advertise (0.0.0.0",
+    );
+    refused(
+        SidecarOptions::embedded()
+            .arg("--front-listen", &listen)
+            .arg("--front-peer-listen", &peer)
             .arg("--front-advertise", &listen),
         "must name the peer port",
     );
+}
+
+/// The port of a `host:port` the test made.
+fn peer_port(addr: &str) -> &str {
+    addr.rsplit(':').next().unwrap()
 }

@@ -126,6 +126,20 @@ pub struct Cookie {
     pub path: Option<String>,
 }
 
+/// The cookie used when `spec.ingress.cookie` is left out: the same one the field's own
+/// defaults give.
+impl Default for Cookie {
+    fn default() -> Self {
+        Cookie {
+            name: default_cookie_name(),
+            max_age_seconds: default_cookie_max_age(),
+            same_site: None,
+            secure: None,
+            path: None,
+        }
+    }
+}
+
 /// A cookie's `SameSite` attribute, spelled as in `Set-Cookie`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SameSite {

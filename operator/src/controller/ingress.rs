@@ -34,8 +34,6 @@ pub const TRAEFIK_CLASS: &str = "traefik";
 
 const NGINX: &str = "nginx.ingress.kubernetes.io";
 const TRAEFIK_STICKY_COOKIE: &str = "traefik.ingress.kubernetes.io/service.sticky.cookie";
-const DEFAULT_COOKIE_NAME: &str = "sb-route";
-const DEFAULT_COOKIE_MAX_AGE: i32 = 172_800;
 
 /// The Gateway API group and the HTTPRoute version built here (`v1`, standard channel).
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
@@ -225,13 +223,7 @@ pub fn gateway_duration(seconds: i64) -> String {
 
 /// The affinity cookie `spec.ingress.cookie` asks for, or the default one.
 fn cookie(spec: &crate::api::Ingress) -> Cookie {
-    spec.cookie.clone().unwrap_or_else(|| Cookie {
-        name: DEFAULT_COOKIE_NAME.into(),
-        max_age_seconds: DEFAULT_COOKIE_MAX_AGE,
-        same_site: None,
-        secure: None,
-        path: None,
-    })
+    spec.cookie.clone().unwrap_or_default()
 }
 
 fn nginx_annotations(spec: &crate::api::Ingress) -> BTreeMap<String, String> {

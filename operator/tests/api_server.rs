@@ -96,6 +96,8 @@ async fn kubectl_prints_the_columns_from_status() {
         json!({
             "selector": { "matchLabels": { "app": "printed" } },
             "framework": "socketio-node",
+            // Worker ports are accepted with session routing (refused without: see below).
+            "app": { "workerPorts": [3000, 3001] },
             "ingress": { "className": "traefik", "host": "printed.example.com",
                          "affinity": "session-routing" },
         }),
@@ -305,6 +307,24 @@ fn invalid_specs() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             ingress(json!({ "gateway": { "name": "public" }, "cookie": { "sameSite": "None" } })),
             "spec.ingress.cookie",
             "the Gateway API's sessionPersistence has no cookie attributes",
+        ),
+        (
+            "worker-ports-without-session-routing",
+            with(json!({
+                "app": { "workerPorts": [5000, 5001] },
+                "ingress": { "host": "chat.example.com", "className": "nginx" }
+            })),
+            "spec.app.workerPorts",
+            "only allowed with spec.ingress.affinity: session-routing",
+        ),
+        (
+            "a-worker-port-twice",
+            with(json!({
+                "app": { "workerPorts": [5000, 5001, 5000] },
+                "ingress": { "host": "chat.example.com", "affinity": "session-routing" }
+            })),
+            "spec.app.workerPorts",
+            "must not name a port twice",
         ),
         (
             "bad-host",

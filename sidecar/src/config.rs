@@ -12,6 +12,9 @@ use clap::Parser;
 /// Exit code for a configuration error (BSD `EX_USAGE`), as the house style asks.
 pub const EXIT_USAGE: i32 = 64;
 
+/// Most app workers the front spreads sessions over (`--front-app`).
+pub const MAX_FRONT_APPS: usize = 64;
+
 /// Bridges an application's Redis adapter to a shared pub/sub backplane.
 ///
 /// With no upstream URL the sidecar runs embedded: it is itself a pub/sub broker for the processes
@@ -46,9 +49,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_FRONT_PEER_LISTEN")]
     pub front_peer_listen: Option<SocketAddr>,
 
-    /// Where the app serves HTTP, on this pod's loopback.
-    #[arg(long, env = "SWITCHBOARD_FRONT_APP", default_value = "127.0.0.1:8080")]
-    pub front_app: SocketAddr,
+    /// Where the app serves HTTP, on this pod's loopback. Several addresses, comma-separated:
+    /// an app that runs one worker process per port; the front spreads new sessions over them
+    /// in turn and sends each session's requests to the worker that opened it.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FRONT_APP",
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub front_app: Vec<SocketAddr>,
 
     /// The address the other pods' fronts reach this one at (the pod IP and the front's peer
     /// port, or its one port); defaults to `--front-peer-listen` (else `--front-listen`) when
@@ -428,6 +438,19 @@ impl Config {
                     "--front-advertise ({advertise}) must name the peer port of --front-peer-listen ({peer}): other pods forward there"
                 ));
             }
+        }
+        for (i, app) in self.front_app.iter().enumerate() {
+            if self.front_app[..i].contains(app) {
+                return Err(format!(
+                    "--front-app (SWITCHBOARD_FRONT_APP) names {app} twice: each worker needs a port of its own"
+                ));
+            }
+        }
+        if self.front_app.len() > MAX_FRONT_APPS {
+            return Err(format!(
+                "--front-app (SWITCHBOARD_FRONT_APP) names {} workers, more than {MAX_FRONT_APPS}",
+                self.front_app.len()
+            ));
         }
         if !self.front_path.starts_with('/') || !self.front_path.ends_with('/') {
             return Err(format!(

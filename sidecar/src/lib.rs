@@ -143,7 +143,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         let settings = front::Settings {
             listen,
             peer_listen: config.front_peer_listen,
-            app: config.front_app,
+            app: config.front_app.clone(),
             advertise: config.front_advertise().unwrap_or(listen),
             path: config.front_path.clone(),
             secret,

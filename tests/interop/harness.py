@@ -479,12 +479,12 @@ def sidecar_supports(flag: str) -> bool:
 
 
 def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: list | tuple = (),
-                  front_app_port: int | None = None, front_secret_file: Path | None = None,
+                  front_app_port: int | list[int] | None = None, front_secret_file: Path | None = None,
                   wait_ready: bool = True, peer_port: bool = True) -> Sidecar:
     """A sidecar for `pod`; waits for /readyz (or, without `wait_ready`, for /healthz only).
 
     With `front_app_port` it also runs the HTTP front, on a free port, in front of an app on that
-    port, sharing the fleet's `front_secret_file`; with `peer_port` (as the operator deploys it)
+    port (a list: an app of several workers, one port each), sharing the fleet's `front_secret_file`; with `peer_port` (as the operator deploys it)
     the front takes other fronts' forwarded requests on a second port of its own."""
     if not SIDECAR_BIN.is_file():
         raise AssertionError(
@@ -498,7 +498,9 @@ def start_sidecar(procs: Processes, pod: str, upstream_url: str, extra_args: lis
     if front_app_port is not None:
         assert front_secret_file is not None, "a front needs the fleet's --front-secret-file"
         front_port = free_port()
-        argv += ["--front-listen", f"127.0.0.1:{front_port}", "--front-app", f"127.0.0.1:{front_app_port}",
+        app_ports = front_app_port if isinstance(front_app_port, list) else [front_app_port]
+        apps = ",".join(f"127.0.0.1:{port}" for port in app_ports)
+        argv += ["--front-listen", f"127.0.0.1:{front_port}", "--front-app", apps,
                  "--front-secret-file", front_secret_file, *SIDECAR_FRONT_FLAGS]
         if peer_port:
             peer = free_port()

@@ -141,6 +141,16 @@ pub struct App {
     #[schemars(length(min = 2, max = 256))]
     #[x_kube(validation = Rule::new("self.startsWith('/') && self.endsWith('/')").message("spec.app.engineioPath must start and end with /, like /socket.io/"))]
     pub engineio_path: Option<String>,
+
+    /// The ports of the app's worker processes, when it runs several in each pod, each on a
+    /// port of its own (python-socketio or Flask-SocketIO as one process per port, a Node
+    /// cluster without sticky balancing). The sidecar's front spreads new sessions over them in
+    /// turn and sends each session's requests to the worker that opened it. Only with
+    /// `spec.ingress.affinity: session-routing`. Default: `spec.app.port` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(range(min = 1, max = 65535)))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q == p))").message("spec.app.workerPorts must not name a port twice: each worker needs a port of its own"))]
+    pub worker_ports: Option<Vec<i32>>,
 }
 
 /// What a listening app holds, and for how long its absence is tolerated. The sidecar checks it

@@ -54,6 +54,9 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = kube::core::Rule::new("self.framework != 'generic' || has(self.app.port)")
     .field_path(".app.port")
     .message("spec.app.port is required when spec.framework is generic (there is no preset port)"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.app.workerPorts) || (has(self.ingress) && self.ingress.affinity == 'session-routing')")
+    .field_path(".app.workerPorts")
+    .message("spec.app.workerPorts is only allowed with spec.ingress.affinity: session-routing (the sidecars' front is what spreads sessions over the workers)"))]
 pub struct RealtimeClusterSpec {
     /// The socket server's pods, in this namespace; the sidecar is injected into these.
     pub selector: LabelSelector,
@@ -83,6 +86,15 @@ impl RealtimeClusterSpec {
     /// The port the application listens on: the spec's, else the framework preset's.
     pub fn app_port(&self) -> Option<i32> {
         self.app.port.or(self.framework.preset().port)
+    }
+
+    /// The ports the sidecar's front passes requests to, one per app worker:
+    /// `spec.app.workerPorts`, else the app's port.
+    pub fn app_ports(&self) -> Vec<i32> {
+        match &self.app.worker_ports {
+            Some(ports) => ports.clone(),
+            None => self.app_port().into_iter().collect(),
+        }
     }
 
     /// Whether the sidecars route sessions (`spec.ingress.affinity: session-routing`).

@@ -52,8 +52,17 @@ fn presets_fill_what_the_spec_leaves_out() {
         redis_url_env: Some(vec!["BROKER_URL".into()]),
         listening: None,
         engineio_path: None,
+        worker_ports: None,
     };
     assert_eq!(spec.app_port(), Some(9000));
+    assert_eq!(spec.app_ports(), [9000]);
+    spec.app.worker_ports = Some(vec![9000, 9001]);
+    assert_eq!(
+        spec.app_ports(),
+        [9000, 9001],
+        "the workers' ports, not the app's"
+    );
+    spec.app.worker_ports = None;
     assert_eq!(spec.redis_url_env(), ["BROKER_URL"]);
     assert_eq!(spec.engineio_path(), "/socket.io/");
     spec.framework = Framework::OpenWebui;

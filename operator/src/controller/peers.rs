@@ -47,11 +47,19 @@ pub fn network_policy(rtc: &RealtimeCluster) -> Option<NetworkPolicy> {
         match_labels: Some(BTreeMap::from([(CLUSTER_LABEL.to_owned(), rtc.name_any())])),
         ..LabelSelector::default()
     };
-    let public = [rtc.spec.app_port(), Some(FRONT_PORT), Some(HTTP_PORT)]
+    // The app's port and its workers' (a probe may name either), the front, the sidecar's own.
+    let mut public: Vec<i32> = rtc.spec.app_port().into_iter().collect();
+    for port in rtc
+        .spec
+        .app_ports()
         .into_iter()
-        .flatten()
-        .map(tcp)
-        .collect();
+        .chain([FRONT_PORT, HTTP_PORT])
+    {
+        if !public.contains(&port) {
+            public.push(port);
+        }
+    }
+    let public = public.into_iter().map(tcp).collect();
     Some(NetworkPolicy {
         metadata: child_meta(
             rtc,

@@ -125,8 +125,14 @@ pub fn config_map(rtc: &RealtimeCluster, upstream_url: &str) -> ConfigMap {
             ENV_FRONT_PEER_LISTEN.to_owned(),
             format!("0.0.0.0:{FRONT_PEER_PORT}"),
         );
-        if let Some(port) = rtc.spec.app_port() {
-            data.insert(ENV_FRONT_APP.to_owned(), format!("127.0.0.1:{port}"));
+        let apps: Vec<String> = rtc
+            .spec
+            .app_ports()
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        if !apps.is_empty() {
+            data.insert(ENV_FRONT_APP.to_owned(), apps.join(","));
         }
         data.insert(ENV_FRONT_PATH.to_owned(), rtc.spec.engineio_path());
         data.insert(

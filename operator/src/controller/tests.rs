@@ -716,6 +716,21 @@ fn session_routing_admits_only_the_fleet_to_the_peer_port() {
         ]
     );
 
+    // An app of several workers: each worker's port is admitted like the app's, once.
+    let mut workers = rtc.clone();
+    workers.spec.app.worker_ports = Some(vec![8080, 8081]);
+    let policy = super::peers::network_policy(&workers).unwrap();
+    let public: Vec<_> = policy.spec.unwrap().ingress.unwrap()[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.port.clone())
+        .collect();
+    assert_eq!(
+        public,
+        [8080, 8081, crate::names::FRONT_PORT, 9091].map(|n| Some(IntOrString::Int(n)))
+    );
+
     let mut opted_out = rtc.clone();
     opted_out.spec.ingress.as_mut().unwrap().network_policy = Some(false);
     assert_eq!(super::peers::network_policy(&opted_out), None);
@@ -748,6 +763,15 @@ fn session_routing_points_the_service_at_the_front_and_configures_it() {
     assert_eq!(data["SWITCHBOARD_FRONT_LISTEN"], "0.0.0.0:9092");
     assert_eq!(data["SWITCHBOARD_FRONT_PEER_LISTEN"], "0.0.0.0:9093");
     assert_eq!(data["SWITCHBOARD_FRONT_APP"], "127.0.0.1:8080");
+    let mut workers = rtc.clone();
+    workers.spec.app.worker_ports = Some(vec![8080, 8081]);
+    assert_eq!(
+        sidecar_config::config_map(&workers, "redis://r:6379")
+            .data
+            .unwrap()["SWITCHBOARD_FRONT_APP"],
+        "127.0.0.1:8080,127.0.0.1:8081",
+        "every worker, in order"
+    );
     assert_eq!(
         data["SWITCHBOARD_FRONT_PATH"], "/ws/socket.io/",
         "Open WebUI's path"

@@ -952,6 +952,22 @@ fn rendered_env(
     env
 }
 
+fn addrs(list: &[std::net::SocketAddr]) -> Vec<String> {
+    list.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn the_front_is_given_every_worker_port_in_order() {
+    let mut rtc = rtc(SESSION_ROUTING);
+    rtc.spec.app.worker_ports = Some(vec![8081, 8080, 8090]);
+    let sidecar = sidecar::container(&rtc, &settings(true));
+    let config = parse_as_sidecar(&rendered_env(&rtc, &sidecar, "generated-pw"));
+    assert_eq!(
+        addrs(&config.front_app),
+        ["127.0.0.1:8081", "127.0.0.1:8080", "127.0.0.1:8090"]
+    );
+}
+
 #[test]
 fn the_sidecar_parses_what_injection_renders() {
     let cases = [
@@ -1024,7 +1040,7 @@ fn the_sidecar_parses_what_injection_renders() {
                     Some("10.244.0.7:9093"),
                     "{case}"
                 );
-                assert_eq!(config.front_app.to_string(), "127.0.0.1:8080", "{case}");
+                assert_eq!(addrs(&config.front_app), ["127.0.0.1:8080"], "{case}");
                 assert_eq!(config.front_path, "/ws/socket.io/", "{case}");
                 let mounts = sidecar.volume_mounts.as_ref().unwrap();
                 let dir = std::path::Path::new(crate::names::FRONT_SECRET_FILE)

@@ -17,6 +17,11 @@
 //! [`Door`]), so a NetworkPolicy can keep everyone but the fleet's pods off the peer port.
 //! A WebSocket-first handshake (no polling) needs no record: its one connection stays on the
 //! pod that answered it.
+//!
+//! An app that runs several worker processes, one port each (`--front-app a,b,…`), gets the
+//! handshakes in turn, and every request of a session goes to the worker that opened it: the
+//! multi-worker pod that python-socketio and Flask-SocketIO otherwise need sticky sessions
+//! for even within one pod. Requests outside sessions take the workers in turn too.
 
 mod engine;
 mod sessions;
@@ -24,6 +29,7 @@ mod sessions;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,7 +69,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The port for other fronts' forwarded requests alone (none: `listen` takes them too).
     pub peer_listen: Option<SocketAddr>,
-    pub app: SocketAddr,
+    /// The app's workers (one, usually), on loopback.
+    pub app: Vec<SocketAddr>,
     pub advertise: SocketAddr,
     pub path: String,
     /// The fleet's secret (none when embedded: nothing is forwarded).
@@ -95,7 +102,10 @@ pub fn read_secret(path: &std::path::Path) -> Result<HeaderValue, String> {
 }
 
 struct Front {
-    app: String,
+    /// The app's workers, as `host:port` (never empty).
+    apps: Vec<String>,
+    /// Whose turn it is among `apps` for a request that belongs to no session yet.
+    turn: AtomicUsize,
     path: String,
     secret: Option<HeaderValue>,
     directory: Arc<Directory>,
@@ -103,6 +113,15 @@ struct Front {
     metrics: Arc<Metrics>,
     /// Cloned by every open connection and upgraded connection's copy (see [`drain`]).
     in_flight: Arc<()>,
+}
+
+/// Where the front passes a request.
+#[derive(Debug, Clone, Copy)]
+enum To<'a> {
+    /// This pod's app, the worker with this index.
+    App(usize),
+    /// The front of the pod owning the session, at this address.
+    Peer(&'a str),
 }
 
 /// Which requests a listening port of the front takes.
@@ -165,7 +184,8 @@ pub async fn serve(
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let front = Arc::new(Front {
-        app: settings.app.to_string(),
+        apps: settings.app.iter().map(ToString::to_string).collect(),
+        turn: AtomicUsize::new(0),
         path: settings.path.clone(),
         secret: settings.secret.clone(),
         directory,
@@ -178,7 +198,7 @@ pub async fn serve(
     for route in ["local", "forwarded", "unknown"] {
         let _ = front.metrics.front_requests(route);
     }
-    tracing::info!(addr = %settings.listen, peer_addr = ?settings.peer_listen, app = %settings.app, advertise = %settings.advertise, path = %settings.path, "HTTP front: routing Engine.IO sessions to the pods that own them");
+    tracing::info!(addr = %settings.listen, peer_addr = ?settings.peer_listen, app = ?settings.app, advertise = %settings.advertise, path = %settings.path, "HTTP front: routing Engine.IO sessions to the pods that own them");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     match peer_listener {
         None => accept(listener, Door::Both, &front, &slots, stop.clone()).await,
@@ -386,12 +406,18 @@ impl Front {
             }
             // A peer found this pod to own the session: its app answers, nothing goes on.
             self.metrics.front_requests("local").inc();
-            let active =
-                engine::sid_of(req.uri().query()).map(|sid| Active::new(&self.directory, sid));
-            return self.pass(req, None, active).await;
+            let Some(sid) = engine::sid_of(req.uri().query()).map(str::to_owned) else {
+                return self.pass(req, To::App(self.next_worker()), None).await;
+            };
+            let worker = match self.directory.owner(&sid).await {
+                Owner::Here(worker) => worker,
+                _ => 0,
+            };
+            let active = Active::new(&self.directory, &sid);
+            return self.pass(req, To::App(worker), Some(active)).await;
         }
         if !req.uri().path().starts_with(&self.path) {
-            return self.pass(req, None, None).await;
+            return self.pass(req, To::App(self.next_worker()), None).await;
         }
         let query = req.uri().query();
         let Some(sid) = engine::sid_of(query).map(str::to_owned) else {
@@ -399,26 +425,36 @@ impl Front {
             if req.method() == hyper::Method::GET && engine::is_polling(query) {
                 return self.handshake(req).await;
             }
-            return self.pass(req, None, None).await;
+            // A WebSocket-first handshake: its one connection is its whole session.
+            return self.pass(req, To::App(self.next_worker()), None).await;
         };
         match self.directory.owner(&sid).await {
-            Owner::Here => {
+            Owner::Here(worker) => {
                 self.metrics.front_requests("local").inc();
                 let active = Active::new(&self.directory, &sid);
-                self.pass(req, None, Some(active)).await
+                self.pass(req, To::App(worker), Some(active)).await
             }
             Owner::There(addr) => {
                 self.metrics.front_requests("forwarded").inc();
-                let response = self.pass(req, Some(&addr), None).await;
+                let response = self.pass(req, To::Peer(&addr), None).await;
                 if response.status() == StatusCode::BAD_GATEWAY {
                     self.directory.forget(&sid);
                 }
                 response
             }
             Owner::Nobody => {
+                // Any worker answers an unknown session as the framework does (400).
                 self.metrics.front_requests("unknown").inc();
-                self.pass(req, None, None).await
+                self.pass(req, To::App(0), None).await
             }
+        }
+    }
+
+    /// The next worker in turn, for a request that belongs to no session yet.
+    fn next_worker(&self) -> usize {
+        match self.apps.len() {
+            1 => 0,
+            n => self.turn.fetch_add(1, Ordering::Relaxed) % n,
         }
     }
 
@@ -435,7 +471,8 @@ impl Front {
     /// A polling handshake: the app answers it, and the session it opens is recorded before
     /// the answer leaves.
     async fn handshake(&self, req: Request<Incoming>) -> Response<Body> {
-        let response = match self.send(req, None, None).await {
+        let worker = self.next_worker();
+        let response = match self.send(req, To::App(worker), None).await {
             Ok(response) => response,
             Err(failed) => return failed,
         };
@@ -455,7 +492,7 @@ impl Front {
             }
         };
         if let Some(sid) = engine::opened_sid(&body) {
-            self.directory.opened(&sid).await;
+            self.directory.opened(&sid, worker).await;
         }
         Response::from_parts(
             parts,
@@ -463,15 +500,15 @@ impl Front {
         )
     }
 
-    /// Passes a request to the local app, or to the front at `peer` with the fleet's secret,
-    /// and streams the answer back.
+    /// Passes a request to a worker of the local app, or to the front of the pod owning the
+    /// session with the fleet's secret, and streams the answer back.
     async fn pass(
         &self,
         req: Request<Incoming>,
-        peer: Option<&str>,
+        to: To<'_>,
         active: Option<Active>,
     ) -> Response<Body> {
-        match self.send(req, peer, active).await {
+        match self.send(req, to, active).await {
             Ok(response) => response.map(BodyExt::boxed),
             Err(failed) => failed,
         }
@@ -480,10 +517,14 @@ impl Front {
     async fn send(
         &self,
         mut req: Request<Incoming>,
-        peer: Option<&str>,
+        to: To<'_>,
         active: Option<Active>,
     ) -> Result<Response<Incoming>, Response<Body>> {
-        let target = peer.unwrap_or(&self.app);
+        let target = match to {
+            // A record written under another `--front-app` may name a worker gone since.
+            To::App(worker) => self.apps.get(worker).unwrap_or(&self.apps[0]),
+            To::Peer(addr) => addr,
+        };
         let path = req
             .uri()
             .path_and_query()
@@ -498,18 +539,18 @@ impl Front {
                 ));
             }
         };
-        if let (Some(_), Some(secret)) = (peer, &self.secret) {
+        if let (To::Peer(_), Some(secret)) = (to, &self.secret) {
             req.headers_mut().insert(FORWARDED, secret.clone());
         }
         let upgrading = req.headers().contains_key(hyper::header::UPGRADE);
         let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
         let mut response = self.client.request(req).await.map_err(|e| {
-            let (what, flag) = match peer {
-                Some(addr) => (
+            let (what, flag) = match to {
+                To::Peer(addr) => (
                     format!("the pod owning this session, at {addr},"),
                     "its front",
                 ),
-                None => (format!("the app at {}", self.app), "--front-app"),
+                To::App(_) => (format!("the app at {target}"), "--front-app"),
             };
             tracing::warn!(target = %target, error = %e, "front: cannot reach {what}");
             answer(

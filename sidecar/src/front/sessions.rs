@@ -9,6 +9,12 @@
 //! that it deletes it. A pod that dies stops renewing, and its records expire within the TTL.
 //! Other pods cache what they read for [`CACHE_FOR`], so a busy session costs the backplane one
 //! read per pod every few seconds, not one per request.
+//!
+//! In a pod whose app runs several workers (one port each), a session also belongs to the
+//! worker that answered its handshake. The owner keeps that itself; its record names it too
+//! (`<address>/<worker>`, worker 0 written as the bare address) so that a front that restarts
+//! while the app keeps its sessions still sends each to its worker. Other fronts read only the
+//! address: they forward to the owner's front, which picks the worker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +38,8 @@ const CACHE_MAX: usize = 10_000;
 
 /// One of this pod's sessions.
 struct Own {
+    /// The app worker (an index into `--front-app`) that opened it.
+    worker: usize,
     /// Requests in flight and upgraded connections open: while any, the session lives.
     active: usize,
     last_seen: Instant,
@@ -40,8 +48,8 @@ struct Own {
 /// Where a session's requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
-    /// This pod's app.
-    Here,
+    /// This pod's app, the worker with this index.
+    Here(usize),
     /// Another pod's front, at this address.
     There(String),
     /// Nobody records it (unknown, expired, or never recorded).
@@ -106,14 +114,14 @@ impl Directory {
     /// and the last error.
     async fn call_each(
         &self,
-        sids: &[String],
-        args: impl Fn(&Bytes) -> Vec<Bytes>,
+        sessions: &[(String, usize)],
+        args: impl Fn(&Bytes, usize) -> Vec<Bytes>,
     ) -> (usize, Option<String>) {
         let (mut failed, mut last) = (0, None);
-        for batch in sids.chunks(BATCH) {
-            let calls = batch.iter().map(|sid| {
+        for batch in sessions.chunks(BATCH) {
+            let calls = batch.iter().map(|(sid, worker)| {
                 let key = self.key(sid);
-                let args = args(&key);
+                let args = args(&key, *worker);
                 async move { self.call(&key, args).await }
             });
             for result in futures::future::join_all(calls).await {
@@ -126,10 +134,11 @@ impl Directory {
         (failed, last)
     }
 
-    /// Records a session this pod's app just opened, before its handshake is answered. `false`
-    /// if it could not be (the front's bound reached, the backplane unreachable): the session
-    /// still works through this pod, and the metric counts it.
-    pub async fn opened(&self, sid: &str) -> bool {
+    /// Records a session this pod's app `worker` just opened, before its handshake is
+    /// answered. `false` if it could not be (the front's bound reached, the backplane
+    /// unreachable): the session still works through this pod (beyond the bound, only when it
+    /// is the first worker's), and the metric counts it.
+    pub async fn opened(&self, sid: &str, worker: usize) -> bool {
         {
             let mut own = self.own.lock().expect("sessions lock poisoned");
             if own.len() >= self.max && !own.contains_key(sid) {
@@ -140,6 +149,7 @@ impl Directory {
             own.insert(
                 sid.to_owned(),
                 Own {
+                    worker,
                     active: 0,
                     last_seen: Instant::now(),
                 },
@@ -149,7 +159,7 @@ impl Directory {
         if self.routes.is_none() {
             return true;
         }
-        match self.renew(sid).await {
+        match self.renew(sid, worker).await {
             Ok(()) => true,
             Err(e) => {
                 self.unrecorded(sid, &e);
@@ -171,17 +181,22 @@ impl Directory {
         }
     }
 
-    async fn renew(&self, sid: &str) -> Result<(), String> {
+    async fn renew(&self, sid: &str, worker: usize) -> Result<(), String> {
         let key = self.key(sid);
-        self.call(&key, self.record(&key)).await.map(|_| ())
+        self.call(&key, self.record(&key, worker)).await.map(|_| ())
     }
 
-    /// `SET <key> <this front> PX <ttl>`: a session's record, written and renewed alike.
-    fn record(&self, key: &Bytes) -> Vec<Bytes> {
+    /// `SET <key> <this front>[/<worker>] PX <ttl>`: a session's record, written and renewed
+    /// alike.
+    fn record(&self, key: &Bytes, worker: usize) -> Vec<Bytes> {
+        let value = match worker {
+            0 => self.me.clone(),
+            w => format!("{}/{w}", self.me),
+        };
         vec![
             Bytes::from_static(b"SET"),
             key.clone(),
-            Bytes::from(self.me.clone()),
+            Bytes::from(value),
             Bytes::from_static(b"PX"),
             Bytes::from(self.ttl.as_millis().to_string()),
         ]
@@ -189,29 +204,26 @@ impl Directory {
 
     /// Who serves `sid`: this pod if it is its own, else the backplane's record (cached).
     pub async fn owner(&self, sid: &str) -> Owner {
-        if self
-            .own
-            .lock()
-            .expect("sessions lock poisoned")
-            .contains_key(sid)
-        {
-            return Owner::Here;
+        if let Some(s) = self.own.lock().expect("sessions lock poisoned").get(sid) {
+            return Owner::Here(s.worker);
         }
         if self.routes.is_none() {
             return Owner::Nobody;
         }
-        if let Some((addr, at)) = self.remote.lock().expect("cache lock poisoned").get(sid)
+        if let Some((record, at)) = self.remote.lock().expect("cache lock poisoned").get(sid)
             && at.elapsed() < CACHE_FOR
         {
-            return self.owner_at(addr.clone());
+            return self.owner_at(record);
         }
         let key = self.key(sid);
-        let addr = match self
+        let record = match self
             .call(&key, vec![Bytes::from_static(b"GET"), key.clone()])
             .await
         {
             Ok(reply) => match crate::resp::value::parse(&reply) {
-                Ok(crate::resp::Value::Bulk(addr)) => String::from_utf8_lossy(&addr).into_owned(),
+                Ok(crate::resp::Value::Bulk(record)) => {
+                    String::from_utf8_lossy(&record).into_owned()
+                }
                 _ => return Owner::Nobody,
             },
             Err(e) => {
@@ -223,28 +235,35 @@ impl Directory {
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
-        cache.insert(sid.to_owned(), (addr.clone(), Instant::now()));
+        cache.insert(sid.to_owned(), (record.clone(), Instant::now()));
         drop(cache);
-        if addr == self.me {
+        let owner = self.owner_at(&record);
+        if let Owner::Here(worker) = owner {
             // Recorded by this front before it restarted (the app kept its sessions): renewed
             // again from now on.
-            self.adopt(sid);
+            self.adopt(sid, worker);
         }
-        self.owner_at(addr)
+        owner
     }
 
-    fn owner_at(&self, addr: String) -> Owner {
+    /// Whom a record (`<address>` or `<address>/<worker>`) names.
+    fn owner_at(&self, record: &str) -> Owner {
+        let (addr, worker) = match record.split_once('/') {
+            Some((addr, worker)) => (addr, worker.parse().unwrap_or(0)),
+            None => (record, 0),
+        };
         if addr == self.me {
-            Owner::Here
+            Owner::Here(worker)
         } else {
-            Owner::There(addr)
+            Owner::There(addr.to_owned())
         }
     }
 
-    fn adopt(&self, sid: &str) {
+    fn adopt(&self, sid: &str, worker: usize) {
         let mut own = self.own.lock().expect("sessions lock poisoned");
         if own.len() < self.max {
             own.entry(sid.to_owned()).or_insert(Own {
+                worker,
                 active: 0,
                 last_seen: Instant::now(),
             });
@@ -295,26 +314,73 @@ impl Directory {
                 own.retain(|sid, s| {
                     let lives = s.active > 0 || s.last_seen.elapsed() < self.ttl;
                     if !lives {
-                        ended.push(sid.clone());
+                        ended.push((sid.clone(), s.worker));
                     }
                     lives
                 });
                 self.metrics.front_sessions.set(own.len() as i64);
-                (own.keys().cloned().collect::<Vec<_>>(), ended)
+                let live: Vec<(String, usize)> =
+                    own.iter().map(|(sid, s)| (sid.clone(), s.worker)).collect();
+                (live, ended)
             };
             if self.routes.is_none() {
                 continue;
             }
             let (_, error) = self
-                .call_each(&ended, |key| vec![Bytes::from_static(b"DEL"), key.clone()])
+                .call_each(&ended, |key, _| {
+                    vec![Bytes::from_static(b"DEL"), key.clone()]
+                })
                 .await;
             if let Some(error) = error {
                 tracing::debug!(%error, "cannot delete ended sessions' records; they expire");
             }
-            let (failed, error) = self.call_each(&live, |key| self.record(key)).await;
+            let (failed, error) = self
+                .call_each(&live, |key, worker| self.record(key, worker))
+                .await;
             if let Some(error) = error {
                 tracing::warn!(failed, sessions = live.len(), %error, "cannot renew session records in the backplane; they expire if this lasts");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory(me: &str) -> Arc<Directory> {
+        Directory::new(
+            None,
+            "",
+            me.to_owned(),
+            Duration::from_secs(30),
+            10,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn a_record_names_the_front_and_past_the_first_the_worker() {
+        let d = directory("10.0.0.5:9093");
+        let value = |worker| d.record(&d.key("s1"), worker)[2].clone();
+        assert_eq!(value(0), "10.0.0.5:9093");
+        assert_eq!(value(2), "10.0.0.5:9093/2");
+        assert_eq!(d.owner_at("10.0.0.5:9093"), Owner::Here(0));
+        assert_eq!(d.owner_at("10.0.0.5:9093/2"), Owner::Here(2));
+        assert_eq!(
+            d.owner_at("10.0.0.6:9093/1"),
+            Owner::There("10.0.0.6:9093".into()),
+            "another pod's front picks the worker itself"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_own_session_stays_with_the_worker_that_opened_it() {
+        let d = directory("127.0.0.1:9093");
+        assert!(d.opened("a", 1).await);
+        assert!(d.opened("b", 0).await);
+        assert_eq!(d.owner("a").await, Owner::Here(1));
+        assert_eq!(d.owner("b").await, Owner::Here(0));
+        assert_eq!(d.owner("c").await, Owner::Nobody);
     }
 }

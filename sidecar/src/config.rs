@@ -439,18 +439,18 @@ impl Config {
                 ));
             }
         }
+        if self.front_app.len() > MAX_FRONT_APPS {
+            return Err(format!(
+                "--front-app (SWITCHBOARD_FRONT_APP) names {} workers, more than {MAX_FRONT_APPS}",
+                self.front_app.len()
+            ));
+        }
         for (i, app) in self.front_app.iter().enumerate() {
             if self.front_app[..i].contains(app) {
                 return Err(format!(
                     "--front-app (SWITCHBOARD_FRONT_APP) names {app} twice: each worker needs a port of its own"
                 ));
             }
-        }
-        if self.front_app.len() > MAX_FRONT_APPS {
-            return Err(format!(
-                "--front-app (SWITCHBOARD_FRONT_APP) names {} workers, more than {MAX_FRONT_APPS}",
-                self.front_app.len()
-            ));
         }
         if !self.front_path.starts_with('/') || !self.front_path.ends_with('/') {
             return Err(format!(

@@ -13,6 +13,9 @@ import time
 from harness import NotYet, Pod, http_request, wait_until
 
 ROOM = "lobby"
+# What each Engine.IO server answers (with 400) to a sid it does not know. Flask-SocketIO's is
+# python-engineio's sync Server, whose answer is the async one's (`"Invalid session <sid>"`).
+UNKNOWN_SID_BODY = {"python": "Invalid session", "flask": "Invalid session", "node": "Session ID unknown"}
 WARMUP = "warmup"  # broadcasts used only to learn that every server hears every other one
 
 
@@ -135,3 +138,32 @@ def raw_polling_sessions(url: str, count: int, path: str = "/socket.io/") -> lis
                 headers={"Content-Type": "text/plain;charset=UTF-8"})
         sessions.append(entry)
     return sessions
+
+
+def assert_sessions_kept(url: str, count: int, owner: str) -> None:
+    """`count` hand-made polling sessions through `url`: each POST answered by the `owner` (pod or
+    worker) that opened its session."""
+    sessions = raw_polling_sessions(url, count)
+    assert all(s["handshake"] == 200 and s["post"] == 200 and s["post_body"].lower() == "ok" for s in sessions), (
+        f"every hand-made polling session through the fronts should be answered by its own {owner}: {sessions}")
+
+
+def assert_sessions_lost(url: str, count: int, stack: str) -> None:
+    """The control: `count` hand-made polling sessions through `url` (round robin straight at the
+    apps) all open, and some POST reaches an app that does not know its sid and gets its 400."""
+    sessions = raw_polling_sessions(url, count)
+    assert all(s["handshake"] == 200 for s in sessions), f"every handshake should succeed on whichever app: {sessions}"
+    lost = [s for s in sessions if s["post"] == 400]
+    assert lost, (f"straight at the apps, some polling request should land on an app that does not know its sid "
+                  f"(400): {sessions}")
+    assert all(UNKNOWN_SID_BODY[stack] in s["post_body"] for s in lost), (
+        f"those 400s should be the app's unknown sid ({UNKNOWN_SID_BODY[stack]!r}): {lost}")
+
+
+def assert_no_trouble(clients, names, nginx) -> None:
+    """None of `names` ever had a connect error or a disconnect, and no request through `nginx` failed."""
+    for name in names:
+        assert clients.connect_errors(name) == [], f"{name} should never have had a connect error"
+        assert clients.disconnects(name) == 0, f"{name} should never have been disconnected"
+    errors = [entry for entry in nginx.access_log() if entry[0] >= 400]
+    assert not errors, f"no request through nginx should have failed; these did: {errors}"

@@ -26,14 +26,13 @@ from harness import (
     ManagedProcess, NotYet, RoundRobinNginx, Sidecar, app_argv, free_port, front_secret_file, port_accepts, start_sidecar,
     wait_until,
 )
-from scenario import ROOM, app_events, raw_polling_sessions, wait_for_warmups
+from scenario import ROOM, app_events, assert_no_trouble, assert_sessions_kept, assert_sessions_lost, wait_for_warmups
 
 STACKS = ["python", "flask", "node"]
 WORKERS = 2
 POLLING = ["polling"]
 UPGRADING = ["polling", "websocket"]
 CLIENTS = {**{f"polling-{i}": POLLING for i in range(1, 5)}, **{f"upgrading-{i}": UPGRADING for i in range(1, 5)}}
-UNKNOWN_SID_BODY = {"python": "Invalid session", "flask": "Invalid session", "node": "Session ID unknown"}
 
 
 @dataclass
@@ -129,24 +128,12 @@ def test_sessions_stay_with_their_worker_and_get_every_broadcast_once(procs, red
         got = sorted((e[1] for e in app_events(clients, name) if e[0] == "numbered"), key=lambda p: p["n"])
         assert got == sent, (f"{name} (on {landed[name]}, {clients.transport(name)}) should have received each "
                              f"broadcast exactly once: sent {[p['n'] for p in sent]}, got {[p['n'] for p in got]}")
-    for name in [*CLIENTS, *triggers]:
-        assert clients.connect_errors(name) == [], f"{name} should never have had a connect error"
-        assert clients.disconnects(name) == 0, f"{name} should never have been disconnected"
-    errors = [entry for entry in nginx.access_log() if entry[0] >= 400]
-    assert not errors, f"no request through nginx should have failed; these did: {errors}"
-
-    sessions = raw_polling_sessions(nginx.url, 8)
-    assert all(s["handshake"] == 200 and s["post"] == 200 and s["post_body"].lower() == "ok" for s in sessions), (
-        f"every hand-made polling session through the fronts should be answered by its own worker: {sessions}")
+    assert_no_trouble(clients, [*CLIENTS, *triggers], nginx)
+    assert_sessions_kept(nginx.url, 8, "worker")
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_control_round_robin_over_one_pods_workers_breaks_polling_sessions(procs, redis_server, stack):
     pod = start_pods(procs, redis_server, stack, count=1)[0]
     nginx = RoundRobinNginx(procs, pod.ports).start()
-    sessions = raw_polling_sessions(nginx.url, 6)
-    assert all(s["handshake"] == 200 for s in sessions), f"every handshake should succeed on either worker: {sessions}"
-    lost = [s for s in sessions if s["post"] == 400]
-    assert lost, f"straight at the workers, some POST should reach the worker that does not know its sid: {sessions}"
-    assert all(UNKNOWN_SID_BODY[stack] in s["post_body"] for s in lost), (
-        f"those 400s should be the app's own unknown sid ({UNKNOWN_SID_BODY[stack]!r}): {lost}")
+    assert_sessions_lost(nginx.url, 6, stack)

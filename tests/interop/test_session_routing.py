@@ -30,7 +30,10 @@ import pytest
 from harness import (
     SIDECAR_SESSION_TTL_SECONDS, NotYet, RoundRobinNginx, front_secret_file, http_request, start_fleet, wait_until,
 )
-from scenario import ROOM, app_events, raw_polling_sessions, wait_for_warmups
+from scenario import (
+    ROOM, UNKNOWN_SID_BODY, app_events, assert_no_trouble, assert_sessions_kept, assert_sessions_lost,
+    raw_polling_sessions, wait_for_warmups,
+)
 
 STACKS = ["python", "flask", "node"]
 POLLING = ["polling"]
@@ -39,10 +42,6 @@ UPGRADING = ["polling", "websocket"]  # both libraries' default: a polling hands
 FORWARDED_HEADER = "x-switchboard-forwarded"
 REQUESTS = "switchboard_sidecar_front_requests_total"
 REFUSED = "switchboard_sidecar_front_forwards_refused_total"
-
-# What each Engine.IO server answers (with 400) to a sid it does not know. Flask-SocketIO's is
-# python-engineio's sync Server, whose answer is the async one's (`"Invalid session <sid>"`).
-UNKNOWN_SID_BODY = {"python": "Invalid session", "flask": "Invalid session", "node": "Session ID unknown"}
 
 MEMBERS = {
     "polling-member-1": POLLING, "polling-member-2": POLLING, "polling-member-3": POLLING,
@@ -145,16 +144,10 @@ def test_sessions_behind_round_robin_get_every_broadcast_exactly_once(procs, red
         others = {e[0] for e in app_events(clients, name)} - {"numbered", "sentinel"}
         assert not others, f"{name} should receive only numbered broadcasts and sentinels, also got {others}"
 
-    for name in [*listeners, *(trigger(pod) for pod in pods)]:
-        assert clients.connect_errors(name) == [], f"{name} should never have had a connect error"
-        assert clients.disconnects(name) == 0, f"{name} should never have been disconnected"
-    errors = [entry for entry in nginx.access_log() if entry[0] >= 400]
-    assert not errors, f"no request through nginx should have failed; these did: {errors}"
+    assert_no_trouble(clients, [*listeners, *(trigger(pod) for pod in pods)], nginx)
 
     # The same hand-made sessions that break round robin straight at the apps (the control below).
-    sessions = raw_polling_sessions(nginx.url, 6)
-    assert all(s["handshake"] == 200 and s["post"] == 200 and s["post_body"].lower() == "ok" for s in sessions), (
-        f"every hand-made polling session through the fronts should be answered by its own pod: {sessions}")
+    assert_sessions_kept(nginx.url, 6, "pod")
 
     forwarded = routed(pods, "forwarded")
     assert forwarded > 0, (f"the fronts should have forwarded requests to the owning pod (route=forwarded summed "
@@ -259,13 +252,7 @@ def test_control_round_robin_straight_at_the_apps_breaks_polling_sessions(procs,
     pods = start_fleet(procs, redis_server, stack, "direct")
     nginx = RoundRobinNginx(procs, [pod.port for pod in pods]).start()
 
-    sessions = raw_polling_sessions(nginx.url, 6)
-    assert all(s["handshake"] == 200 for s in sessions), f"every handshake should succeed on whichever app: {sessions}"
-    lost = [s for s in sessions if s["post"] == 400]
-    assert lost, (f"without the fronts, some polling request should land on an app that does not know its sid "
-                  f"(400): {sessions}")
-    assert all(UNKNOWN_SID_BODY[stack] in s["post_body"] for s in lost), (
-        f"those 400s should be the app's unknown sid ({UNKNOWN_SID_BODY[stack]!r}): {lost}")
+    assert_sessions_lost(nginx.url, 6, stack)
 
     clients = clients_factory(stack)
     sid = clients.try_connect("polling-client", nginx.url, POLLING)

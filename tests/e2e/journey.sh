@@ -200,6 +200,23 @@ journey_clients() {
   ok "Node socket.io-client: both ways across pods, fetchSockets() exact"
 }
 
+# handshakes_answered <namespace> <n>: n Engine.IO polling handshakes in a row through the
+# ingress, each answered 200 within 3 s. Right after a rollout the ingress can still hold
+# endpoints of deleted pods for a few seconds (its list lags the EndpointSlice); a request sent
+# there hangs, and a client whose requests the balancer spreads over every pod would hang with it.
+handshakes_answered() {
+  "$venv/bin/python" - "http://$1.localhost:$ingress_port/socket.io/?EIO=4&transport=polling" "$ingress_ip" "$2" <<'PY'
+import http.client, sys, urllib.parse
+url, address, count = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for _ in range(count):
+    conn = http.client.HTTPConnection(address, url.port, timeout=3)
+    conn.request("GET", f"{url.path}?{url.query}", headers={"Host": url.netloc})
+    if conn.getresponse().status != 200:
+        sys.exit(1)
+    conn.close()
+PY
+}
+
 primary_pod() {
   local host
   # shellcheck disable=SC2016 # expanded by the container's shell
@@ -220,6 +237,8 @@ journey_failover() {
   kubectl -n "$app_ns" rollout restart deployment/chat >/dev/null
   kubectl -n "$app_ns" rollout status deployment/chat --timeout=5m >/dev/null
   until_ok 180 "RealtimeCluster Ready with Sentinel" condition_is "$app_ns" Ready True
+  until_ok 60 "the ingress sends requests to the new pods only (9 handshakes in a row answered)" \
+    handshakes_answered "$app_ns" 9
   local primary
   primary="$(primary_pod)"
   [ -n "$primary" ] || fail "no Sentinel names a primary"
@@ -263,6 +282,8 @@ journey_routing() {
   kubectl -n "$app_ns" rollout restart deployment/chat >/dev/null
   kubectl -n "$app_ns" rollout status deployment/chat --timeout=5m >/dev/null
   until_ok 180 "RealtimeCluster Ready with session routing" condition_is "$app_ns" Ready True
+  until_ok 60 "the ingress sends requests to the new pods only (9 handshakes in a row answered)" \
+    handshakes_answered "$app_ns" 9
   [ "$(kubectl -n "$app_ns" get rtc "$rtc" -o jsonpath='{.spec.ingress.affinity}')" = session-routing ] ||
     fail "the RealtimeCluster does not say session-routing"
   "$venv/bin/python" "$repo/tests/e2e/chat_check.py" --url "http://chat-python.localhost:$ingress_port" \

@@ -28,6 +28,9 @@
 #   routing    affinity: session-routing: the app Service targets the sidecars' fronts, no cookie;
 #              a long-polling client spread over the pods by the ingress keeps its session, and a
 #              message crosses pods (chat_check.py --expect-no-cookie)
+#   workers    spec.app.workerPorts: a second app container on 5001 in each pod; hand-made
+#              polling sessions through the ingress are each answered by the worker that opened
+#              them, the second workers get sessions, and chat_check.py passes again
 #   bad_input  an invalid RealtimeCluster is refused naming the field; an external Redis that
 #              does not exist gives BackplaneReady=False saying what to fix, /readyz 503, no
 #              restarts
@@ -298,6 +301,62 @@ journey_routing() {
   ok "python-socketio through the ingress with no cookie: long-polling on one session, a message across pods; $forwarded request(s) forwarded between fronts"
 }
 
+# second_worker_patch <namespace>: a JSON patch adding container app-2 to the chat Deployment,
+# the same app again on port 5001: a pod whose app runs two workers, one port each.
+second_worker_patch() {
+  kubectl -n "$1" get deployment chat -o json | "$venv/bin/python" -c '
+import json, sys
+app = json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]
+app["name"] = "app-2"
+app["env"] = [e for e in app.get("env", []) if e["name"] != "PORT"] + [{"name": "PORT", "value": "5001"}]
+app["ports"] = [{"name": "http-2", "containerPort": 5001}]
+for probe in ("readinessProbe", "livenessProbe"):
+    if probe in app:
+        app[probe]["httpGet"]["port"] = 5001
+print(json.dumps([{"op": "add", "path": "/spec/template/spec/containers/-", "value": app}]))'
+}
+workers_configured() {
+  [ "$(kubectl -n "$1" get configmap "$rtc-sidecar" -o jsonpath='{.data.SWITCHBOARD_FRONT_APP}')" = 127.0.0.1:5000,127.0.0.1:5001 ]
+}
+# polling_session: one Engine.IO session opened by hand through the ingress (a polling handshake,
+# then a POST of the socket.io CONNECT for its sid, each on a new connection); prints the POST's
+# answer, which only the worker that opened the session gives as "ok" (any other: 400).
+polling_session() {
+  local url="http://chat-python.localhost:$ingress_port/socket.io/?EIO=4&transport=polling" open sid
+  local resolve=(--resolve "chat-python.localhost:$ingress_port:$ingress_ip")
+  open="$(curl -sS --max-time 10 "${resolve[@]}" "$url")" || return 1
+  sid="$(printf '%s' "$open" | "$venv/bin/python" -c 'import json, sys; print(json.loads(sys.stdin.read()[1:])["sid"])')" ||
+    { echo "handshake answered: $open"; return 1; }
+  curl -sS --max-time 10 "${resolve[@]}" -X POST -H 'Content-Type: text/plain;charset=UTF-8' --data-binary 40 "$url&sid=$sid"
+}
+
+journey_workers() {
+  app_ns=chat-python
+  step "$app_ns: two app workers in each pod (spec.app.workerPorts), still no cookie: each session stays on its worker"
+  kubectl -n "$app_ns" patch rtc "$rtc" --type=merge -p '{"spec":{"app":{"workerPorts":[5000,5001]}}}' >/dev/null
+  until_ok 60 "the sidecar ConfigMap names both workers" workers_configured "$app_ns"
+  kubectl -n "$app_ns" patch deployment chat --type=json -p "$(second_worker_patch "$app_ns")" >/dev/null
+  kubectl -n "$app_ns" rollout status deployment/chat --timeout=5m >/dev/null
+  until_ok 180 "RealtimeCluster Ready with two workers per pod" condition_is "$app_ns" Ready True
+  until_ok 60 "the ingress sends requests to the new pods only (9 handshakes in a row answered)" \
+    handshakes_answered "$app_ns" 9
+  local i answer pod second=0 n
+  for i in $(seq 1 12); do
+    answer="$(polling_session)" || fail "hand-made polling session $i through the ingress failed: $answer"
+    [ "$(printf '%s' "$answer" | tr '[:upper:]' '[:lower:]')" = ok ] ||
+      fail "hand-made polling session $i: the POST for its sid got '$answer', not ok: it reached a worker that does not know it"
+  done
+  # Only the pods that stay: an old pod still terminating has no app-2 to read.
+  for pod in $(kubectl -n "$app_ns" get pods -l app=chat -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{.metadata.name}} {{end}}{{end}}'); do
+    n="$(kubectl -n "$app_ns" logs "$pod" -c app-2 | grep -c ' connected$' || true)"
+    second=$((second + n))
+  done
+  ((second > 0)) || fail "no session was opened on the second worker (container app-2) of any pod"
+  "$venv/bin/python" "$repo/tests/e2e/chat_check.py" --url "http://chat-python.localhost:$ingress_port" \
+    --resolve "chat-python.localhost:$ingress_ip" --attempts 20 --expect-no-cookie | sed 's/^/    /'
+  ok "12 polling sessions by hand through the ingress, each answered by its own worker ($second opened on the second workers); long-polling and a message across pods"
+}
+
 bad_pod() { kubectl -n journey-bad get pods -l app=chat -o jsonpath='{.items[0].metadata.name}'; }
 bad_pod_running() { [ "$(kubectl -n journey-bad get pods -l app=chat -o jsonpath='{.items[0].status.phase}')" = Running ]; }
 # The sidecar's /readyz from inside the pod (the app container has Python): the API server's pod
@@ -385,6 +444,7 @@ journey_all() {
   journey_failover
   journey_rollout
   journey_routing
+  journey_workers
   journey_bad_input
   journey_teardown
   step "PASS ($((SECONDS - started))s)"
